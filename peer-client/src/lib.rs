@@ -1,0 +1,1 @@
+//! Quaver peer node (see ARCHITECTURE.md).

@@ -1,0 +1,25 @@
+//! Quaver's shared vocabulary: the generated protocol code, the identities every part speaks in
+//! (`ContentId`, `PeerId`, `NodeKey`), the share-list digest, and the protocol's limits.
+//!
+//! This crate owns no I/O beyond reading and writing a node key file, and no policy: it must
+//! never depend on the directory or the peer crates.
+
+pub mod digest;
+pub mod ids;
+pub mod limits;
+pub mod node_key;
+
+pub use digest::ShareDigest;
+pub use ids::{ContentId, IdError, PeerId};
+pub use node_key::{NodeKey, NodeKeyError};
+
+/// Generated code for `proto/directory.proto` (package `quaver.directory.v1`).
+pub mod directory {
+    pub mod v1 {
+        tonic::include_proto!("quaver.directory.v1");
+    }
+}
+
+/// The encoded `FileDescriptorSet` of the directory API, for gRPC reflection.
+pub const DIRECTORY_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/directory_descriptor.bin"));
