@@ -1,0 +1,451 @@
+//! The durable half of the directory: which files exist and which peers share them, in sled.
+//!
+//! Owns every byte the directory keeps across restarts. It knows nothing of leases, of the
+//! search index's internals or of gRPC; it must never hold state in memory per file.
+//!
+//! Trees and their keys (`key` is the file's numeric catalog id, 8 bytes big-endian):
+//!
+//! | tree         | key                 | value                               |
+//! |--------------|---------------------|-------------------------------------|
+//! | `files`      | content id (32)     | `StoredFile` (prost)                |
+//! | `keys`       | key (8)             | content id (32)                     |
+//! | `sources`    | key (8) ‖ peer (32) | 1 byte: complete?                   |
+//! | `peer_files` | peer (32) ‖ key (8) | 1 byte: complete?                   |
+//! | `peers`      | peer (32)           | `StoredPeer` (prost)                |
+//! | `unindexed`  | key (8)             | empty: not yet in the search index  |
+//!
+//! A `Publish` batch is one sled transaction over all six trees, and is flushed to disk before
+//! it is acknowledged: an acknowledged batch survives `kill -9`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use quaver_shared::directory::v1::FileInfo;
+use quaver_shared::{ContentId, PeerId, ShareDigest};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Transactional, Tree};
+
+/// A catalog entry as stored.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredFile {
+    #[prost(uint64, tag = "1")]
+    pub key: u64,
+    #[prost(message, optional, tag = "2")]
+    pub info: Option<FileInfo>,
+    #[prost(uint64, tag = "3")]
+    pub first_seen_unix_ms: u64,
+}
+
+/// What the directory remembers of a peer between its sessions.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredPeer {
+    #[prost(bytes = "vec", tag = "1")]
+    pub digest: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
+    #[prost(string, tag = "3")]
+    pub last_address: String,
+    #[prost(uint64, tag = "4")]
+    pub last_seen_unix_ms: u64,
+}
+
+impl StoredPeer {
+    pub fn digest(&self) -> ShareDigest {
+        ShareDigest::from_slice(&self.digest).unwrap_or(ShareDigest::EMPTY)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("storage error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("corrupt catalog record under {tree}: {detail}")]
+    Corrupt { tree: &'static str, detail: String },
+    #[error("peer would share {would_have} files; the limit is {limit}")]
+    TooManyFiles { would_have: u64, limit: u64 },
+}
+
+/// One file added to a peer's share list, already validated.
+pub struct Addition {
+    pub id: ContentId,
+    pub info: FileInfo,
+    pub complete: bool,
+}
+
+/// A change in who shares a file, for the in-memory online counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceChange {
+    pub key: u64,
+    /// The peer's entry before (None: it did not share the file) and after the batch.
+    pub before: Option<bool>,
+    pub after: Option<bool>,
+}
+
+/// The result of one publish batch.
+pub struct PublishOutcome {
+    pub peer: StoredPeer,
+    pub changes: Vec<SourceChange>,
+    /// Files that are new to the catalog (they wait in `unindexed`).
+    pub new_files: usize,
+}
+
+pub struct Catalog {
+    db: sled::Db,
+    files: Tree,
+    keys: Tree,
+    sources: Tree,
+    peer_files: Tree,
+    peers: Tree,
+    unindexed: Tree,
+}
+
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn source_key(key: u64, peer: &PeerId) -> [u8; 40] {
+    let mut out = [0u8; 40];
+    out[..8].copy_from_slice(&key.to_be_bytes()[..]);
+    out[8..].copy_from_slice(peer.as_bytes());
+    out
+}
+
+fn peer_file_key(peer: &PeerId, key: u64) -> [u8; 40] {
+    let mut out = [0u8; 40];
+    out[..32].copy_from_slice(peer.as_bytes());
+    out[32..].copy_from_slice(&key.to_be_bytes()[..]);
+    out
+}
+
+fn decode<M: prost::Message + Default>(tree: &'static str, bytes: &[u8]) -> Result<M, CatalogError> {
+    M::decode(bytes).map_err(|e| CatalogError::Corrupt { tree, detail: e.to_string() })
+}
+
+fn be_u64(tree: &'static str, bytes: &[u8]) -> Result<u64, CatalogError> {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_be_bytes)
+        .map_err(|_| CatalogError::Corrupt { tree, detail: format!("key of {} bytes", bytes.len()) })
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<CatalogError>>;
+
+fn abort<T>(e: CatalogError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+impl Catalog {
+    /// Opens (or creates) the catalog in `dir`.
+    pub fn open(dir: &std::path::Path) -> Result<Self, CatalogError> {
+        Self::from_db(sled::Config::new().path(dir).open()?)
+    }
+
+    /// A catalog that lives in memory and a temporary file, for tests and benchmarks.
+    pub fn temporary() -> Result<Self, CatalogError> {
+        Self::from_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Self, CatalogError> {
+        Ok(Self {
+            files: db.open_tree("files")?,
+            keys: db.open_tree("keys")?,
+            sources: db.open_tree("sources")?,
+            peer_files: db.open_tree("peer_files")?,
+            peers: db.open_tree("peers")?,
+            unindexed: db.open_tree("unindexed")?,
+            db,
+        })
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub async fn flush(&self) -> Result<(), CatalogError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn flush_blocking(&self) -> Result<(), CatalogError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn file_count(&self) -> u64 {
+        self.files.len() as u64
+    }
+
+    pub fn source_count(&self) -> u64 {
+        self.sources.len() as u64
+    }
+
+    pub fn peer_count(&self) -> u64 {
+        self.peers.len() as u64
+    }
+
+    pub fn file(&self, id: &ContentId) -> Result<Option<StoredFile>, CatalogError> {
+        match self.files.get(id.as_bytes())? {
+            Some(bytes) => Ok(Some(decode("files", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn file_by_key(&self, key: u64) -> Result<Option<StoredFile>, CatalogError> {
+        match self.keys.get(key.to_be_bytes())? {
+            Some(id) => match self.files.get(&id)? {
+                Some(bytes) => Ok(Some(decode("files", &bytes)?)),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    pub fn peer(&self, peer: &PeerId) -> Result<Option<StoredPeer>, CatalogError> {
+        match self.peers.get(peer.as_bytes())? {
+            Some(bytes) => Ok(Some(decode("peers", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a peer's session start (its address and when it was seen).
+    pub fn touch_peer(&self, peer: &PeerId, address: &str) -> Result<StoredPeer, CatalogError> {
+        let mut stored = self.peer(peer)?.unwrap_or_else(|| StoredPeer {
+            digest: ShareDigest::EMPTY.as_bytes().to_vec(),
+            ..StoredPeer::default()
+        });
+        stored.last_address = address.to_owned();
+        stored.last_seen_unix_ms = now_unix_ms();
+        self.peers.insert(peer.as_bytes(), prost::Message::encode_to_vec(&stored))?;
+        Ok(stored)
+    }
+
+    /// Every file a peer shares, as (key, complete).
+    pub fn peer_files(&self, peer: &PeerId) -> impl Iterator<Item = Result<(u64, bool), CatalogError>> + '_ {
+        self.peer_files.scan_prefix(peer.as_bytes()).map(|item| {
+            let (k, v) = item?;
+            let key = be_u64("peer_files", k.get(32..).unwrap_or_default())?;
+            Ok((key, v.first() == Some(&1)))
+        })
+    }
+
+    /// Every peer that shares a file, as (peer, complete).
+    pub fn sources_of(&self, key: u64) -> impl Iterator<Item = Result<(PeerId, bool), CatalogError>> + '_ {
+        self.sources.scan_prefix(key.to_be_bytes()).map(|item| {
+            let (k, v) = item?;
+            let peer = PeerId::from_slice(k.get(8..).unwrap_or_default())
+                .map_err(|e| CatalogError::Corrupt { tree: "sources", detail: e.to_string() })?;
+            Ok((peer, v.first() == Some(&1)))
+        })
+    }
+
+    /// Applies one batch to a peer's share list atomically: `reset` forgets the old list first,
+    /// then `removed` are dropped and `added` recorded. New files get a catalog key and wait in
+    /// `unindexed`. Fails without changing anything if the peer would exceed `max_files`.
+    pub fn publish(
+        &self,
+        peer: &PeerId,
+        reset: bool,
+        added: &[Addition],
+        removed: &[ContentId],
+        max_files: u64,
+    ) -> Result<PublishOutcome, CatalogError> {
+        // Work that cannot run inside a transaction: the old list to forget, fresh keys.
+        let forget: Vec<(u64, bool)> =
+            if reset { self.peer_files(peer).collect::<Result<_, _>>()? } else { Vec::new() };
+        let mut fresh_keys = Vec::new();
+        for addition in added {
+            if !self.files.contains_key(addition.id.as_bytes())? {
+                fresh_keys.push(self.db.generate_id()?);
+            }
+        }
+        let removed_keys: Vec<Option<u64>> = removed
+            .iter()
+            .map(|id| Ok(self.file(id)?.map(|f| f.key)))
+            .collect::<Result<_, CatalogError>>()?;
+
+        let trees = (&self.files, &self.keys, &self.sources, &self.peer_files, &self.peers, &self.unindexed);
+        let result = trees.transaction(|(files, keys, sources, peer_files, peers, unindexed)| {
+            let mut stored: StoredPeer = match peers.get(peer.as_bytes())? {
+                Some(bytes) => match decode("peers", &bytes) {
+                    Ok(p) => p,
+                    Err(e) => return abort(e),
+                },
+                None => StoredPeer::default(),
+            };
+            let mut digest = stored.digest();
+            let mut changes = Vec::new();
+            let mut fresh = fresh_keys.iter();
+            let mut new_files = 0;
+
+            for &(key, _) in &forget {
+                let Some(id) = keys.get(key.to_be_bytes())? else { continue };
+                let Ok(id) = ContentId::from_slice(&id) else { continue };
+                drop_source(peer_files, sources, peer, key, &id, &mut digest, &mut stored, &mut changes)?;
+            }
+            for (id, key) in removed.iter().zip(&removed_keys) {
+                if let Some(key) = key {
+                    drop_source(peer_files, sources, peer, *key, id, &mut digest, &mut stored, &mut changes)?;
+                }
+            }
+            for addition in added {
+                let key = match files.get(addition.id.as_bytes())? {
+                    Some(bytes) => match decode::<StoredFile>("files", &bytes) {
+                        Ok(file) => file.key,
+                        Err(e) => return abort(e),
+                    },
+                    None => {
+                        // Files are never deleted, so a file absent before the transaction
+                        // had a key reserved for it above.
+                        let Some(&key) = fresh.next() else {
+                            return abort(CatalogError::Corrupt {
+                                tree: "files",
+                                detail: "more new files than reserved keys".into(),
+                            });
+                        };
+                        let record = StoredFile {
+                            key,
+                            info: Some(addition.info.clone()),
+                            first_seen_unix_ms: now_unix_ms(),
+                        };
+                        files.insert(addition.id.as_bytes(), prost::Message::encode_to_vec(&record))?;
+                        keys.insert(&key.to_be_bytes()[..], addition.id.as_bytes())?;
+                        unindexed.insert(&key.to_be_bytes()[..], &[][..])?;
+                        new_files += 1;
+                        key
+                    }
+                };
+                let flag = [u8::from(addition.complete)];
+                let before = peer_files.insert(&peer_file_key(peer, key)[..], &flag)?;
+                sources.insert(&source_key(key, peer)[..], &flag)?;
+                let before = before.map(|old| old.first() == Some(&1));
+                if before.is_none() {
+                    stored.count += 1;
+                    digest.toggle(&addition.id);
+                }
+                if before != Some(addition.complete) {
+                    changes.push(SourceChange { key, before, after: Some(addition.complete) });
+                }
+            }
+            if stored.count > max_files {
+                return abort(CatalogError::TooManyFiles { would_have: stored.count, limit: max_files });
+            }
+            stored.digest = digest.as_bytes().to_vec();
+            peers.insert(peer.as_bytes(), prost::Message::encode_to_vec(&stored))?;
+            Ok(PublishOutcome { peer: stored, changes, new_files })
+        });
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    /// Up to `limit` files waiting to be indexed, with their records.
+    pub fn unindexed(&self, limit: usize) -> Result<Vec<StoredFile>, CatalogError> {
+        let mut out = Vec::new();
+        for item in self.unindexed.iter().take(limit) {
+            let (k, _) = item?;
+            let key = be_u64("unindexed", &k)?;
+            if let Some(file) = self.file_by_key(key)? {
+                out.push(file);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks files as indexed (after the index committed them).
+    pub fn mark_indexed(&self, keys: impl IntoIterator<Item = u64>) -> Result<(), CatalogError> {
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(&key.to_be_bytes()[..]);
+        }
+        self.unindexed.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Marks every file as waiting to be indexed (after the index was lost).
+    pub fn mark_all_unindexed(&self) -> Result<u64, CatalogError> {
+        let mut n = 0;
+        let mut batch = sled::Batch::default();
+        for item in self.keys.iter() {
+            let (k, _) = item?;
+            batch.insert(k, &[]);
+            n += 1;
+        }
+        self.unindexed.apply_batch(batch)?;
+        Ok(n)
+    }
+
+    pub fn unindexed_count(&self) -> u64 {
+        self.unindexed.len() as u64
+    }
+}
+
+/// Removes one file from a peer's share list inside a publish transaction.
+#[allow(clippy::too_many_arguments)]
+fn drop_source(
+    peer_files: &TransactionalTree,
+    sources: &TransactionalTree,
+    peer: &PeerId,
+    key: u64,
+    id: &ContentId,
+    digest: &mut ShareDigest,
+    stored: &mut StoredPeer,
+    changes: &mut Vec<SourceChange>,
+) -> TxResult<()> {
+    if let Some(old) = peer_files.remove(&peer_file_key(peer, key)[..])? {
+        sources.remove(&source_key(key, peer)[..])?;
+        stored.count = stored.count.saturating_sub(1);
+        digest.toggle(id);
+        changes.push(SourceChange { key, before: Some(old.first() == Some(&1)), after: None });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(n: u8, complete: bool) -> Addition {
+        let id = ContentId::of_bytes(&[n]);
+        Addition {
+            id,
+            info: FileInfo { content_id: id.to_vec(), file_name: format!("{n}.mp3"), ..Default::default() },
+            complete,
+        }
+    }
+
+    #[test]
+    fn publish_tracks_sources_digest_and_changes() {
+        let c = Catalog::temporary().unwrap();
+        let p = PeerId::from_array([1; 32]);
+        let out = c.publish(&p, false, &[add(1, true), add(2, false)], &[], 10).unwrap();
+        assert_eq!(out.new_files, 2);
+        assert_eq!(out.peer.count, 2);
+        let ids = [ContentId::of_bytes(&[1]), ContentId::of_bytes(&[2])];
+        assert_eq!(out.peer.digest(), ShareDigest::of(ids.iter()));
+        assert_eq!(c.unindexed(10).unwrap().len(), 2);
+
+        // Same file again, now complete: no new source, one change of completeness.
+        let out = c.publish(&p, false, &[add(2, true)], &[ids[0]], 10).unwrap();
+        assert_eq!(out.new_files, 0);
+        assert_eq!(out.peer.count, 1);
+        assert_eq!(out.changes.len(), 2);
+        let key2 = c.file(&ids[1]).unwrap().unwrap().key;
+        assert_eq!(c.sources_of(key2).collect::<Result<Vec<_>, _>>().unwrap(), vec![(p, true)]);
+        assert_eq!(c.file_count(), 2, "files stay in the catalog when their sources leave");
+
+        // Reset forgets the old list.
+        let out = c.publish(&p, true, &[add(3, true)], &[], 10).unwrap();
+        assert_eq!(out.peer.count, 1);
+        assert_eq!(c.peer_files(&p).count(), 1);
+        assert_eq!(c.source_count(), 1);
+    }
+
+    #[test]
+    fn a_batch_over_the_per_peer_limit_changes_nothing() {
+        let c = Catalog::temporary().unwrap();
+        let p = PeerId::from_array([1; 32]);
+        c.publish(&p, false, &[add(1, true)], &[], 2).unwrap();
+        let err = c.publish(&p, false, &[add(2, true), add(3, true)], &[], 2).err().unwrap();
+        assert!(matches!(err, CatalogError::TooManyFiles { would_have: 3, limit: 2 }), "{err}");
+        assert_eq!(c.peer(&p).unwrap().unwrap().count, 1);
+        assert_eq!(c.file_count(), 1);
+        assert_eq!(c.source_count(), 1);
+    }
+}

@@ -1,0 +1,141 @@
+//! Server configuration: built-in defaults, then an optional TOML file, then `QUAVER_*`
+//! environment variables, then command-line flags (each layer overrides the one before).
+//! With nothing given at all the server runs on its embedded default: listen on
+//! `0.0.0.0:7700`, data in `./quaver-directory-data`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Where sled and the search index live.
+    pub data_dir: PathBuf,
+    /// How long a peer stays online after its last Announce or Heartbeat.
+    pub lease_seconds: u32,
+    /// How often peers are told to beat.
+    pub heartbeat_seconds: u32,
+    /// How long new catalog entries may wait before the search index commits them.
+    pub index_commit_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7700)),
+            data_dir: PathBuf::from("quaver-directory-data"),
+            lease_seconds: 90,
+            heartbeat_seconds: 30,
+            index_commit_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is invalid: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("environment variable {name}={value:?} is invalid: {reason}")]
+    Env { name: &'static str, value: String, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults overridden by `file` (if any) and then by the `QUAVER_*` variables in `env`.
+    pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                toml::from_str(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?
+            }
+            None => Config::default(),
+        };
+        fn parse<T: std::str::FromStr>(name: &'static str, value: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.parse().map_err(|e: T::Err| ConfigError::Env { name, reason: e.to_string(), value })
+        }
+        if let Some(v) = env("QUAVER_LISTEN") {
+            config.listen = parse("QUAVER_LISTEN", v)?;
+        }
+        if let Some(v) = env("QUAVER_DATA_DIR") {
+            config.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("QUAVER_LEASE_SECONDS") {
+            config.lease_seconds = parse("QUAVER_LEASE_SECONDS", v)?;
+        }
+        if let Some(v) = env("QUAVER_HEARTBEAT_SECONDS") {
+            config.heartbeat_seconds = parse("QUAVER_HEARTBEAT_SECONDS", v)?;
+        }
+        if let Some(v) = env("QUAVER_INDEX_COMMIT_MS") {
+            config.index_commit_ms = parse("QUAVER_INDEX_COMMIT_MS", v)?;
+        }
+        Ok(config)
+    }
+
+    /// Checks the values make sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.lease_seconds == 0 || self.heartbeat_seconds == 0 {
+            return Err(ConfigError::Invalid(
+                "lease_seconds and heartbeat_seconds must be at least 1".into(),
+            ));
+        }
+        if self.heartbeat_seconds >= self.lease_seconds {
+            return Err(ConfigError::Invalid(format!(
+                "heartbeat_seconds ({}) must be shorter than lease_seconds ({}), or every peer flaps offline",
+                self.heartbeat_seconds, self.lease_seconds
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(u64::from(self.lease_seconds))
+    }
+
+    pub fn index_commit_interval(&self) -> Duration {
+        Duration::from_millis(self.index_commit_ms.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1234\"\nlease_seconds = 60\n").unwrap();
+        let env = |k: &str| (k == "QUAVER_LEASE_SECONDS").then(|| "45".to_string());
+        let c = Config::load(Some(&file), env).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1234".parse().unwrap());
+        assert_eq!(c.lease_seconds, 45);
+        assert_eq!(c.heartbeat_seconds, 30);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let env = |k: &str| (k == "QUAVER_LISTEN").then(|| "nowhere".to_string());
+        let e = Config::load(None, env).unwrap_err().to_string();
+        assert!(e.contains("QUAVER_LISTEN"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.toml");
+        std::fs::write(&file, "lisen = 1\n").unwrap();
+        assert!(Config::load(Some(&file), |_| None).is_err());
+        let c = Config { heartbeat_seconds: 90, ..Config::default() };
+        assert!(c.validate().is_err());
+    }
+}

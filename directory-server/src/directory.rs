@@ -1,0 +1,410 @@
+//! The directory's domain logic: one method per RPC, over the catalog (durable), the presence
+//! table and online counts (memory) and the search index.
+//!
+//! Concurrency, and why it is correct:
+//! - `membership` serialises everything that changes *who is online with what*: announce,
+//!   publish, withdraw and lease expiry. Each of them first sweeps expired leases, so the
+//!   invariant "a file's online count = the online peers sharing it" holds whenever the lock
+//!   is free.
+//! - `presence` is locked briefly for heartbeats and lookups; `counts` is read-locked for the
+//!   length of one search, so the ranking sees a consistent picture.
+//! - Lock order is always membership → presence → counts.
+//!
+//! This module never speaks gRPC transport and never sleeps: the server module drives its
+//! timers (`expire_leases`, `index_pending`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use quaver_shared::directory::v1::*;
+use quaver_shared::limits::*;
+use quaver_shared::{PeerId, ShareDigest};
+
+use crate::catalog::{Catalog, PublishOutcome, SourceChange, StoredFile};
+use crate::config::Config;
+use crate::error::{DirectoryError, Result, invalid};
+use crate::index::{IndexDoc, IndexFilters, OpenOutcome, SearchIndex};
+use crate::online::OnlineCounts;
+use crate::presence::{AnnounceOutcome, Presence};
+use crate::ranking::{self, Candidate};
+use crate::validate;
+
+/// How many catalog entries one indexing round takes at most.
+const INDEX_BATCH: usize = 20_000;
+
+pub struct Directory {
+    config: Config,
+    catalog: Catalog,
+    index: SearchIndex,
+    membership: Mutex<()>,
+    presence: Mutex<Presence>,
+    counts: RwLock<OnlineCounts>,
+    started: Instant,
+    files_total: AtomicU64,
+    sources_total: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take the whole directory down with poisoned locks.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn new_token() -> Result<String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 24];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| DirectoryError::Internal("system random generator failed".into()))?;
+    Ok(hex::encode(bytes))
+}
+
+impl Directory {
+    /// Opens the catalog and index under `config.data_dir`; a missing or corrupt index is
+    /// recreated and refilled from the catalog by `index_pending`.
+    pub fn open(config: Config) -> Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            DirectoryError::Internal(format!("cannot create data dir {}: {e}", config.data_dir.display()))
+        })?;
+        let catalog = Catalog::open(&config.data_dir.join("catalog"))?;
+        let (index, outcome) = SearchIndex::open_or_create(&config.data_dir.join("index"))?;
+        Self::assemble(config, catalog, index, outcome)
+    }
+
+    /// A directory in memory and temporary files, for tests and benchmarks.
+    pub fn temporary(config: Config) -> Result<Self> {
+        Self::assemble(config, Catalog::temporary()?, SearchIndex::in_memory()?, OpenOutcome::Created)
+    }
+
+    fn assemble(config: Config, catalog: Catalog, index: SearchIndex, outcome: OpenOutcome) -> Result<Self> {
+        if !matches!(outcome, OpenOutcome::Opened) {
+            let n = catalog.mark_all_unindexed()?;
+            if n > 0 {
+                tracing::warn!(
+                    files = n,
+                    "search index was missing or corrupt; rebuilding it from the catalog"
+                );
+            }
+        }
+        Ok(Self {
+            files_total: AtomicU64::new(catalog.file_count()),
+            sources_total: AtomicU64::new(catalog.source_count()),
+            presence: Mutex::new(Presence::new(config.lease())),
+            counts: RwLock::new(OnlineCounts::default()),
+            membership: Mutex::new(()),
+            started: Instant::now(),
+            config,
+            catalog,
+            index,
+        })
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Removes expired leases; their peers' files stop counting as online. Call with the
+    /// membership lock held.
+    fn sweep(&self, now: Instant) -> Result<usize> {
+        let expired = lock(&self.presence).expire(now);
+        for peer in &expired {
+            tracing::info!(peer = %peer, "lease expired; peer is offline");
+            self.apply_peer_files(peer, false)?;
+        }
+        Ok(expired.len())
+    }
+
+    /// Adds (online) or removes (offline) all of a peer's files from the online counts.
+    fn apply_peer_files(&self, peer: &PeerId, online: bool) -> Result<()> {
+        let files: Vec<(u64, bool)> = self.catalog.peer_files(peer).collect::<Result<_, _>>()?;
+        let mut counts = self.counts.write().unwrap_or_else(|e| e.into_inner());
+        for (key, complete) in files {
+            if online { counts.add(key, complete) } else { counts.remove(key, complete) }
+        }
+        Ok(())
+    }
+
+    pub fn expire_leases(&self, now: Instant) -> Result<usize> {
+        let _m = lock(&self.membership);
+        self.sweep(now)
+    }
+
+    pub fn announce(
+        &self,
+        req: AnnounceRequest,
+        remote: SocketAddr,
+        now: Instant,
+    ) -> Result<AnnounceResponse> {
+        let peer = validate::peer_id("peer_id", &req.peer_id)?;
+        let port = u16::try_from(req.quic_port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid(format!("quic_port {} is not a port (1..=65535)", req.quic_port)))?;
+        if !req.share_digest.is_empty() && ShareDigest::from_slice(&req.share_digest).is_none() {
+            return Err(invalid("share_digest must be empty or exactly 32 bytes"));
+        }
+        validate::text("agent", &req.agent, MAX_AGENT_BYTES)?;
+        let address = SocketAddr::new(remote.ip().to_canonical(), port);
+        let token = new_token()?;
+
+        let _m = lock(&self.membership);
+        self.sweep(now)?;
+        let stored = self.catalog.touch_peer(&peer, &address.to_string())?;
+        let outcome = lock(&self.presence).announce(peer, address, req.free_upload_slots, token.clone(), now);
+        if outcome == AnnounceOutcome::CameOnline {
+            self.apply_peer_files(&peer, true)?;
+            tracing::info!(peer = %peer, %address, files = stored.count, "peer online");
+        }
+        Ok(AnnounceResponse {
+            session_token: token,
+            lease_seconds: self.config.lease_seconds,
+            heartbeat_interval_seconds: self.config.heartbeat_seconds,
+            known_digest: stored.digest().as_bytes().to_vec(),
+            known_count: stored.count,
+            observed_address: address.to_string(),
+        })
+    }
+
+    fn session(&self, token: &str, now: Instant) -> Result<PeerId> {
+        lock(&self.presence).peer_of(token, now).ok_or_else(|| {
+            DirectoryError::Unauthenticated("unknown or expired session token; announce again".into())
+        })
+    }
+
+    /// Applies a share-list change for a live session. The caller flushes the catalog before
+    /// acknowledging.
+    fn change_shares(
+        &self,
+        token: &str,
+        reset: bool,
+        added: &[SharedFile],
+        removed: &[Vec<u8>],
+        now: Instant,
+    ) -> Result<(PeerId, PublishOutcome)> {
+        let additions = validate::additions(added)?;
+        let removed = validate::content_ids("removed", removed)?;
+        let _m = lock(&self.membership);
+        self.sweep(now)?;
+        let peer = self.session(token, now)?;
+        let outcome = self.catalog.publish(&peer, reset, &additions, &removed, MAX_FILES_PER_PEER)?;
+        self.files_total.fetch_add(outcome.new_files as u64, Ordering::Relaxed);
+        let mut counts = self.counts.write().unwrap_or_else(|e| e.into_inner());
+        for &SourceChange { key, before, after } in &outcome.changes {
+            if let Some(complete) = before {
+                counts.remove(key, complete);
+                self.sources_total.fetch_sub(1, Ordering::Relaxed);
+            }
+            if let Some(complete) = after {
+                counts.add(key, complete);
+                self.sources_total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok((peer, outcome))
+    }
+
+    pub fn publish(&self, req: PublishRequest, now: Instant) -> Result<PublishResponse> {
+        if req.session_token.is_empty() {
+            return Err(DirectoryError::Unauthenticated("session_token is missing; announce first".into()));
+        }
+        let (_, outcome) =
+            self.change_shares(&req.session_token, req.reset, &req.added, &req.removed, now)?;
+        Ok(PublishResponse { known_digest: outcome.peer.digest, known_count: outcome.peer.count })
+    }
+
+    pub fn heartbeat(&self, req: HeartbeatRequest, now: Instant) -> Result<HeartbeatResponse> {
+        lock(&self.presence).heartbeat(&req.session_token, req.free_upload_slots, now).ok_or_else(|| {
+            DirectoryError::Unauthenticated("unknown or expired session token; announce again".into())
+        })?;
+        Ok(HeartbeatResponse { lease_seconds: self.config.lease_seconds })
+    }
+
+    pub fn withdraw(&self, req: WithdrawRequest, now: Instant) -> Result<WithdrawResponse> {
+        let (peer, outcome) = self.change_shares(&req.session_token, false, &[], &req.content_ids, now)?;
+        if req.go_offline {
+            let _m = lock(&self.membership);
+            if lock(&self.presence).leave(&req.session_token, now).is_some() {
+                self.apply_peer_files(&peer, false)?;
+                tracing::info!(peer = %peer, "peer went offline");
+            }
+        }
+        Ok(WithdrawResponse { known_digest: outcome.peer.digest, known_count: outcome.peer.count })
+    }
+
+    pub fn search(&self, req: SearchRequest) -> Result<SearchResponse> {
+        let query = validate::query(&req.query)?;
+        let (offset, size) = validate::page(req.page, req.page_size)?;
+        let f = req.filters.unwrap_or_default();
+        validate::media_kind(f.media_kind)?;
+        let filters = IndexFilters {
+            media_kind: f.media_kind,
+            min_size: f.min_size,
+            max_size: f.max_size,
+            min_duration_ms: f.min_duration_ms,
+            max_duration_ms: f.max_duration_ms,
+            min_bitrate_kbps: f.min_bitrate_kbps,
+        };
+        let min_online = f.min_online_sources.unwrap_or(1);
+        let hits = {
+            let counts = self.counts.read().unwrap_or_else(|e| e.into_inner());
+            let weight = |key: u64| {
+                let c = counts.get(key);
+                if c.online < min_online || (f.complete_only && c.complete == 0) {
+                    return None;
+                }
+                // Relevance first; sources break near-ties, with diminishing returns.
+                Some(1.0 + 0.25 * (c.online as f32).ln_1p() + 0.1 * f32::from(u8::from(c.complete > 0)))
+            };
+            let hits = self.index.search(query, &filters, offset, size + 1, &weight)?;
+            hits.into_iter().map(|(key, score)| (key, score, counts.get(key))).collect::<Vec<_>>()
+        };
+        let has_more = hits.len() > size;
+        let mut out = Vec::with_capacity(size);
+        for (key, score, counts) in hits.into_iter().take(size) {
+            if let Some(StoredFile { info: Some(file), .. }) = self.catalog.file_by_key(key)? {
+                out.push(SearchHit {
+                    file: Some(file),
+                    online_sources: counts.online,
+                    complete_sources: counts.complete,
+                    score,
+                });
+            }
+        }
+        Ok(SearchResponse { hits: out, has_more })
+    }
+
+    pub fn locate(
+        &self,
+        req: LocateRequest,
+        remote: Option<SocketAddr>,
+        now: Instant,
+    ) -> Result<LocateResponse> {
+        let id = validate::content_id("content_id", &req.content_id)?;
+        let asker =
+            if req.peer_id.is_empty() { None } else { Some(validate::peer_id("peer_id", &req.peer_id)?) };
+        let max = if req.max_sources == 0 { DEFAULT_LOCATE_SOURCES } else { req.max_sources };
+        if max > MAX_LOCATE_SOURCES {
+            return Err(invalid(format!("max_sources {max} is over the limit of {MAX_LOCATE_SOURCES}")));
+        }
+        let Some(file) = self.catalog.file(&id)? else {
+            return Ok(LocateResponse::default());
+        };
+        let sources: Vec<(PeerId, bool)> = self.catalog.sources_of(file.key).collect::<Result<_, _>>()?;
+        let candidates: Vec<(Candidate, SocketAddr)> = {
+            let presence = lock(&self.presence);
+            sources
+                .into_iter()
+                .filter(|(peer, _)| Some(*peer) != asker)
+                .filter_map(|(peer, complete)| {
+                    let lease = presence.lease(&peer, now)?;
+                    let candidate = Candidate {
+                        peer,
+                        ip: lease.address.ip(),
+                        complete,
+                        free_upload_slots: lease.free_upload_slots,
+                        since_last_seen: now.saturating_duration_since(lease.last_seen),
+                    };
+                    Some((candidate, lease.address))
+                })
+                .collect()
+        };
+        let asker_ip: Option<IpAddr> = remote.map(|r| r.ip().to_canonical());
+        let addresses: std::collections::HashMap<PeerId, SocketAddr> =
+            candidates.iter().map(|(c, a)| (c.peer, *a)).collect();
+        let ranked = ranking::rank(asker_ip, candidates.into_iter().map(|(c, _)| c).collect(), max as usize);
+        let sources = ranked
+            .into_iter()
+            .map(|c| Source {
+                peer_id: c.peer.to_vec(),
+                address: addresses.get(&c.peer).map(|a| a.to_string()).unwrap_or_default(),
+                complete: c.complete,
+                free_upload_slots: c.free_upload_slots,
+                last_seen_ms_ago: c.since_last_seen.as_millis() as u64,
+            })
+            .collect();
+        Ok(LocateResponse { sources })
+    }
+
+    pub fn get_file(&self, req: GetFileRequest) -> Result<GetFileResponse> {
+        let id = validate::content_id("content_id", &req.content_id)?;
+        let file = self
+            .catalog
+            .file(&id)?
+            .ok_or_else(|| DirectoryError::NotFound(format!("no file with content id {id}")))?;
+        let counts = self.counts.read().unwrap_or_else(|e| e.into_inner()).get(file.key);
+        Ok(GetFileResponse {
+            file: file.info,
+            online_sources: counts.online,
+            complete_sources: counts.complete,
+            first_seen_unix_ms: file.first_seen_unix_ms,
+        })
+    }
+
+    pub fn stats(&self, now: Instant) -> Result<StatsResponse> {
+        let online_peers = {
+            let presence = lock(&self.presence);
+            presence.len() as u64
+        };
+        let _ = now;
+        Ok(StatsResponse {
+            files: self.files_total.load(Ordering::Relaxed),
+            online_peers,
+            known_peers: self.catalog.peer_count(),
+            sources: self.sources_total.load(Ordering::Relaxed),
+            indexed_documents: self.index.num_docs(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+        })
+    }
+
+    /// One indexing round: feeds up to a batch of new catalog entries to the index and commits.
+    /// Returns how many were indexed. Blocking.
+    pub fn index_pending(&self) -> Result<usize> {
+        let files = self.catalog.unindexed(INDEX_BATCH)?;
+        if files.is_empty() {
+            return Ok(0);
+        }
+        let docs: Vec<IndexDoc<'_>> = files
+            .iter()
+            .filter_map(|f| {
+                let info = f.info.as_ref()?;
+                Some(IndexDoc {
+                    key: f.key,
+                    title: &info.title,
+                    artist: &info.artist,
+                    album: &info.album,
+                    file_name: &info.file_name,
+                    media_kind: info.media_kind,
+                    size: info.size,
+                    duration_ms: info.duration_ms,
+                    bitrate_kbps: info.bitrate_kbps,
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        self.index.upsert(&docs)?;
+        self.index.commit()?;
+        self.catalog.mark_indexed(files.iter().map(|f| f.key))?;
+        tracing::debug!(docs = files.len(), elapsed = ?started.elapsed(), "index commit");
+        Ok(files.len())
+    }
+
+    /// Indexes until nothing is pending (start-up and shutdown).
+    pub fn index_all_pending(&self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let n = self.index_pending()?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n;
+        }
+    }
+
+    pub async fn flush(&self) -> Result<()> {
+        Ok(self.catalog.flush().await?)
+    }
+
+    pub fn flush_blocking(&self) -> Result<()> {
+        Ok(self.catalog.flush_blocking()?)
+    }
+}

@@ -1,0 +1,309 @@
+//! Text analysis for the search index: the tokenizers and token filters that turn titles,
+//! artists, albums, file names and user queries into index terms.
+//!
+//! Owns: full-width → half-width folding, the jieba word analyzer (`quaver_words`) and the CJK
+//! character analyzer (`quaver_cjk`). The same analyzers run on the index side and on the query
+//! side, so both always agree on what a term is.
+//!
+//! Must never: do I/O, or know anything about peers, presence or the catalog.
+
+use tantivy::Index;
+use tantivy::tokenizer::{
+    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, TextAnalyzer, Token, TokenFilter, TokenStream,
+    Tokenizer,
+};
+use tantivy_jieba::JiebaTokenizer;
+
+/// Name of the word analyzer (jieba search mode, folded, lowercased).
+pub const WORDS: &str = "quaver_words";
+/// Name of the CJK single-character analyzer.
+pub const CJK: &str = "quaver_cjk";
+
+/// Tokens longer than this many bytes are dropped (13 CJK characters, 40 Latin letters).
+const MAX_TOKEN_BYTES: usize = 40;
+
+/// Registers both analyzers on `index`. Tokenizers are not persisted by tantivy, so this must run
+/// after every create/open, before a writer is created or a query is built.
+pub fn register(index: &Index) {
+    index.tokenizers().register(WORDS, words_analyzer());
+    index.tokenizers().register(CJK, cjk_analyzer());
+}
+
+/// [`Words`] (width folding, word split, jieba search mode for Han), then: drop over-long tokens, keep only tokens
+/// with an alphanumeric character, lowercase, fold accents (é → e).
+pub fn words_analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(Words::default())
+        .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
+        .filter(WordOnly)
+        .filter(LowerCaser)
+        .filter(AsciiFoldingFilter)
+        .build()
+}
+
+/// One token per CJK character (position = character index in the text, so adjacent
+/// characters are adjacent positions and phrase queries match contiguous fragments only).
+pub fn cjk_analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(CjkChars).build()
+}
+
+/// Maps full-width ASCII variants (U+FF01..=U+FF5E) to ASCII and the ideographic space (U+3000)
+/// to a space; every other character is kept.
+pub fn fold_width_char(c: char) -> char {
+    match c {
+        '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFF01 + 0x21).unwrap_or(c),
+        '\u{3000}' => ' ',
+        _ => c,
+    }
+}
+
+/// Appends the width-folded `text` to `out`.
+pub fn fold_width_into(text: &str, out: &mut String) {
+    out.extend(text.chars().map(fold_width_char));
+}
+
+/// True for characters that are matched one by one in the CJK fields: Han ideographs
+/// (including extensions and compatibility ideographs), kana and Hangul syllables.
+pub fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3040..=0x30FF        // Hiragana, Katakana
+        | 0x3400..=0x4DBF      // CJK Extension A
+        | 0x4E00..=0x9FFF      // CJK Unified Ideographs
+        | 0xAC00..=0xD7AF      // Hangul syllables
+        | 0xF900..=0xFAFF      // CJK Compatibility Ideographs
+        | 0x20000..=0x323AF    // CJK Extensions B..H
+    )
+}
+
+/// Runs `analyzer` over `text` and returns the token texts, in order.
+pub fn tokens(analyzer: &mut TextAnalyzer, text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stream = analyzer.token_stream(text);
+    stream.process(&mut |t: &Token| out.push(t.text.clone()));
+    out
+}
+
+/// Splits width-folded text into words at every non-word character; a word containing a Han
+/// character is further segmented by jieba (search mode), any other word (Latin with accents,
+/// Cyrillic, Hangul, kana, ...) is one token. jieba alone would cut non-ASCII, non-Han text into
+/// single characters (`Beyoncé` → `beyonc`, `e`; `Группа` → `г`, `р`, ...).
+#[derive(Clone, Default)]
+struct Words {
+    jieba: JiebaTokenizer,
+    folded: String,
+}
+
+impl Tokenizer for Words {
+    type TokenStream<'a> = VecTokenStream;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream {
+        let Self { jieba, folded } = self;
+        folded.clear();
+        fold_width_into(text, folded);
+        let mut tokens = Vec::new();
+        let mut push = |text: &str, offset_from: usize| {
+            let position = tokens.len();
+            tokens.push(Token {
+                offset_from,
+                offset_to: offset_from + text.len(),
+                position,
+                text: text.to_string(),
+                position_length: 1,
+            });
+        };
+        for (start, word) in split_words(folded) {
+            if word.chars().any(is_han) {
+                jieba.token_stream(word).process(&mut |t: &Token| push(&t.text, start + t.offset_from));
+            } else {
+                push(word, start);
+            }
+        }
+        VecTokenStream { tokens, next: 0, fallback: Token::default() }
+    }
+}
+
+/// The maximal runs of word characters of `text`, with their byte offsets.
+fn split_words(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut rest = text.char_indices().peekable();
+    std::iter::from_fn(move || {
+        while rest.next_if(|(_, c)| !is_word_char(*c)).is_some() {}
+        let (start, _) = *rest.peek()?;
+        let mut end = start;
+        while let Some((i, c)) = rest.next_if(|(_, c)| is_word_char(*c)) {
+            end = i + c.len_utf8();
+        }
+        Some((start, &text[start..end]))
+    })
+}
+
+/// Letters, digits, and combining marks / scripts whose words contain marks (so Thai, Indic
+/// and decomposed accents are not cut apart).
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric()
+        || matches!(c as u32,
+            0x0300..=0x036F | 0x0483..=0x0489 | 0x0591..=0x05C7 | 0x0610..=0x061A
+            | 0x064B..=0x065F | 0x0670 | 0x0900..=0x0DFF | 0x0E00..=0x0EFF | 0x1AB0..=0x1AFF
+            | 0x1DC0..=0x1DFF | 0x20D0..=0x20FF | 0x3099..=0x309A | 0xFE20..=0xFE2F)
+}
+
+/// Han ideographs (the characters jieba segments).
+fn is_han(c: char) -> bool {
+    is_cjk(c) && !matches!(c as u32, 0x3040..=0x30FF | 0xAC00..=0xD7AF)
+}
+
+/// A token stream over tokens computed up front.
+struct VecTokenStream {
+    tokens: Vec<Token>,
+    /// Number of `advance` calls that returned true.
+    next: usize,
+    /// Returned by `token()` before the first `advance` (never happens in tantivy).
+    fallback: Token,
+}
+
+impl TokenStream for VecTokenStream {
+    fn advance(&mut self) -> bool {
+        if self.next < self.tokens.len() {
+            self.next += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn token(&self) -> &Token {
+        self.next.checked_sub(1).and_then(|i| self.tokens.get(i)).unwrap_or(&self.fallback)
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        match self.next.checked_sub(1) {
+            Some(i) if i < self.tokens.len() => &mut self.tokens[i],
+            _ => &mut self.fallback,
+        }
+    }
+}
+
+/// Keeps tokens with at least one alphanumeric character (any script). Unlike tantivy's
+/// `AlphaNumOnlyFilter`, this keeps CJK words and drops jieba's " ", "-", "(" tokens.
+#[derive(Clone)]
+struct WordOnly;
+
+impl TokenFilter for WordOnly {
+    type Tokenizer<T: Tokenizer> = WordOnlyTokenizer<T>;
+
+    fn transform<T: Tokenizer>(self, tokenizer: T) -> WordOnlyTokenizer<T> {
+        WordOnlyTokenizer(tokenizer)
+    }
+}
+
+#[derive(Clone)]
+struct WordOnlyTokenizer<T>(T);
+
+impl<T: Tokenizer> Tokenizer for WordOnlyTokenizer<T> {
+    type TokenStream<'a> = WordOnlyStream<T::TokenStream<'a>>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> Self::TokenStream<'a> {
+        WordOnlyStream(self.0.token_stream(text))
+    }
+}
+
+struct WordOnlyStream<S>(S);
+
+impl<S: TokenStream> TokenStream for WordOnlyStream<S> {
+    fn advance(&mut self) -> bool {
+        while self.0.advance() {
+            if self.0.token().text.chars().any(char::is_alphanumeric) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn token(&self) -> &Token {
+        self.0.token()
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        self.0.token_mut()
+    }
+}
+
+/// Emits every CJK character of the text as its own token.
+#[derive(Clone, Default)]
+struct CjkChars;
+
+impl Tokenizer for CjkChars {
+    type TokenStream<'a> = CjkCharStream<'a>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> CjkCharStream<'a> {
+        CjkCharStream { chars: text.char_indices().enumerate(), token: Token::default() }
+    }
+}
+
+struct CjkCharStream<'a> {
+    chars: std::iter::Enumerate<std::str::CharIndices<'a>>,
+    token: Token,
+}
+
+impl TokenStream for CjkCharStream<'_> {
+    fn advance(&mut self) -> bool {
+        for (position, (offset, c)) in self.chars.by_ref() {
+            if is_cjk(c) {
+                self.token.text.clear();
+                self.token.text.push(c);
+                self.token.offset_from = offset;
+                self.token.offset_to = offset + c.len_utf8();
+                self.token.position = position;
+                self.token.position_length = 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn token(&self) -> &Token {
+        &self.token
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        &mut self.token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds_full_width_and_ideographic_space() {
+        let mut s = String::new();
+        fold_width_into("ＢＯＨＥＭＩＡＮ\u{3000}！ｚ～晴", &mut s);
+        assert_eq!(s, "BOHEMIAN !z~晴");
+    }
+
+    #[test]
+    fn words_are_lowercased_folded_and_punctuation_free() {
+        let mut a = words_analyzer();
+        let t = tokens(&mut a, "Ｂｏｈｅｍｉａｎ Rhapsody (Live) - Beyoncé");
+        assert_eq!(t, ["bohemian", "rhapsody", "live", "beyonce"]);
+        let t = tokens(&mut a, "晴天 - 周杰伦.mp3");
+        assert!(t.contains(&"晴天".to_string()), "{t:?}");
+        assert!(t.contains(&"周杰伦".to_string()), "{t:?}");
+        assert!(t.iter().all(|w| w.chars().any(char::is_alphanumeric)));
+    }
+
+    #[test]
+    fn other_scripts_are_whole_words() {
+        let mut a = words_analyzer();
+        let t = tokens(&mut a, "Группа крови / 아이유 좋은 날 / Ñandú / 周杰伦jay");
+        assert_eq!(t, ["группа", "крови", "아이유", "좋은", "날", "nandu", "周杰伦", "jay"]);
+    }
+
+    #[test]
+    fn cjk_chars_have_text_positions() {
+        let mut a = cjk_analyzer();
+        let mut got = Vec::new();
+        a.token_stream("七里 香a天").process(&mut |t: &Token| got.push((t.text.clone(), t.position)));
+        let want = [("七", 0), ("里", 1), ("香", 3), ("天", 5)];
+        let want: Vec<(String, usize)> = want.iter().map(|(s, p)| (s.to_string(), *p)).collect();
+        assert_eq!(got, want);
+    }
+}

@@ -1,0 +1,142 @@
+//! Collecting search hits: exact fast-field filters, the caller's per-key weight (which may
+//! exclude a document), and the top-k cut, in that order.
+//!
+//! Owns: the ranking rule `score = bm25 * weight(key)`, ties broken by ascending key.
+//!
+//! Must never: do I/O, or know anything about peers or presence (it only calls the caller's
+//! weight function with a document key).
+//!
+//! tantivy's `TopDocs::tweak_score` needs a `'static` closure, and the caller's weight function
+//! borrows request state, so this walks the query's `Weight` over each segment itself (what
+//! tantivy's collectors do internally).
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use tantivy::columnar::Column;
+use tantivy::query::{EnableScoring, Query};
+use tantivy::{Searcher, SegmentReader};
+
+use super::schema::{BITRATE_KBPS, DURATION_MS, KEY, MEDIA_KIND, SIZE};
+use super::{IndexError, IndexFilters};
+
+/// The best `n` admitted hits (best first) and how many documents were admitted in total.
+pub struct Collected {
+    pub hits: Vec<(u64, f32)>,
+    pub admitted: usize,
+}
+
+/// Runs `query`, keeping documents that pass `filters` and get `Some` weight.
+pub fn top(
+    searcher: &Searcher,
+    query: &dyn Query,
+    filters: &IndexFilters,
+    n: usize,
+    weight_of: &(dyn Fn(u64) -> Option<f32> + Sync),
+) -> Result<Collected, IndexError> {
+    let weight = query.weight(EnableScoring::enabled_from_searcher(searcher))?;
+    let mut heap = BinaryHeap::new();
+    let mut admitted = 0usize;
+    for segment in searcher.segment_readers() {
+        let cols = Columns::open(segment)?;
+        let alive = segment.alive_bitset();
+        weight.for_each(segment, &mut |doc, score| {
+            if alive.is_some_and(|a| a.is_deleted(doc)) {
+                return;
+            }
+            let Some(key) = cols.admit(doc, filters) else {
+                return;
+            };
+            let Some(w) = weight_of(key) else {
+                return;
+            };
+            admitted += 1;
+            if n == 0 {
+                return;
+            }
+            let w = if w.is_nan() { 0.0 } else { w };
+            let entry = Entry { score: score * w, key };
+            if heap.len() < n {
+                heap.push(entry);
+            } else if heap.peek().is_some_and(|worst| entry < *worst) {
+                heap.pop();
+                heap.push(entry);
+            }
+        })?;
+    }
+    let hits = heap.into_sorted_vec().into_iter().map(|e| (e.key, e.score)).collect();
+    Ok(Collected { hits, admitted })
+}
+
+/// The fast-field columns of one segment.
+struct Columns {
+    key: Column<u64>,
+    media_kind: Column<i64>,
+    size: Column<u64>,
+    duration_ms: Column<u64>,
+    bitrate_kbps: Column<u64>,
+}
+
+impl Columns {
+    fn open(segment: &SegmentReader) -> Result<Columns, IndexError> {
+        let ff = segment.fast_fields();
+        Ok(Columns {
+            key: ff.u64(KEY)?,
+            media_kind: ff.i64(MEDIA_KIND)?,
+            size: ff.u64(SIZE)?,
+            duration_ms: ff.u64(DURATION_MS)?,
+            bitrate_kbps: ff.u64(BITRATE_KBPS)?,
+        })
+    }
+
+    /// The document's key if it passes every filter.
+    fn admit(&self, doc: u32, f: &IndexFilters) -> Option<u64> {
+        let key = self.key.first(doc)?;
+        if f.media_kind != 0 && self.media_kind.first(doc) != Some(i64::from(f.media_kind)) {
+            return None;
+        }
+        let size = self.size.first(doc).unwrap_or(0);
+        if (f.min_size != 0 && size < f.min_size) || (f.max_size != 0 && size > f.max_size) {
+            return None;
+        }
+        let duration = self.duration_ms.first(doc).unwrap_or(0);
+        if (f.min_duration_ms != 0 && duration < u64::from(f.min_duration_ms))
+            || (f.max_duration_ms != 0 && duration > u64::from(f.max_duration_ms))
+        {
+            return None;
+        }
+        let bitrate = self.bitrate_kbps.first(doc).unwrap_or(0);
+        if f.min_bitrate_kbps != 0 && bitrate < u64::from(f.min_bitrate_kbps) {
+            return None;
+        }
+        Some(key)
+    }
+}
+
+/// A hit in the top-k heap. Ordered so that a *better* hit is *smaller*: the max-heap's top is
+/// the worst kept hit, and `into_sorted_vec` yields best first.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    score: f32,
+    key: u64,
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.score.total_cmp(&self.score).then(self.key.cmp(&other.key))
+    }
+}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Entry {}

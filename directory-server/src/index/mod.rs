@@ -1,0 +1,232 @@
+//! The directory's full-text search index over catalog entries (tantivy).
+//!
+//! Owns: the on-disk (or in-memory) tantivy index, its schema and analyzers (jieba words, CJK
+//! characters, full-width folding), turning user query strings into queries, exact filters on
+//! media kind / size / duration / bitrate, and ranking `text relevance * weight(key)`.
+//!
+//! Must never: do network I/O, or know about peers, presence or sources. It only knows
+//! documents keyed by a `u64` (the catalog's numeric id); whatever depends on who is online
+//! comes in through the caller's `weight` function. The index is derived data: the catalog is
+//! the source of truth, and a missing or corrupt index is rebuilt by re-feeding the catalog.
+//!
+//! Blocking: `upsert`, `commit`, `search` and `open_or_create` do disk I/O and CPU work; async
+//! callers run them in `spawn_blocking`. `commit` is the expensive one (it flushes segments and
+//! fsyncs), so batch upserts and commit on a timer or every N documents, not per document.
+
+mod analyzer;
+mod collect;
+mod query;
+mod schema;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_songs;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+use schema::Fields;
+
+/// Memory the index writer may use for buffered documents before it flushes a segment.
+const WRITER_MEMORY_BYTES: usize = 50_000_000;
+
+/// One catalog entry as the index sees it. `key` is the catalog's numeric id of the file, unique.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IndexDoc<'a> {
+    pub key: u64,
+    pub title: &'a str,
+    pub artist: &'a str,
+    pub album: &'a str,
+    pub file_name: &'a str,
+    /// proto enum value, 0 = unspecified
+    pub media_kind: i32,
+    pub size: u64,
+    pub duration_ms: u32,
+    pub bitrate_kbps: u32,
+}
+
+/// Constraints evaluated inside the index (fast fields). 0 = no bound.
+#[derive(Clone, Debug, Default)]
+pub struct IndexFilters {
+    /// 0 = any
+    pub media_kind: i32,
+    pub min_size: u64,
+    pub max_size: u64,
+    pub min_duration_ms: u32,
+    pub max_duration_ms: u32,
+    pub min_bitrate_kbps: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("search index: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("search index directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// The query has nothing searchable (empty, only punctuation, ...). Safe to show to users.
+    #[error("bad query: {0}")]
+    BadQuery(String),
+}
+
+/// What `open_or_create` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenOutcome {
+    /// An existing index was opened; it holds whatever was committed before.
+    Opened,
+    /// The directory was missing or empty; a new empty index was created.
+    Created,
+    /// The directory could not be opened as an index of this schema; it was wiped and a new
+    /// empty index created. The caller re-feeds every catalog entry.
+    RebuiltCorrupt,
+}
+
+/// The search index. `Send + Sync`; share it via `Arc`.
+pub struct SearchIndex {
+    fields: Fields,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    dir: Option<PathBuf>,
+}
+
+impl SearchIndex {
+    /// Opens the index in `dir`, creating it if `dir` is missing or empty, and wiping and
+    /// recreating it if it is unreadable or has another schema.
+    pub fn open_or_create(dir: &Path) -> Result<(SearchIndex, OpenOutcome), IndexError> {
+        let io = |source| IndexError::Io { path: dir.to_path_buf(), source };
+        let empty = match std::fs::read_dir(dir) {
+            Ok(mut entries) => entries.next().is_none(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(io(e)),
+        };
+        let (schema, fields) = schema::build();
+        let (index, reader, outcome) = if empty {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            let index = Index::create_in_dir(dir, schema)?;
+            let reader = prepare(&index)?;
+            (index, reader, OpenOutcome::Created)
+        } else {
+            match try_open(dir, &schema) {
+                Ok((index, reader)) => (index, reader, OpenOutcome::Opened),
+                Err(reason) => {
+                    tracing::warn!(
+                        dir = %dir.display(), %reason,
+                        "search index unreadable; wiping it, it will be rebuilt from the catalog"
+                    );
+                    std::fs::remove_dir_all(dir).map_err(io)?;
+                    std::fs::create_dir_all(dir).map_err(io)?;
+                    let index = Index::create_in_dir(dir, schema)?;
+                    let reader = prepare(&index)?;
+                    (index, reader, OpenOutcome::RebuiltCorrupt)
+                }
+            }
+        };
+        let index = SearchIndex::with_index(&index, fields, reader, Some(dir.to_path_buf()))?;
+        Ok((index, outcome))
+    }
+
+    /// A new, empty index held in memory (tests, benches).
+    pub fn in_memory() -> Result<SearchIndex, IndexError> {
+        let (schema, fields) = schema::build();
+        let index = Index::create_in_ram(schema);
+        let reader = prepare(&index)?;
+        SearchIndex::with_index(&index, fields, reader, None)
+    }
+
+    fn with_index(
+        index: &Index,
+        fields: Fields,
+        reader: IndexReader,
+        dir: Option<PathBuf>,
+    ) -> Result<SearchIndex, IndexError> {
+        let writer = index.writer::<TantivyDocument>(WRITER_MEMORY_BYTES)?;
+        Ok(SearchIndex { fields, reader, writer: Mutex::new(writer), dir })
+    }
+
+    /// Adds or replaces (by key) documents; not visible until `commit`.
+    pub fn upsert(&self, docs: &[IndexDoc<'_>]) -> Result<(), IndexError> {
+        let writer = self.writer();
+        for doc in docs {
+            writer.delete_term(Term::from_field_u64(self.fields.key, doc.key));
+            writer.add_document(self.fields.to_document(doc))?;
+        }
+        Ok(())
+    }
+
+    /// Makes all upserts durable and visible to searches that start after it returns.
+    /// Blocking and comparatively expensive (segment flush + fsync): batch upserts, and run it
+    /// in `spawn_blocking`.
+    pub fn commit(&self) -> Result<(), IndexError> {
+        let mut writer = self.writer();
+        writer.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Top `limit` documents matching `query` after skipping `offset`, best first, as
+    /// `(key, score)`. `weight(key)` is called for each matching document that passes
+    /// `filters`: `None` excludes it, `Some(w)` multiplies its text relevance. Exclusion
+    /// happens before the top-k cut, so pages only ever contain admitted documents.
+    ///
+    /// All query words must match; if no document matches them all, documents matching any of
+    /// them are returned instead (more matching words rank higher). Any string is accepted as
+    /// plain text; `BadQuery` means nothing searchable was left (empty, punctuation only).
+    pub fn search(
+        &self,
+        query: &str,
+        filters: &IndexFilters,
+        offset: usize,
+        limit: usize,
+        weight: &(dyn Fn(u64) -> Option<f32> + Sync),
+    ) -> Result<Vec<(u64, f32)>, IndexError> {
+        let plan = query::plan(&self.fields, query)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let searcher = self.reader.searcher();
+        let n = offset.saturating_add(limit);
+        let mut found = collect::top(&searcher, plan.strict.as_ref(), filters, n, weight)?;
+        if found.admitted == 0
+            && let Some(loose) = &plan.loose
+        {
+            found = collect::top(&searcher, loose.as_ref(), filters, n, weight)?;
+        }
+        Ok(found.hits.into_iter().skip(offset).take(limit).collect())
+    }
+
+    /// Number of committed, live documents.
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// Bytes on disk of the index directory (0 in memory).
+    pub fn disk_bytes(&self) -> u64 {
+        let Some(dir) = &self.dir else { return 0 };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+    }
+
+    /// The writer. A panic while it was held (a bug) does not make the index unusable.
+    fn writer(&self) -> MutexGuard<'_, IndexWriter> {
+        self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Registers the analyzers and builds a manually reloaded reader.
+fn prepare(index: &Index) -> Result<IndexReader, IndexError> {
+    analyzer::register(index);
+    Ok(index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?)
+}
+
+/// Opens an existing index, checking that it has exactly our schema.
+fn try_open(dir: &Path, schema: &tantivy::schema::Schema) -> Result<(Index, IndexReader), String> {
+    let index = Index::open_in_dir(dir).map_err(|e| e.to_string())?;
+    if index.schema() != *schema {
+        return Err("schema differs from this version's".to_string());
+    }
+    let reader = prepare(&index).map_err(|e| e.to_string())?;
+    Ok((index, reader))
+}

@@ -1,0 +1,117 @@
+//! The search index's tantivy schema: field names, options and boosts, and turning an
+//! [`IndexDoc`] into a tantivy document.
+//!
+//! Owns: which fields exist and how each is analysed. Changing anything here changes the
+//! schema, and an on-disk index with another schema is wiped and rebuilt from the catalog on
+//! open (see `SearchIndex::open_or_create`).
+//!
+//! Must never: do I/O, or know anything about peers, presence or the catalog.
+
+use tantivy::TantivyDocument;
+use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
+
+use super::IndexDoc;
+use super::analyzer;
+
+/// Fast field names (also used by the collector).
+pub const KEY: &str = "key";
+pub const MEDIA_KIND: &str = "media_kind";
+pub const SIZE: &str = "size";
+pub const DURATION_MS: &str = "duration_ms";
+pub const BITRATE_KBPS: &str = "bitrate_kbps";
+
+/// Relative importance of each field in text relevance: title > artist > album > file name.
+pub const TITLE_BOOST: f32 = 4.0;
+pub const ARTIST_BOOST: f32 = 3.0;
+pub const ALBUM_BOOST: f32 = 1.5;
+pub const FILE_NAME_BOOST: f32 = 1.0;
+
+/// Handles to every field of the schema.
+#[derive(Clone, Debug)]
+pub struct Fields {
+    pub key: Field,
+    pub media_kind: Field,
+    pub size: Field,
+    pub duration_ms: Field,
+    pub bitrate_kbps: Field,
+    /// jieba word fields.
+    pub title: Field,
+    pub artist: Field,
+    pub album: Field,
+    pub file_name: Field,
+    /// CJK single-character fields (with positions, for fragment phrases).
+    pub title_cjk: Field,
+    pub artist_cjk: Field,
+    /// album and file name, as two values of one field.
+    pub other_cjk: Field,
+}
+
+impl Fields {
+    /// The word fields with their boosts, most important first.
+    pub fn word_fields(&self) -> [(Field, f32); 4] {
+        [
+            (self.title, TITLE_BOOST),
+            (self.artist, ARTIST_BOOST),
+            (self.album, ALBUM_BOOST),
+            (self.file_name, FILE_NAME_BOOST),
+        ]
+    }
+
+    /// The CJK character fields with their boosts, most important first.
+    pub fn cjk_fields(&self) -> [(Field, f32); 3] {
+        [
+            (self.title_cjk, TITLE_BOOST * 0.6),
+            (self.artist_cjk, ARTIST_BOOST * 0.6),
+            (self.other_cjk, FILE_NAME_BOOST * 0.6),
+        ]
+    }
+
+    /// Builds the tantivy document for `doc`.
+    pub fn to_document(&self, doc: &IndexDoc<'_>) -> TantivyDocument {
+        let mut d = TantivyDocument::default();
+        d.add_u64(self.key, doc.key);
+        d.add_i64(self.media_kind, i64::from(doc.media_kind));
+        d.add_u64(self.size, doc.size);
+        d.add_u64(self.duration_ms, u64::from(doc.duration_ms));
+        d.add_u64(self.bitrate_kbps, u64::from(doc.bitrate_kbps));
+        d.add_text(self.title, doc.title);
+        d.add_text(self.artist, doc.artist);
+        d.add_text(self.album, doc.album);
+        d.add_text(self.file_name, doc.file_name);
+        d.add_text(self.title_cjk, doc.title);
+        d.add_text(self.artist_cjk, doc.artist);
+        d.add_text(self.other_cjk, doc.album);
+        d.add_text(self.other_cjk, doc.file_name);
+        d
+    }
+}
+
+/// Builds the schema and its field handles.
+pub fn build() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let words = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(analyzer::WORDS)
+            .set_index_option(IndexRecordOption::WithFreqs),
+    );
+    let cjk = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(analyzer::CJK)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let fields = Fields {
+        key: b.add_u64_field(KEY, INDEXED | FAST),
+        media_kind: b.add_i64_field(MEDIA_KIND, FAST),
+        size: b.add_u64_field(SIZE, FAST),
+        duration_ms: b.add_u64_field(DURATION_MS, FAST),
+        bitrate_kbps: b.add_u64_field(BITRATE_KBPS, FAST),
+        title: b.add_text_field("title", words.clone()),
+        artist: b.add_text_field("artist", words.clone()),
+        album: b.add_text_field("album", words.clone()),
+        file_name: b.add_text_field("file_name", words),
+        title_cjk: b.add_text_field("title_cjk", cjk.clone()),
+        artist_cjk: b.add_text_field("artist_cjk", cjk.clone()),
+        other_cjk: b.add_text_field("other_cjk", cjk),
+    };
+    (b.build(), fields)
+}

@@ -1,0 +1,285 @@
+//! Behaviour tests of the search index (matching, ranking, weights, paging, filters,
+//! persistence, robustness against arbitrary query strings).
+
+use super::*;
+use proptest::prelude::*;
+
+const ALL: &IndexFilters = &IndexFilters {
+    media_kind: 0,
+    min_size: 0,
+    max_size: 0,
+    min_duration_ms: 0,
+    max_duration_ms: 0,
+    min_bitrate_kbps: 0,
+};
+
+fn all_online(_: u64) -> Option<f32> {
+    Some(1.0)
+}
+
+fn song(key: u64, title: &'static str, artist: &'static str) -> IndexDoc<'static> {
+    IndexDoc {
+        key,
+        title,
+        artist,
+        album: "",
+        file_name: "",
+        media_kind: 1,
+        size: 4_000_000,
+        duration_ms: 240_000,
+        bitrate_kbps: 320,
+    }
+}
+
+/// A small catalog; keys are stable and referenced by the tests.
+fn fixture() -> SearchIndex {
+    let idx = SearchIndex::in_memory().unwrap();
+    let mut docs = vec![
+        song(1, "晴天", "周杰伦"),
+        song(2, "七里香", "周杰伦"),
+        song(3, "稻香", "周杰伦"),
+        song(4, "Bohemian Rhapsody", "Queen"),
+        song(5, "天黑黑", "孙燕姿"),
+        song(6, "Another One Bites the Dust", "Queen"),
+        song(7, "晴天娃娃", "王心凌"),
+        song(8, "告白气球", "周杰伦"),
+        song(9, "Hello", "Adele"),
+    ];
+    docs.push(IndexDoc { file_name: "晴天 - 周杰伦.mp3", ..song(10, "", "") });
+    idx.upsert(&docs).unwrap();
+    idx.commit().unwrap();
+    idx
+}
+
+fn keys(idx: &SearchIndex, q: &str) -> Vec<u64> {
+    idx.search(q, ALL, 0, 20, &all_online).unwrap().into_iter().map(|(k, _)| k).collect()
+}
+
+#[test]
+fn chinese_title_finds_tagged_and_file_name_only_docs() {
+    let idx = fixture();
+    let got = keys(&idx, "晴天");
+    assert!(got.contains(&1) && got.contains(&10), "{got:?}");
+    assert_eq!(got[0], 1, "exact title first: {got:?}");
+}
+
+#[test]
+fn artist_finds_all_his_songs() {
+    let got = keys(&fixture(), "周杰伦");
+    for k in [1, 2, 3, 8, 10] {
+        assert!(got.contains(&k), "missing {k}: {got:?}");
+    }
+    assert!(!got.contains(&5) && !got.contains(&4), "{got:?}");
+}
+
+#[test]
+fn latin_is_case_insensitive_prefix_and_width_folded() {
+    let idx = fixture();
+    for q in ["BOHEMIAN", "bohemian", "bohem", "ＢＯＨＥＭＩＡＮ", "ｂｏｈｅｍ", "Bohemain"] {
+        assert_eq!(keys(&idx, q).first(), Some(&4), "query {q}");
+    }
+    // Two-letter last word: no prefix matching.
+    assert!(keys(&idx, "bo").is_empty());
+}
+
+#[test]
+fn fuzzy_matches_rank_below_exact_ones() {
+    let idx = fixture();
+    idx.upsert(&[song(20, "Hallo", "Someone")]).unwrap();
+    idx.commit().unwrap();
+    // "hello" is exact for 9, one edit away for 20; both are returned, exact first.
+    assert_eq!(keys(&idx, "hello"), [9, 20]);
+}
+
+#[test]
+fn single_cjk_character_and_fragments_match() {
+    let idx = fixture();
+    let got = keys(&idx, "天");
+    for k in [1, 5, 7, 10] {
+        assert!(got.contains(&k), "天 misses {k}: {got:?}");
+    }
+    assert!(!got.contains(&2), "{got:?}");
+    assert_eq!(keys(&idx, "七里"), [2]);
+    assert_eq!(keys(&idx, "里香"), [2]);
+    assert_eq!(keys(&idx, "白气"), [8], "fragment across jieba words");
+}
+
+#[test]
+fn artist_plus_title_ranks_that_song_first() {
+    let idx = fixture();
+    for q in ["周杰伦 晴天", "晴天 周杰伦", "周杰伦晴天"] {
+        let got = keys(&idx, q);
+        assert_eq!(got.first(), Some(&1), "query {q}: {got:?}");
+        assert!(got.contains(&10), "query {q}: {got:?}");
+    }
+    assert_eq!(keys(&idx, "queen bohemian").first(), Some(&4));
+}
+
+#[test]
+fn falls_back_to_any_word_when_no_doc_has_all() {
+    let idx = fixture();
+    let got = keys(&idx, "bohemian zzzz");
+    assert_eq!(got.first(), Some(&4), "{got:?}");
+}
+
+#[test]
+fn none_weight_excludes_even_the_best_match() {
+    let idx = fixture();
+    let got = idx.search("晴天", ALL, 0, 10, &|k| (k != 1).then_some(1.0)).unwrap();
+    assert!(!got.iter().any(|(k, _)| *k == 1), "{got:?}");
+    assert!(got.iter().any(|(k, _)| *k == 10), "{got:?}");
+}
+
+#[test]
+fn weight_reorders_equal_relevance_docs() {
+    let idx = SearchIndex::in_memory().unwrap();
+    idx.upsert(&[song(1, "Same Song", "X"), song(2, "Same Song", "X")]).unwrap();
+    idx.commit().unwrap();
+    let ks = |w: &(dyn Fn(u64) -> Option<f32> + Sync)| -> Vec<u64> {
+        let hits = idx.search("same song", ALL, 0, 10, w).unwrap();
+        hits.into_iter().map(|(k, _)| k).collect()
+    };
+    assert_eq!(ks(&all_online), [1, 2], "tie broken by key");
+    assert_eq!(ks(&|k| Some(if k == 2 { 3.0 } else { 1.0 })), [2, 1]);
+}
+
+#[test]
+fn paging_gives_disjoint_consecutive_pages_of_admitted_docs() {
+    let idx = SearchIndex::in_memory().unwrap();
+    let titles: Vec<String> = (0..50).map(|i| format!("love song {i}")).collect();
+    let docs: Vec<IndexDoc<'_>> = titles
+        .iter()
+        .enumerate()
+        .map(|(i, t)| IndexDoc { key: i as u64, title: t, ..IndexDoc::default() })
+        .collect();
+    idx.upsert(&docs).unwrap();
+    idx.commit().unwrap();
+    let w = |k: u64| (k % 5 != 0).then_some(1.0 + (k % 3) as f32);
+    let all: Vec<u64> = idx.search("love", ALL, 0, 100, &w).unwrap().iter().map(|h| h.0).collect();
+    assert_eq!(all.len(), 40);
+    let mut paged = Vec::new();
+    for page in 0..5 {
+        let hits = idx.search("love", ALL, page * 9, 9, &w).unwrap();
+        assert!(hits.len() == 9 || page == 4, "page {page}: {}", hits.len());
+        paged.extend(hits.into_iter().map(|h| h.0));
+    }
+    assert_eq!(paged, all);
+    assert!(idx.search("love", ALL, 40, 10, &w).unwrap().is_empty());
+    assert!(idx.search("love", ALL, usize::MAX, usize::MAX, &w).unwrap().is_empty());
+}
+
+#[test]
+fn filters_exclude_the_right_docs() {
+    let idx = SearchIndex::in_memory().unwrap();
+    let base = IndexDoc { title: "track", ..IndexDoc::default() };
+    idx.upsert(&[
+        IndexDoc { key: 1, media_kind: 1, size: 1_000, duration_ms: 60_000, bitrate_kbps: 128, ..base },
+        IndexDoc { key: 2, media_kind: 1, size: 5_000, duration_ms: 200_000, bitrate_kbps: 320, ..base },
+        IndexDoc { key: 3, media_kind: 2, size: 9_000, duration_ms: 400_000, bitrate_kbps: 0, ..base },
+    ])
+    .unwrap();
+    idx.commit().unwrap();
+    let run = |f: IndexFilters| -> Vec<u64> {
+        let hits = idx.search("track", &f, 0, 10, &all_online).unwrap();
+        let mut k: Vec<u64> = hits.into_iter().map(|h| h.0).collect();
+        k.sort();
+        k
+    };
+    let f = IndexFilters::default;
+    assert_eq!(run(f()), [1, 2, 3]);
+    assert_eq!(run(IndexFilters { media_kind: 1, ..f() }), [1, 2]);
+    assert_eq!(run(IndexFilters { media_kind: 7, ..f() }), Vec::<u64>::new());
+    assert_eq!(run(IndexFilters { min_size: 5_000, ..f() }), [2, 3]);
+    assert_eq!(run(IndexFilters { max_size: 5_000, ..f() }), [1, 2]);
+    assert_eq!(run(IndexFilters { min_size: 2_000, max_size: 8_000, ..f() }), [2]);
+    assert_eq!(run(IndexFilters { min_duration_ms: 200_000, ..f() }), [2, 3]);
+    assert_eq!(run(IndexFilters { max_duration_ms: 199_999, ..f() }), [1]);
+    assert_eq!(run(IndexFilters { min_bitrate_kbps: 192, ..f() }), [2]);
+}
+
+#[test]
+fn upsert_replaces_by_key_and_commit_makes_visible() {
+    let idx = SearchIndex::in_memory().unwrap();
+    idx.upsert(&[song(1, "Old Title", "A")]).unwrap();
+    assert!(keys(&idx, "old").is_empty(), "visible before commit");
+    idx.commit().unwrap();
+    assert_eq!(keys(&idx, "old"), [1]);
+    idx.upsert(&[song(1, "New Title", "A"), song(1, "Newer Title", "A")]).unwrap();
+    idx.commit().unwrap();
+    assert!(keys(&idx, "old").is_empty());
+    assert_eq!(keys(&idx, "title"), [1]);
+    assert_eq!(keys(&idx, "newer"), [1]);
+    assert_eq!(idx.num_docs(), 1);
+}
+
+#[test]
+fn reopen_keeps_docs_and_corrupt_dir_is_rebuilt_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("index");
+    {
+        let (idx, outcome) = SearchIndex::open_or_create(&dir).unwrap();
+        assert_eq!(outcome, OpenOutcome::Created);
+        idx.upsert(&[song(1, "晴天", "周杰伦")]).unwrap();
+        idx.commit().unwrap();
+        assert!(idx.disk_bytes() > 0);
+    }
+    {
+        let (idx, outcome) = SearchIndex::open_or_create(&dir).unwrap();
+        assert_eq!(outcome, OpenOutcome::Opened);
+        assert_eq!(idx.num_docs(), 1);
+        assert_eq!(keys(&idx, "晴天"), [1], "analyzers registered after reopen");
+    }
+    std::fs::write(dir.join("meta.json"), b"{ not json at all").unwrap();
+    let (idx, outcome) = SearchIndex::open_or_create(&dir).unwrap();
+    assert_eq!(outcome, OpenOutcome::RebuiltCorrupt);
+    assert_eq!(idx.num_docs(), 0);
+    idx.upsert(&[song(2, "稻香", "周杰伦")]).unwrap();
+    idx.commit().unwrap();
+    assert_eq!(keys(&idx, "稻香"), [2]);
+}
+
+#[test]
+fn empty_existing_dir_is_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_idx, outcome) = SearchIndex::open_or_create(tmp.path()).unwrap();
+    assert_eq!(outcome, OpenOutcome::Created);
+}
+
+#[test]
+fn nothing_searchable_is_bad_query() {
+    let idx = fixture();
+    for q in ["", "   ", "\"::!!--((", "\u{3000}！？"] {
+        match idx.search(q, ALL, 0, 10, &all_online) {
+            Err(IndexError::BadQuery(msg)) => assert!(msg.contains("nothing to search")),
+            other => panic!("{q:?}: {other:?}"),
+        }
+    }
+    // Query syntax characters are plain text.
+    assert_eq!(keys(&idx, "title:\"bohemian").first(), Some(&4));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn arbitrary_queries_never_fail_internally(
+        q in prop_oneof![
+            any::<String>(),
+            "[\"':()\\[\\]{}^~*?!+\\-&|\\\\/ a-z晴天周杰伦ＢＯ]{0,80}",
+            (any::<String>(), 0usize..3000).prop_map(|(s, n)| s.repeat(n)),
+        ],
+        offset in 0usize..50,
+        limit in 0usize..50,
+    ) {
+        let idx = fixture_shared();
+        match idx.search(&q, ALL, offset, limit, &all_online) {
+            Ok(hits) => prop_assert!(hits.len() <= limit),
+            Err(IndexError::BadQuery(_)) => {}
+            Err(e) => prop_assert!(false, "internal error for {:?}: {}", q, e),
+        }
+    }
+}
+
+fn fixture_shared() -> &'static SearchIndex {
+    static IDX: std::sync::OnceLock<SearchIndex> = std::sync::OnceLock::new();
+    IDX.get_or_init(fixture)
+}

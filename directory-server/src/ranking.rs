@@ -1,0 +1,92 @@
+//! Source ranking for `Locate`: which online peers to hand an asking peer first.
+//!
+//! Pure: candidates and the asker's address in, an ordered list out. The order is
+//! 1. same public IP as the asker (same LAN behind one NAT: fastest, free);
+//! 2. same network prefix (/24 for IPv4, /48 for IPv6);
+//! 3. complete copies before partial ones;
+//! 4. more free upload slots;
+//! 5. most recently heard from;
+//!
+//! and finally the peer id, so the answer is deterministic.
+
+use std::cmp::Reverse;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use quaver_shared::PeerId;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    pub peer: PeerId,
+    pub ip: IpAddr,
+    pub complete: bool,
+    pub free_upload_slots: u32,
+    pub since_last_seen: Duration,
+}
+
+/// How close two addresses are: 2 same IP, 1 same prefix, 0 otherwise.
+fn closeness(asker: Option<IpAddr>, ip: IpAddr) -> u8 {
+    let Some(asker) = asker else { return 0 };
+    if asker == ip {
+        return 2;
+    }
+    let same_prefix = match (asker, ip) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => a.octets()[..3] == b.octets()[..3],
+        (IpAddr::V6(a), IpAddr::V6(b)) => a.octets()[..6] == b.octets()[..6],
+        _ => false,
+    };
+    u8::from(same_prefix)
+}
+
+/// Orders candidates best first and keeps at most `max`.
+pub fn rank(asker: Option<IpAddr>, mut candidates: Vec<Candidate>, max: usize) -> Vec<Candidate> {
+    candidates.sort_by_key(|c| {
+        (
+            Reverse(closeness(asker, c.ip)),
+            Reverse(c.complete),
+            Reverse(c.free_upload_slots),
+            c.since_last_seen,
+            c.peer,
+        )
+    });
+    candidates.truncate(max);
+    candidates
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(n: u8, ip: &str, complete: bool, slots: u32, seen_s: u64) -> Candidate {
+        Candidate {
+            peer: PeerId::from_array([n; 32]),
+            ip: ip.parse().unwrap(),
+            complete,
+            free_upload_slots: slots,
+            since_last_seen: Duration::from_secs(seen_s),
+        }
+    }
+
+    fn order(asker: Option<&str>, c: Vec<Candidate>, max: usize) -> Vec<u8> {
+        rank(asker.map(|a| a.parse().unwrap()), c, max).iter().map(|c| c.peer.as_bytes()[0]).collect()
+    }
+
+    #[test]
+    fn same_ip_then_prefix_then_completeness_slots_and_freshness() {
+        let c = vec![
+            cand(1, "9.9.9.9", true, 10, 0),
+            cand(2, "1.2.3.4", false, 0, 60),
+            cand(3, "1.2.3.99", true, 0, 0),
+            cand(4, "8.8.8.8", false, 10, 0),
+            cand(5, "7.7.7.7", true, 10, 20),
+        ];
+        assert_eq!(order(Some("1.2.3.4"), c.clone(), 10), vec![2, 3, 1, 5, 4]);
+        assert_eq!(order(None, c.clone(), 2), vec![1, 5]);
+    }
+
+    #[test]
+    fn ipv6_prefix_is_48_bits() {
+        let c = vec![cand(1, "2001:db8:1::1", true, 0, 0), cand(2, "2001:db8:2::1", true, 5, 0)];
+        assert_eq!(order(Some("2001:db8:1::7"), c, 10), vec![1, 2]);
+    }
+}

@@ -1,0 +1,105 @@
+//! The gRPC face of the directory: thin handlers that take the request off the wire, run the
+//! domain method on the blocking pool (sled and tantivy calls block), and make writes durable
+//! before they are acknowledged. No policy lives here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use quaver_shared::directory::v1::directory_server::Directory as DirectoryApi;
+use quaver_shared::directory::v1::*;
+use tonic::{Request, Response, Status};
+
+use crate::directory::Directory;
+use crate::error::DirectoryError;
+
+#[derive(Clone)]
+pub struct DirectoryService {
+    dir: Arc<Directory>,
+}
+
+impl DirectoryService {
+    pub fn new(dir: Arc<Directory>) -> Self {
+        Self { dir }
+    }
+
+    /// Runs a domain call on the blocking pool.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Directory) -> Result<T, DirectoryError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let dir = self.dir.clone();
+        match tokio::task::spawn_blocking(move || f(&dir)).await {
+            Ok(result) => result.map_err(Status::from),
+            Err(e) => {
+                tracing::error!(error = %e, "request task failed");
+                Err(Status::internal("internal error; the directory logged the details"))
+            }
+        }
+    }
+
+    /// Like `run`, then waits until the catalog is on disk: an acknowledged write survives a
+    /// crash.
+    async fn run_durable<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Directory) -> Result<T, DirectoryError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let out = self.run(f).await?;
+        self.dir.flush().await.map_err(Status::from)?;
+        Ok(out)
+    }
+}
+
+#[tonic::async_trait]
+impl DirectoryApi for DirectoryService {
+    async fn announce(
+        &self,
+        request: Request<AnnounceRequest>,
+    ) -> Result<Response<AnnounceResponse>, Status> {
+        let remote = request.remote_addr().ok_or_else(|| {
+            Status::failed_precondition("the directory cannot see this connection's address")
+        })?;
+        let req = request.into_inner();
+        self.run_durable(move |d| d.announce(req, remote, Instant::now())).await.map(Response::new)
+    }
+
+    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
+        let req = request.into_inner();
+        self.run_durable(move |d| d.publish(req, Instant::now())).await.map(Response::new)
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        // Memory only and short: no need for the blocking pool.
+        self.dir.heartbeat(request.into_inner(), Instant::now()).map(Response::new).map_err(Status::from)
+    }
+
+    async fn withdraw(
+        &self,
+        request: Request<WithdrawRequest>,
+    ) -> Result<Response<WithdrawResponse>, Status> {
+        let req = request.into_inner();
+        self.run_durable(move |d| d.withdraw(req, Instant::now())).await.map(Response::new)
+    }
+
+    async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+        let req = request.into_inner();
+        self.run(move |d| d.search(req)).await.map(Response::new)
+    }
+
+    async fn locate(&self, request: Request<LocateRequest>) -> Result<Response<LocateResponse>, Status> {
+        let remote = request.remote_addr();
+        let req = request.into_inner();
+        self.run(move |d| d.locate(req, remote, Instant::now())).await.map(Response::new)
+    }
+
+    async fn get_file(&self, request: Request<GetFileRequest>) -> Result<Response<GetFileResponse>, Status> {
+        let req = request.into_inner();
+        self.run(move |d| d.get_file(req)).await.map(Response::new)
+    }
+
+    async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        self.dir.stats(Instant::now()).map(Response::new).map_err(Status::from)
+    }
+}
