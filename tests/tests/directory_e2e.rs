@@ -60,6 +60,14 @@ async fn three_peers_search_locate_expire_withdraw() -> anyhow::Result<()> {
         announce(&mut c, p3, 4003, vec![file(1, "晴天", "周杰伦"), file(3, "Bohemian Rhapsody", "Queen")])
             .await?;
 
+    // The index commits in the background: wait until all five files are searchable, so that
+    // what follows tests search, not commit timing.
+    eventually(WAIT, || {
+        let mut c = c.clone();
+        async move { Ok((c.stats(StatsRequest {}).await?.into_inner().indexed_documents == 5).then_some(())) }
+    })
+    .await?;
+
     // Search: a Chinese title, an artist, an English word in any case, a file name with no tags.
     let sunny = eventually(WAIT, || {
         let mut c = c.clone();

@@ -2,7 +2,7 @@
 //!
 //! Owns: the on-disk (or in-memory) tantivy index, its schema and analyzers (jieba words, CJK
 //! characters, full-width folding), turning user query strings into queries, exact filters on
-//! media kind / size / duration / bitrate, and ranking `text relevance * weight(key)`.
+//! media kind / size / duration / bitrate, pinyin for Chinese titles and artists, and ranking `text relevance * weight(key)`.
 //!
 //! Must never: do network I/O, or know about peers, presence or sources. It only knows
 //! documents keyed by a `u64` (the catalog's numeric id); whatever depends on who is online
@@ -16,6 +16,7 @@
 mod analyzer;
 mod collect;
 mod query;
+mod romanize;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -154,7 +155,16 @@ impl SearchIndex {
         Ok(())
     }
 
-    /// Makes all upserts durable and visible to searches that start after it returns.
+    /// Removes the documents with these keys (absent keys are ignored); not visible until
+    /// `commit`. (Not needed for offline sources: exclude those with `weight`.)
+    pub fn delete(&self, keys: &[u64]) {
+        let writer = self.writer();
+        for key in keys {
+            writer.delete_term(Term::from_field_u64(self.fields.key, *key));
+        }
+    }
+
+    /// Makes all upserts and deletes durable and visible to searches that start after it returns.
     /// Blocking and comparatively expensive (segment flush + fsync): batch upserts, and run it
     /// in `spawn_blocking`.
     pub fn commit(&self) -> Result<(), IndexError> {

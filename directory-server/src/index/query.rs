@@ -14,6 +14,8 @@
 //! - A CJK run (maximal sequence of CJK characters) matches when each of its jieba words matches,
 //!   either as a word or as a contiguous character fragment; the whole run as a contiguous
 //!   fragment adds score. So `天`, `七里` and `周杰伦晴天` all work.
+//! - A lowercase ASCII word also matches pinyin (full or initials; prefix as above), and several
+//!   such words also match joined (`qing tian` → `qingtian`).
 
 use tantivy::Term;
 use tantivy::query::{BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, PhraseQuery, Query, TermQuery};
@@ -21,7 +23,7 @@ use tantivy::schema::{Field, IndexRecordOption};
 
 use super::IndexError;
 use super::analyzer::{self, fold_width_into, is_cjk};
-use super::schema::Fields;
+use super::schema::{Fields, PINYIN_BOOST};
 
 /// Bytes of the query that are looked at; the rest is ignored.
 pub const MAX_QUERY_BYTES: usize = 1024;
@@ -88,11 +90,33 @@ pub fn plan(fields: &Fields, raw: &str) -> Result<Plan, IndexError> {
             }
         }
     }
+    let mut strict: Box<dyn Query> = Box::new(BooleanQuery::new(strict));
+    // `qing tian`, `zhou jie lun`: Latin words that together spell one pinyin term.
+    if let Some((joined, prefix)) = joined_pinyin(&units) {
+        let mut either = pinyin(fields, &joined, prefix);
+        loose.extend(pinyin(fields, &joined, prefix));
+        either.push((Occur::Should, strict));
+        strict = Box::new(BooleanQuery::new(either));
+    }
     let single = units.len() == 1;
-    Ok(Plan {
-        strict: Box::new(BooleanQuery::new(strict)),
-        loose: (!single).then(|| Box::new(BooleanQuery::new(loose)) as Box<dyn Query>),
-    })
+    Ok(Plan { strict, loose: (!single).then(|| Box::new(BooleanQuery::new(loose)) as Box<dyn Query>) })
+}
+
+/// All units joined, when there are several and all are lowercase ASCII words; and whether the
+/// joined word is long enough to be matched as a prefix.
+fn joined_pinyin(units: &[Unit]) -> Option<(String, bool)> {
+    if units.len() < 2 {
+        return None;
+    }
+    let mut joined = String::new();
+    for unit in units {
+        match unit {
+            Unit::Latin { word, .. } if word.chars().all(|c| c.is_ascii_lowercase()) => joined.push_str(word),
+            _ => return None,
+        }
+    }
+    let prefix = joined.len() >= PREFIX_MIN_CHARS;
+    Some((joined, prefix))
 }
 
 /// Splits the (bounded, width-folded) query into Latin words and CJK runs, in query order.
@@ -171,7 +195,21 @@ fn latin(fields: &Fields, word: &str, prefix: bool) -> Box<dyn Query> {
             should.push((Occur::Should, boosted(q, boost * FUZZY_SCORE)));
         }
     }
+    if word.chars().all(|c| c.is_ascii_lowercase()) {
+        should.extend(pinyin(fields, word, prefix));
+    }
     Box::new(BooleanQuery::new(should))
+}
+
+/// `syllables` (lowercase ASCII letters) as full pinyin or initials, and as a pinyin prefix.
+fn pinyin(fields: &Fields, syllables: &str, prefix: bool) -> Vec<(Occur, Box<dyn Query>)> {
+    let term = Term::from_field_text(fields.pinyin, syllables);
+    let mut should = vec![(Occur::Should, term_query(term.clone(), PINYIN_BOOST))];
+    if prefix {
+        let q = FuzzyTermQuery::new_prefix(term, 0, false);
+        should.push((Occur::Should, boosted(q, PINYIN_BOOST * PREFIX_SCORE)));
+    }
+    should
 }
 
 /// A CJK word from jieba: as a word in any word field, or as a contiguous fragment in any CJK

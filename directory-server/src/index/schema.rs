@@ -11,7 +11,7 @@ use tantivy::TantivyDocument;
 use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
 
 use super::IndexDoc;
-use super::analyzer;
+use super::{analyzer, romanize};
 
 /// Fast field names (also used by the collector).
 pub const KEY: &str = "key";
@@ -25,6 +25,8 @@ pub const TITLE_BOOST: f32 = 4.0;
 pub const ARTIST_BOOST: f32 = 3.0;
 pub const ALBUM_BOOST: f32 = 1.5;
 pub const FILE_NAME_BOOST: f32 = 1.0;
+/// Pinyin of Chinese titles and artists (`qingtian`, `qt`).
+pub const PINYIN_BOOST: f32 = 2.0;
 
 /// Handles to every field of the schema.
 #[derive(Clone, Debug)]
@@ -44,6 +46,8 @@ pub struct Fields {
     pub artist_cjk: Field,
     /// album and file name, as two values of one field.
     pub other_cjk: Field,
+    /// Pinyin terms (one value per term, untokenized) of title and artist.
+    pub pinyin: Field,
 }
 
 impl Fields {
@@ -82,6 +86,12 @@ impl Fields {
         d.add_text(self.artist_cjk, doc.artist);
         d.add_text(self.other_cjk, doc.album);
         d.add_text(self.other_cjk, doc.file_name);
+        let mut pinyin = Vec::new();
+        romanize::terms(doc.title, &mut pinyin);
+        romanize::terms(doc.artist, &mut pinyin);
+        for term in &pinyin {
+            d.add_text(self.pinyin, term);
+        }
         d
     }
 }
@@ -99,6 +109,9 @@ pub fn build() -> (Schema, Fields) {
             .set_tokenizer(analyzer::CJK)
             .set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
+    let pinyin = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default().set_tokenizer("raw").set_index_option(IndexRecordOption::WithFreqs),
+    );
     let fields = Fields {
         key: b.add_u64_field(KEY, INDEXED | FAST),
         media_kind: b.add_i64_field(MEDIA_KIND, FAST),
@@ -112,6 +125,7 @@ pub fn build() -> (Schema, Fields) {
         title_cjk: b.add_text_field("title_cjk", cjk.clone()),
         artist_cjk: b.add_text_field("artist_cjk", cjk.clone()),
         other_cjk: b.add_text_field("other_cjk", cjk),
+        pinyin: b.add_text_field("pinyin", pinyin),
     };
     (b.build(), fields)
 }

@@ -123,6 +123,27 @@ fn falls_back_to_any_word_when_no_doc_has_all() {
 }
 
 #[test]
+fn pinyin_full_initials_prefix_and_spaced() {
+    let idx = fixture();
+    for (q, want) in
+        [("qingtian", 1), ("qt", 1), ("qingt", 1), ("qing tian", 1), ("qilixiang", 2), ("qlx", 2)]
+    {
+        let got = keys(&idx, q);
+        assert_eq!(got.first(), Some(&want), "query {q}: {got:?}");
+    }
+    for q in ["zjl", "zhoujielun", "zhou jie lun", "ZJL"] {
+        let got = keys(&idx, q);
+        for k in [1, 2, 3, 8] {
+            assert!(got.contains(&k), "query {q} misses {k}: {got:?}");
+        }
+        assert!(!got.contains(&5) && !got.contains(&4), "query {q}: {got:?}");
+    }
+    assert_eq!(keys(&idx, "zjl qt").first(), Some(&1));
+    // Pinyin never outranks a real Latin title match.
+    assert_eq!(keys(&idx, "hello").first(), Some(&9));
+}
+
+#[test]
 fn none_weight_excludes_even_the_best_match() {
     let idx = fixture();
     let got = idx.search("晴天", ALL, 0, 10, &|k| (k != 1).then_some(1.0)).unwrap();
@@ -154,7 +175,7 @@ fn paging_gives_disjoint_consecutive_pages_of_admitted_docs() {
         .collect();
     idx.upsert(&docs).unwrap();
     idx.commit().unwrap();
-    let w = |k: u64| (k % 5 != 0).then_some(1.0 + (k % 3) as f32);
+    let w = |k: u64| (!k.is_multiple_of(5)).then_some(1.0 + (k % 3) as f32);
     let all: Vec<u64> = idx.search("love", ALL, 0, 100, &w).unwrap().iter().map(|h| h.0).collect();
     assert_eq!(all.len(), 40);
     let mut paged = Vec::new();
@@ -213,6 +234,17 @@ fn upsert_replaces_by_key_and_commit_makes_visible() {
 }
 
 #[test]
+fn delete_removes_by_key() {
+    let idx = fixture();
+    idx.delete(&[1, 999]);
+    assert!(keys(&idx, "晴天").contains(&1), "visible before commit");
+    idx.commit().unwrap();
+    let got = keys(&idx, "晴天");
+    assert!(!got.contains(&1) && got.contains(&10), "{got:?}");
+    assert_eq!(idx.num_docs(), 9);
+}
+
+#[test]
 fn reopen_keeps_docs_and_corrupt_dir_is_rebuilt_empty() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("index");
@@ -256,6 +288,28 @@ fn nothing_searchable_is_bad_query() {
     }
     // Query syntax characters are plain text.
     assert_eq!(keys(&idx, "title:\"bohemian").first(), Some(&4));
+}
+
+#[test]
+fn huge_and_hostile_queries_are_plain_text() {
+    let idx = fixture();
+    let huge = "bohemian ".to_string() + &"\"(:[]~^*?\\".repeat(10_000);
+    assert!(huge.len() > 100_000);
+    assert_eq!(keys(&idx, &huge).first(), Some(&4));
+    let huge_cjk = "晴天".repeat(50_000);
+    assert!(idx.search(&huge_cjk, ALL, 0, 10, &all_online).is_ok());
+    for q in ["AND", "OR NOT", "-晴天", "+bohemian", "title:", "*", "a~2", "\"unbalanced", "[1 TO 2}"] {
+        match idx.search(q, ALL, 0, 10, &all_online) {
+            Ok(_) | Err(IndexError::BadQuery(_)) => {}
+            Err(e) => panic!("{q:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn search_index_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<SearchIndex>();
 }
 
 proptest! {
