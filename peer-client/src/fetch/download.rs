@@ -1,0 +1,373 @@
+//! The download task: moves bytes for the scheduler. It connects to sources (pinning each
+//! one's PeerId), fetches and checks the outboard, then runs the scheduler's loop: send the
+//! requests it asks for, verify each block against the outboard, write it to the `.part`
+//! file, report the outcome. Every decision is the scheduler's; this module only does I/O.
+//!
+//! Memory is bounded by `MAX_BUFFERS` block buffers, whatever the file size: a request waits
+//! for a buffer before it opens a stream.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quaver_shared::{ContentId, PeerId};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::AbortHandle;
+
+use super::client::{RequestError, request};
+use super::partfile::{PartFile, unused_path};
+use super::scheduler::{BLOCK_SIZE, Block, Scheduler, Verified};
+use super::verify::{Outboard, VerifyError};
+use crate::sanitize::safe_file_name;
+use crate::wire::{Request, ResponseStatus};
+
+/// Most sources a download talks to at once.
+pub const MAX_SOURCES: usize = 8;
+/// Block buffers in memory at once (each `BLOCK_SIZE`): 16 MiB.
+pub const MAX_BUFFERS: usize = 64;
+/// A request that takes longer than this counts as failed (the source stalls).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often to ask the directory for more sources while short of them.
+const RELOCATE_EVERY: Duration = Duration::from_secs(2);
+/// Lookups in a row that found nobody new, with no source left, before giving up.
+const MAX_FRUITLESS_RELOCATES: u32 = 5;
+
+/// A peer that has the file, as the directory's Locate gave it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceAddr {
+    pub peer: PeerId,
+    pub addr: SocketAddr,
+}
+
+/// What to download and where.
+#[derive(Clone, Debug)]
+pub struct DownloadSpec {
+    pub id: ContentId,
+    pub size: u64,
+    /// The name the directory gave; sanitised before it touches the disk.
+    pub name: String,
+    pub out_dir: PathBuf,
+    /// Where `.part` state lives between runs.
+    pub work_dir: PathBuf,
+}
+
+/// Progress for bars and status commands.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DownloadProgress {
+    pub size: u64,
+    pub verified_bytes: u64,
+    pub active_sources: usize,
+    pub fetched_bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct DownloadOutcome {
+    pub path: PathBuf,
+    /// Bytes received from peers in this run (blocks a previous run verified are not fetched).
+    pub fetched_bytes: u64,
+    /// Verified bytes credited to each source.
+    pub per_source: Vec<(PeerId, u64)>,
+    /// Sources that sent bad data.
+    pub banned: Vec<PeerId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no source could serve the file (tried {tried})")]
+    NoSources { tried: usize },
+    #[error("no source sent a valid outboard")]
+    NoOutboard,
+    #[error("download state on disk: {0}")]
+    Disk(#[from] std::io::Error),
+    #[error("the assembled file does not hash to its content id")]
+    FinalCheck,
+    #[error("{0}")]
+    Scheduler(#[from] super::scheduler::SchedulerError),
+}
+
+/// Asked for more sources when too few are left (usually the directory's Locate).
+pub type Relocate = Box<dyn FnMut() -> futures_lite::BoxedFuture<Vec<SourceAddr>> + Send>;
+
+mod futures_lite {
+    pub type BoxedFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+}
+
+enum Event {
+    Connected(PeerId, quinn::Connection),
+    ConnectFailed(PeerId),
+    Block { peer: PeerId, block: Block, result: Result<Vec<u8>, RequestError>, elapsed: Duration },
+}
+
+/// Downloads `spec` from `sources` (and whatever `relocate` finds later).
+pub async fn download(
+    endpoint: &quinn::Endpoint,
+    spec: DownloadSpec,
+    sources: Vec<SourceAddr>,
+    mut relocate: Option<Relocate>,
+    progress: Option<watch::Sender<DownloadProgress>>,
+) -> Result<DownloadOutcome, FetchError> {
+    let mut part = {
+        let blocks = spec.size.div_ceil(BLOCK_SIZE).max(1) as usize;
+        PartFile::open(&spec.work_dir, &spec.id, spec.size, blocks)?
+    };
+    let (tx, mut rx) = mpsc::channel::<Event>(256);
+    let mut conns: HashMap<PeerId, quinn::Connection> = HashMap::new();
+    let mut connecting = 0usize;
+    let mut known: Vec<SourceAddr> = Vec::new();
+    let mut tried = 0usize;
+    let connect = |s: SourceAddr, tx: &mpsc::Sender<Event>| {
+        let (endpoint, tx) = (endpoint.clone(), tx.clone());
+        tokio::spawn(async move {
+            let ev = match crate::tls::connect(&endpoint, s.addr, s.peer).await {
+                Ok(c) => Event::Connected(s.peer, c),
+                Err(e) => {
+                    tracing::info!(peer = %s.peer, addr = %s.addr, error = %e, "cannot connect to source");
+                    Event::ConnectFailed(s.peer)
+                }
+            };
+            let _ = tx.send(ev).await;
+        });
+    };
+    for s in sources.into_iter().take(MAX_SOURCES) {
+        known.push(s);
+        connect(s, &tx);
+        connecting += 1;
+        tried += 1;
+    }
+
+    // The outboard: from a previous run, or from the first source that sends a valid one.
+    let mut outboard = part.saved_outboard().and_then(|b| Outboard::new(&spec.id, spec.size, b).ok());
+    let mut banned = Vec::new();
+    while outboard.is_none() {
+        let Some(ev) = rx.recv().await else { return Err(FetchError::NoOutboard) };
+        connecting =
+            connecting.saturating_sub(matches!(ev, Event::Connected(..) | Event::ConnectFailed(_)) as usize);
+        if let Event::Connected(peer, conn) = ev {
+            let mut body = Vec::new();
+            match request(&conn, &Request::Outboard(spec.id), &mut body).await {
+                Ok(h) if h.file_size == spec.size => match Outboard::new(&spec.id, spec.size, body) {
+                    Ok(ob) => outboard = Some(ob),
+                    Err(e) => tracing::warn!(peer = %peer, error = %e, "bad outboard"),
+                },
+                Ok(h) => tracing::warn!(peer = %peer, size = h.file_size, "source reports another size"),
+                Err(e) => tracing::info!(peer = %peer, error = %e, "outboard request failed"),
+            }
+            conns.insert(peer, conn);
+        }
+        if outboard.is_none() && connecting == 0 {
+            return Err(FetchError::NoOutboard);
+        }
+    }
+    let Some(outboard) = outboard else { return Err(FetchError::NoOutboard) };
+    part.save_outboard(outboard.bytes())?;
+
+    // Resume: re-check what a previous run marked, keep what passes.
+    let mut kept = Vec::new();
+    for block in part.marked_blocks() {
+        let range = block_range(block, spec.size);
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        if part.read_at(range.start, &mut buf).is_ok() && outboard.check_block(range, &buf).is_ok() {
+            kept.push(block);
+        } else {
+            part.unmark(block)?;
+        }
+    }
+    let mut sched = Scheduler::new(spec.size, BLOCK_SIZE, kept)?;
+    for peer in conns.keys() {
+        sched.add_source(*peer);
+    }
+
+    let buffers = Arc::new(Semaphore::new(MAX_BUFFERS));
+    let mut in_flight: HashMap<(PeerId, Block), AbortHandle> = HashMap::new();
+    let mut fetched_bytes = 0u64;
+    let mut per_source: HashMap<PeerId, u64> = HashMap::new();
+    let mut relocated_at: Option<Instant> = None;
+    let mut fruitless = 0u32;
+
+    while !sched.is_complete() {
+        for (peer, block) in sched.next_requests(Instant::now()) {
+            let Some(conn) = conns.get(&peer).cloned() else {
+                sched.remove_source(peer);
+                continue;
+            };
+            let range = block_range(block, spec.size);
+            let (tx, buffers, id) = (tx.clone(), buffers.clone(), spec.id);
+            let task = tokio::spawn(async move {
+                let Ok(_permit) = buffers.acquire_owned().await else { return };
+                let started = Instant::now();
+                let req = Request::Range { id, offset: range.start, len: range.end - range.start };
+                let mut body = Vec::new();
+                let result =
+                    match tokio::time::timeout(REQUEST_TIMEOUT, request(&conn, &req, &mut body)).await {
+                        Ok(Ok(_)) => Ok(body),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(RequestError::Stream("request timed out".into())),
+                    };
+                let _ = tx.send(Event::Block { peer, block, result, elapsed: started.elapsed() }).await;
+            });
+            in_flight.insert((peer, block), task.abort_handle());
+        }
+
+        // Too few sources left: ask for more (at most every RELOCATE_EVERY), and give up only
+        // when nobody is left and asking again found no one new several times.
+        if connecting == 0 && sched.needs_more_sources() {
+            let due = relocated_at.is_none_or(|t| t.elapsed() >= RELOCATE_EVERY);
+            let mut added = 0;
+            if let (Some(find), true) = (relocate.as_mut(), due) {
+                relocated_at = Some(Instant::now());
+                for s in find().await {
+                    if conns.contains_key(&s.peer) || banned.contains(&s.peer) || known.contains(&s) {
+                        continue;
+                    }
+                    known.push(s);
+                    connect(s, &tx);
+                    connecting += 1;
+                    tried += 1;
+                    added += 1;
+                }
+                fruitless = if added == 0 { fruitless + 1 } else { 0 };
+            }
+            // Retired and banned sources get no more requests: nobody usable is as good as
+            // nobody connected.
+            let stranded =
+                (conns.is_empty() || sched.usable_sources() == 0) && in_flight.is_empty() && added == 0;
+            if stranded && (relocate.is_none() || fruitless >= MAX_FRUITLESS_RELOCATES) {
+                return Err(FetchError::NoSources { tried });
+            }
+        }
+
+        let wake = sched.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
+        let ev = tokio::select! {
+            ev = rx.recv() => ev,
+            _ = tokio::time::sleep_until(wake.into()) => continue,
+        };
+        let Some(ev) = ev else { break };
+        match ev {
+            Event::Connected(peer, conn) => {
+                connecting = connecting.saturating_sub(1);
+                if sched.add_source(peer) {
+                    conns.insert(peer, conn);
+                }
+            }
+            Event::ConnectFailed(peer) => {
+                connecting = connecting.saturating_sub(1);
+                tracing::debug!(peer = %peer, "source unreachable; others carry on");
+            }
+            Event::Block { peer, block, result, elapsed } => {
+                in_flight.remove(&(peer, block));
+                match result {
+                    Ok(bytes) => {
+                        fetched_bytes += bytes.len() as u64;
+                        let range = block_range(block, spec.size);
+                        match outboard.check_block(range.clone(), &bytes) {
+                            Ok(()) => {
+                                if let Verified::Accepted { cancel } =
+                                    sched.block_verified(peer, block, bytes.len() as u64, elapsed)
+                                {
+                                    part.write_block(block, range.start, &bytes)?;
+                                    *per_source.entry(peer).or_default() += bytes.len() as u64;
+                                    for loser in cancel {
+                                        if let Some(h) = in_flight.remove(&(loser, block)) {
+                                            h.abort();
+                                        }
+                                    }
+                                }
+                            }
+                            Err(VerifyError::BadOutboard) => {
+                                // Our outboard was checked block by block: cannot happen after the
+                                // first success, and before it the outboard's sender is unknown here.
+                                part.forget_outboard();
+                                return Err(FetchError::NoOutboard);
+                            }
+                            Err(e) => {
+                                tracing::warn!(peer = %peer, block, error = %e, "source sent bad data; dropping it");
+                                sched.block_failed_verification(peer, block);
+                                banned.push(peer);
+                                drop_source(&mut conns, &mut in_flight, peer);
+                            }
+                        }
+                    }
+                    Err(e) if e.is_connection_lost() => {
+                        tracing::info!(peer = %peer, error = %e, "source lost");
+                        sched.remove_source(peer);
+                        drop_source(&mut conns, &mut in_flight, peer);
+                    }
+                    Err(RequestError::Refused(ResponseStatus::Busy { estimated_wait, .. })) => {
+                        tracing::trace!(peer = %peer, block, ?estimated_wait, "source busy");
+                        sched.request_busy(peer, block, estimated_wait);
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %peer, block, error = %e, "request failed");
+                        sched.request_failed(peer, block);
+                    }
+                }
+            }
+        }
+        if let Some(p) = &progress {
+            let snap = sched.progress();
+            let _ = p.send(DownloadProgress {
+                size: spec.size,
+                verified_bytes: snap.verified_bytes,
+                active_sources: conns.len(),
+                fetched_bytes,
+            });
+        }
+    }
+    for (_, h) in in_flight.drain() {
+        h.abort();
+    }
+    part.sync()?;
+    if !whole_file_matches(&part, &spec)? {
+        return Err(FetchError::FinalCheck);
+    }
+    let name = safe_file_name(&spec.name, &format!("{}.download", &spec.id.to_hex()[..16]));
+    std::fs::create_dir_all(&spec.out_dir)?;
+    let dest = unused_path(&spec.out_dir, &name);
+    part.finish(&dest)?;
+    for conn in conns.values() {
+        conn.close(0u32.into(), b"done");
+    }
+    Ok(DownloadOutcome { path: dest, fetched_bytes, per_source: per_source.into_iter().collect(), banned })
+}
+
+fn drop_source(
+    conns: &mut HashMap<PeerId, quinn::Connection>,
+    in_flight: &mut HashMap<(PeerId, Block), AbortHandle>,
+    peer: PeerId,
+) {
+    if let Some(conn) = conns.remove(&peer) {
+        conn.close(1u32.into(), b"dropped");
+    }
+    in_flight.retain(|(p, _), h| {
+        if *p == peer {
+            h.abort();
+        }
+        *p != peer
+    });
+}
+
+fn block_range(block: Block, size: u64) -> std::ops::Range<u64> {
+    let start = u64::from(block) * BLOCK_SIZE;
+    start..(start + BLOCK_SIZE).min(size)
+}
+
+/// The final check: the whole `.part` file hashes to the content id.
+fn whole_file_matches(part: &PartFile, spec: &DownloadSpec) -> std::io::Result<bool> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    while offset < spec.size {
+        let n = (spec.size - offset).min(buf.len() as u64) as usize;
+        part.read_at(offset, &mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(hasher.finalize().as_bytes() == spec.id.as_bytes())
+}
+
+/// Where downloads keep their state by default, inside a node's data dir.
+pub fn default_work_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("downloads")
+}

@@ -1,0 +1,194 @@
+//! A download's state on disk, so that it survives `kill -9` at any moment:
+//!
+//! - `<id>.part`: the file being assembled, full size from the start, blocks written at their
+//!   offsets;
+//! - `<id>.blocks`: one byte per block, 1 when that block's bytes in `.part` were verified;
+//! - `<id>.outboard`: the verified outboard, so a resumed download need not fetch it again.
+//!
+//! Order is what makes it safe: a block's bytes are written before its byte in `.blocks`, and
+//! `sync` flushes `.part` before `.blocks`. A process crash keeps both in the page cache; a power
+//! cut can lose marks but never leaves a mark for unwritten bytes. On resume the marked blocks
+//! are checked against the outboard once more anyway (cheap), and a block that fails is simply
+//! fetched again.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use quaver_shared::ContentId;
+
+use super::scheduler::Block;
+
+pub struct PartFile {
+    part: File,
+    marks: File,
+    verified: Vec<bool>,
+    unsynced: usize,
+    paths: Paths,
+}
+
+struct Paths {
+    part: PathBuf,
+    marks: PathBuf,
+    outboard: PathBuf,
+}
+
+impl Paths {
+    fn new(work_dir: &Path, id: &ContentId) -> Self {
+        let base = work_dir.join(id.to_hex());
+        Self {
+            part: base.with_extension("part"),
+            marks: base.with_extension("blocks"),
+            outboard: base.with_extension("outboard"),
+        }
+    }
+}
+
+/// Marks are flushed to disk after this many newly verified blocks.
+const SYNC_EVERY: usize = 64;
+
+impl PartFile {
+    /// Opens the state of a download of `size` bytes in `blocks` blocks, creating it if new.
+    pub fn open(work_dir: &Path, id: &ContentId, size: u64, blocks: usize) -> io::Result<Self> {
+        std::fs::create_dir_all(work_dir)?;
+        let paths = Paths::new(work_dir, id);
+        let part =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&paths.part)?;
+        if part.metadata()?.len() != size {
+            part.set_len(size)?;
+        }
+        let marks =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&paths.marks)?;
+        let mut bytes = vec![0u8; blocks];
+        if marks.metadata()?.len() == blocks as u64 {
+            marks.read_exact_at(&mut bytes, 0)?;
+        } else {
+            // Missing or from another shape of download: start over, nothing is trusted.
+            marks.set_len(0)?;
+            marks.set_len(blocks as u64)?;
+            bytes.fill(0);
+        }
+        let verified = bytes.iter().map(|b| *b == 1).collect();
+        Ok(Self { part, marks, verified, unsynced: 0, paths })
+    }
+
+    /// Blocks a previous run marked verified.
+    pub fn marked_blocks(&self) -> Vec<Block> {
+        self.verified.iter().enumerate().filter(|(_, v)| **v).map(|(i, _)| i as Block).collect()
+    }
+
+    /// Forgets a mark (the bytes failed the re-check on resume).
+    pub fn unmark(&mut self, block: Block) -> io::Result<()> {
+        if let Some(v) = self.verified.get_mut(block as usize) {
+            *v = false;
+            self.marks.write_all_at(&[0], u64::from(block))?;
+        }
+        Ok(())
+    }
+
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.part.read_exact_at(buf, offset)
+    }
+
+    /// Writes a verified block's bytes at `offset`, then marks it.
+    pub fn write_block(&mut self, block: Block, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.part.write_all_at(bytes, offset)?;
+        self.marks.write_all_at(&[1], u64::from(block))?;
+        if let Some(v) = self.verified.get_mut(block as usize) {
+            *v = true;
+        }
+        self.unsynced += 1;
+        if self.unsynced >= SYNC_EVERY {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes data before marks (see the module doc).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.part.sync_data()?;
+        self.marks.sync_data()?;
+        self.unsynced = 0;
+        Ok(())
+    }
+
+    pub fn saved_outboard(&self) -> Option<Vec<u8>> {
+        std::fs::read(&self.paths.outboard).ok()
+    }
+
+    /// Keeps a verified outboard for a resumed run (written atomically).
+    pub fn save_outboard(&self, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.paths.outboard.with_extension("outboard.tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &self.paths.outboard)
+    }
+
+    pub fn forget_outboard(&self) {
+        let _ = std::fs::remove_file(&self.paths.outboard);
+    }
+
+    /// Moves the finished file to `dest` (which must not exist) and removes the state files.
+    pub fn finish(mut self, dest: &Path) -> io::Result<()> {
+        self.sync()?;
+        self.part.sync_all()?;
+        std::fs::hard_link(&self.paths.part, dest).or_else(|_| std::fs::rename(&self.paths.part, dest))?;
+        let _ = std::fs::remove_file(&self.paths.part);
+        let _ = std::fs::remove_file(&self.paths.marks);
+        let _ = std::fs::remove_file(&self.paths.outboard);
+        if let Some(dir) = dest.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// `dir/name`, or `dir/stem (n).ext` for the first n that does not exist yet.
+pub fn unused_path(dir: &Path, name: &str) -> PathBuf {
+    let first = dir.join(name);
+    if !first.exists() {
+        return first;
+    }
+    let (stem, ext) = match name.rfind('.') {
+        Some(dot) if dot > 0 => (&name[..dot], &name[dot..]),
+        _ => (name, ""),
+    };
+    (1..).map(|n| dir.join(format!("{stem} ({n}){ext}"))).find(|p| !p.exists()).unwrap_or(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_survive_reopening_and_a_wrong_shape_resets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ContentId::of_bytes(b"x");
+        let mut p = PartFile::open(dir.path(), &id, 1000, 4).unwrap();
+        p.write_block(2, 500, b"hello").unwrap();
+        drop(p);
+        let p = PartFile::open(dir.path(), &id, 1000, 4).unwrap();
+        assert_eq!(p.marked_blocks(), vec![2]);
+        let mut buf = [0u8; 5];
+        p.read_at(500, &mut buf).unwrap();
+        assert_eq!(&buf, b"hello");
+        drop(p);
+        let p = PartFile::open(dir.path(), &id, 1000, 5).unwrap();
+        assert!(p.marked_blocks().is_empty());
+    }
+
+    #[test]
+    fn finish_moves_without_overwriting() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("song.mp3"), b"old").unwrap();
+        let dest = unused_path(dir.path(), "song.mp3");
+        assert_eq!(dest, dir.path().join("song (1).mp3"));
+        let id = ContentId::of_bytes(b"y");
+        let mut p = PartFile::open(&dir.path().join("work"), &id, 3, 1).unwrap();
+        p.write_block(0, 0, b"new").unwrap();
+        p.finish(&dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+        assert_eq!(std::fs::read(dir.path().join("song.mp3")).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path().join("work")).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,178 @@
+//! Checks bytes from untrusted peers against a file's content id, via its bao outboard.
+//!
+//! Pure computation, no I/O: `Outboard::new` takes the outboard bytes a peer sent and the
+//! content id we asked for; `check_block` hashes one block and walks the tree from the root
+//! down to it. Every parent pair on the way must hash to the value above it, so a block that
+//! passes is bound to the content id by BLAKE3 alone, whoever sent it.
+//!
+//! Blame is exact: a `ParentHashMismatch` means the *outboard* disagrees with the content id
+//! (blame whoever sent the outboard); a `LeafHashMismatch` under an authenticated parent means
+//! the *block* is wrong (blame whoever sent the block).
+
+use std::ops::Range;
+
+use bao_tree::io::EncodeError;
+use bao_tree::io::outboard::PreOrderMemOutboard;
+use bao_tree::io::sync::{ReadAt, encode_ranges_validated};
+use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
+use quaver_shared::ContentId;
+
+use crate::library::CHUNK_LOG;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    #[error("outboard is {got} bytes; a {size}-byte file needs {want}")]
+    OutboardLength { size: u64, got: usize, want: u64 },
+    #[error("the outboard does not match the content id")]
+    BadOutboard,
+    #[error("block bytes do not match the content id")]
+    BadBlock,
+    #[error("block {range:?} is not aligned to 16 KiB chunk groups or lies outside the file")]
+    Misaligned { range: Range<u64> },
+}
+
+/// A file's outboard, checked for shape, ready to verify blocks.
+pub struct Outboard {
+    inner: PreOrderMemOutboard<Vec<u8>>,
+}
+
+/// Bytes of one block, readable at their absolute file offsets.
+struct BlockAt<'a> {
+    start: u64,
+    bytes: &'a [u8],
+}
+
+impl ReadAt for BlockAt<'_> {
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rel = pos.checked_sub(self.start).and_then(|r| usize::try_from(r).ok());
+        let Some(rel) = rel.filter(|r| *r <= self.bytes.len()) else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "read outside the block"));
+        };
+        let n = buf.len().min(self.bytes.len() - rel);
+        buf[..n].copy_from_slice(&self.bytes[rel..rel + n]);
+        Ok(n)
+    }
+}
+
+pub fn block_size() -> BlockSize {
+    BlockSize::from_chunk_log(CHUNK_LOG)
+}
+
+/// The outboard length a file of `size` bytes has.
+pub fn outboard_len(size: u64) -> u64 {
+    BaoTree::new(size, block_size()).outboard_size()
+}
+
+impl Outboard {
+    /// Takes outboard bytes from a peer for the file `id` of `size` bytes. Only the length is
+    /// checked here; the hashes are checked against `id` on every block (and by `check_all`).
+    pub fn new(id: &ContentId, size: u64, bytes: Vec<u8>) -> Result<Self, VerifyError> {
+        let tree = BaoTree::new(size, block_size());
+        if bytes.len() as u64 != tree.outboard_size() {
+            return Err(VerifyError::OutboardLength { size, got: bytes.len(), want: tree.outboard_size() });
+        }
+        let root = blake3::Hash::from_bytes(*id.as_bytes());
+        Ok(Self { inner: PreOrderMemOutboard { root, tree, data: bytes } })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.inner.tree.size()
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.inner.data
+    }
+
+    /// Verifies the bytes of `range` (chunk-group aligned; may end at the end of the file).
+    pub fn check_block(&self, range: Range<u64>, bytes: &[u8]) -> Result<(), VerifyError> {
+        let group = block_size().bytes() as u64;
+        let size = self.size();
+        let aligned = range.start.is_multiple_of(group) && (range.end.is_multiple_of(group) || range.end == size);
+        if !aligned
+            || range.start >= range.end
+            || range.end > size
+            || bytes.len() as u64 != range.end - range.start
+        {
+            return Err(VerifyError::Misaligned { range });
+        }
+        // Rounding the end up takes in a final partial chunk; aligned ends are exact anyway.
+        let chunks = ChunkRanges::from(ChunkNum::chunks(range.start)..ChunkNum::chunks(range.end));
+        let data = BlockAt { start: range.start, bytes };
+        match encode_ranges_validated(data, &self.inner, &chunks, std::io::sink()) {
+            Ok(()) => Ok(()),
+            Err(EncodeError::ParentHashMismatch(_)) => Err(VerifyError::BadOutboard),
+            Err(_) => Err(VerifyError::BadBlock),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1]).collect()
+    }
+
+    fn outboard_of(bytes: &[u8]) -> (ContentId, Vec<u8>) {
+        let ob = PreOrderMemOutboard::create(bytes, block_size());
+        (ContentId::from_array(*ob.root.as_bytes()), ob.data)
+    }
+
+    #[test]
+    fn good_blocks_pass_and_flipped_bytes_fail() {
+        let file = data(1_000_000 + 123);
+        let (id, ob) = outboard_of(&file);
+        assert_eq!(id, ContentId::of_bytes(&file), "the outboard root is the BLAKE3 hash");
+        let ob = Outboard::new(&id, file.len() as u64, ob).unwrap();
+        let block = 256 * 1024u64;
+        let mut start = 0;
+        while start < file.len() as u64 {
+            let end = (start + block).min(file.len() as u64);
+            let bytes = &file[start as usize..end as usize];
+            assert_eq!(ob.check_block(start..end, bytes), Ok(()), "block at {start}");
+            let mut bad = bytes.to_vec();
+            let last = bad.len() - 1;
+            bad[last] ^= 1;
+            assert_eq!(ob.check_block(start..end, &bad), Err(VerifyError::BadBlock));
+            start = end;
+        }
+    }
+
+    #[test]
+    fn a_forged_outboard_is_blamed_on_the_outboard() {
+        let file = data(600_000);
+        let (id, mut ob) = outboard_of(&file);
+        ob[0] ^= 0xff;
+        let ob = Outboard::new(&id, file.len() as u64, ob).unwrap();
+        assert_eq!(ob.check_block(0..262_144, &file[..262_144]), Err(VerifyError::BadOutboard));
+        let other = ContentId::of_bytes(b"something else");
+        let (_, good) = outboard_of(&file);
+        let wrong_root = Outboard::new(&other, file.len() as u64, good).unwrap();
+        assert_eq!(wrong_root.check_block(0..262_144, &file[..262_144]), Err(VerifyError::BadOutboard));
+    }
+
+    #[test]
+    fn shapes_are_checked() {
+        let file = data(100_000);
+        let (id, ob) = outboard_of(&file);
+        assert!(matches!(Outboard::new(&id, 100_000, vec![0; 3]), Err(VerifyError::OutboardLength { .. })));
+        let ob = Outboard::new(&id, 100_000, ob).unwrap();
+        assert!(matches!(ob.check_block(1..16_384, &file[1..16_384]), Err(VerifyError::Misaligned { .. })));
+        assert!(matches!(ob.check_block(0..16_384, &file[..100]), Err(VerifyError::Misaligned { .. })));
+        assert_eq!(ob.check_block(16_384..100_000, &file[16_384..]), Ok(()));
+        assert_eq!(outboard_len(100_000), ob.bytes().len() as u64);
+    }
+
+    #[test]
+    fn tiny_and_empty_files() {
+        for len in [0usize, 1, 1024, 16_384, 16_385] {
+            let file = data(len);
+            let (id, ob) = outboard_of(&file);
+            let ob = Outboard::new(&id, len as u64, ob).unwrap();
+            if len > 0 {
+                assert_eq!(ob.check_block(0..len as u64, &file), Ok(()), "len {len}");
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Serving: answers other peers' requests for the files of a [`Library`].
+//!
+//! This module owns the QUIC accept loop, one task per connection and one per request stream,
+//! the upload slots, the upload bandwidth cap and the serving counters. The protocol itself
+//! (framing, bounds, messages) is [`crate::wire`]'s; identity and TLS are [`crate::tls`]'s.
+//!
+//! What it must never do:
+//! - **trust a request field.** Ids and range bounds arrive validated by the wire codec, and a
+//!   range is checked against the file's size before a byte is read. A malformed request costs
+//!   the sender its stream (reset, or BAD_REQUEST) and nothing else: the connection and its
+//!   other streams go on.
+//! - **hold a file open between requests.** A range request opens its file, reads its pieces,
+//!   and closes it; the library holds paths, not descriptors.
+//! - **block the runtime on disk.** Library lookups, opens and reads run on tokio's blocking
+//!   pool, one bounded piece at a time.
+//! - **queue work it cannot do.** A data request that finds every upload slot taken is answered
+//!   BUSY at once, with a queue position and an estimated wait, instead of waiting in a task.
+//!
+//! Counters are plain atomics read through [`Server::stats`].
+
+mod budget;
+mod stream;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use quinn::{Endpoint, Incoming, VarInt};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::library::Library;
+use crate::wire::ALPN;
+use budget::{Slots, TokenBucket};
+
+/// Stream reset code: the request frame was oversized, truncated or never came.
+pub const RESET_BAD_FRAME: VarInt = VarInt::from_u32(1);
+/// Stream reset code: the server failed mid-answer (disk, store); ask elsewhere or later.
+pub const RESET_INTERNAL: VarInt = VarInt::from_u32(2);
+/// Connection close code: the peer did not negotiate `quaver/1`.
+pub const CLOSE_WRONG_PROTOCOL: VarInt = VarInt::from_u32(3);
+
+/// How long [`Server::shutdown`] lets answers in progress finish before cutting them off.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a node serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Uploads (range and outboard bodies) served at the same time; more are answered BUSY.
+    /// `Have` and `Status` answers never need a slot. Default 8.
+    pub upload_slots: usize,
+    /// Cap on body bytes per second, shared by all uploads. Off (`None`) by default.
+    pub max_upload_bytes_per_sec: Option<u64>,
+    /// **Test hook, fault injection only:** flip the first byte of every range body, to
+    /// simulate a peer serving corrupted data (the downloader must detect it and drop us).
+    /// Off by default; never set it in a real node.
+    pub corrupt_ranges: bool,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self { upload_slots: 8, max_upload_bytes_per_sec: None, corrupt_ranges: false }
+    }
+}
+
+/// Serving counters since [`Server::spawn`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServeStats {
+    /// Body bytes (ranges and outboards) handed to QUIC; headers not counted.
+    pub bytes_sent: u64,
+    /// Request streams accepted, well-formed or not.
+    pub requests: u64,
+    /// Requests answered BUSY.
+    pub busy_answers: u64,
+}
+
+/// What every task of a server shares.
+struct Shared {
+    library: Arc<dyn Library>,
+    config: ServeConfig,
+    slots: Arc<Slots>,
+    bucket: Option<TokenBucket>,
+    bytes_sent: AtomicU64,
+    requests: AtomicU64,
+    busy_answers: AtomicU64,
+}
+
+/// A running server. Dropping it aborts every task it runs (answers are cut off); call
+/// [`Server::shutdown`] to stop gracefully.
+pub struct Server {
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts answering the connections `endpoint` accepts (see [`crate::tls::endpoint`]).
+    /// Must be called inside a tokio runtime.
+    pub fn spawn(endpoint: Endpoint, library: Arc<dyn Library>, config: ServeConfig) -> Server {
+        // A quarter second of rate as the burst lets an idle node start an upload at once while
+        // keeping the pace smooth; the floor of one piece keeps tiny caps from stalling a piece.
+        let bucket =
+            config.max_upload_bytes_per_sec.map(|rate| TokenBucket::new(rate, (rate / 4).max(stream::PIECE)));
+        let shared = Arc::new(Shared {
+            library,
+            slots: Slots::new(config.upload_slots),
+            config,
+            bucket,
+            bytes_sent: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            busy_answers: AtomicU64::new(0),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared), stopped));
+        if let Ok(addr) = endpoint.local_addr() {
+            tracing::info!(%addr, "serving peers");
+        }
+        Server { endpoint, shared, stop, task: Some(task) }
+    }
+
+    /// The endpoint this server answers on (it can also dial out, see [`crate::tls::connect`]).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn stats(&self) -> ServeStats {
+        ServeStats {
+            bytes_sent: self.shared.bytes_sent.load(Ordering::Relaxed),
+            requests: self.shared.requests.load(Ordering::Relaxed),
+            busy_answers: self.shared.busy_answers.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting connections and streams, lets answers in progress finish (for at most a
+    /// few seconds), then closes the endpoint and waits until peers were told.
+    pub async fn shutdown(mut self) {
+        // New connections are refused from here on; existing ones stop taking new streams.
+        self.endpoint.set_server_config(None);
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(DRAIN_TIMEOUT, task).await.is_err() {
+                tracing::warn!("answers still running at shutdown were cut off");
+                abort.abort();
+            }
+        }
+        // Closing only after the answers were acknowledged is what keeps their tails from being
+        // lost (STACK.md pitfall 12); wait_idle then lets the close frames reach the peers.
+        self.endpoint.close(0u32.into(), b"bye");
+        self.endpoint.wait_idle().await;
+        tracing::info!("stopped serving peers");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            // Aborting the accept loop drops its JoinSet, which aborts every connection task,
+            // whose JoinSets abort every stream task.
+            task.abort();
+        }
+    }
+}
+
+/// Resolves once a stop was requested (or the server is gone).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    connections.spawn(serve_connection(incoming, Arc::clone(&shared), stop.clone()));
+                }
+                None => break, // endpoint closed
+            },
+            // Reap finished connections so the set does not grow with every peer ever seen.
+            Some(done) = connections.join_next(), if !connections.is_empty() => log_join(done),
+            () = stopping(&mut stop) => break,
+        }
+    }
+    while let Some(done) = connections.join_next().await {
+        log_join(done);
+    }
+}
+
+async fn serve_connection(incoming: Incoming, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let remote = incoming.remote_address();
+    let connection = tokio::select! {
+        result = incoming => match result {
+            Ok(connection) => connection,
+            Err(e) => {
+                tracing::debug!(%remote, error = %e, "incoming handshake failed");
+                return;
+            }
+        },
+        () = stopping(&mut stop) => return,
+    };
+    // rustls already refuses a client that offers other protocols; this also refuses one that
+    // offered none, so every stream we parse really speaks quaver/1.
+    let protocol = connection
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    if protocol.as_deref() != Some(ALPN) {
+        tracing::debug!(%remote, "peer did not negotiate quaver/1");
+        connection.close(CLOSE_WRONG_PROTOCOL, b"quaver/1 required");
+        return;
+    }
+    tracing::debug!(%remote, "peer connected");
+
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = connection.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    streams.spawn(stream::serve_stream(Arc::clone(&shared), send, recv));
+                }
+                Err(e) => {
+                    tracing::debug!(%remote, reason = %e, "peer connection ended");
+                    break;
+                }
+            },
+            Some(done) = streams.join_next(), if !streams.is_empty() => log_join(done),
+            () = stopping(&mut stop) => break,
+        }
+    }
+    // Answers already started run to their end (or to the connection's end).
+    while let Some(done) = streams.join_next().await {
+        log_join(done);
+    }
+}
+
+fn log_join(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a serving task panicked");
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,268 @@
+//! One request stream: read the request, look the file up, answer, finish.
+//!
+//! Owns the order of every answer: validate, look up, check against the file, take a slot, send
+//! the header, send the body, wait for delivery. Nothing here trusts the request: ids and range
+//! bounds come validated from [`FrameDecoder`], and whether a range fits the file is checked
+//! against the library's size before a byte is read. Disk work (library lookups, opening and
+//! reading files) runs on the blocking pool, one piece at a time, and the file is closed when
+//! the answer ends.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use tokio::time::timeout;
+
+use super::{RESET_BAD_FRAME, RESET_INTERNAL, Shared};
+use crate::library::{Entry, LibraryError};
+use crate::wire::{FrameDecoder, Request, ResponseHeader, WireError, encode_header, max_outboard_len};
+
+/// How long a peer may take to send its request once it opened the stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long we wait for the peer to acknowledge a finished answer before we let go of it.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes read from disk and written to the stream at a time: big enough to amortise a trip to
+/// the blocking pool, small enough to keep memory per upload low and the bandwidth cap smooth.
+pub(super) const PIECE: u64 = 64 * 1024;
+
+/// Why an answer was abandoned after the request was read.
+#[derive(Debug, thiserror::Error)]
+enum AnswerError {
+    #[error(transparent)]
+    Library(#[from] LibraryError),
+    #[error("reading the file failed: {0}")]
+    Disk(#[from] std::io::Error),
+    #[error("a blocking disk task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("the peer stopped reading: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stored outboard of {len} bytes is too long for a file of {size} bytes")]
+    OutboardTooLong { len: usize, size: u64 },
+}
+
+/// How reading the request went wrong.
+enum BadRequest {
+    /// Framing broke (oversized length, stream ended mid-frame, too slow): there is no request
+    /// to answer, so the stream is reset.
+    Frame(String),
+    /// A complete frame that breaks a rule: answered with BAD_REQUEST.
+    Invalid(WireError),
+    /// The stream or connection went away; nothing to answer.
+    Gone(quinn::ReadError),
+}
+
+/// Serves one bidirectional stream to its end. Never panics on peer input and never touches
+/// other streams: every failure ends here, with an answer, a reset, or nothing.
+pub(super) async fn serve_stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream) {
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let request = match timeout(REQUEST_TIMEOUT, read_request(&mut recv)).await {
+        Ok(Ok(request)) => request,
+        Ok(Err(BadRequest::Invalid(e))) => {
+            tracing::debug!(error = %e, "invalid request");
+            let _ = answer(&mut send, &ResponseHeader::bad_request(e.to_string())).await;
+            return;
+        }
+        Ok(Err(BadRequest::Frame(why))) => return refuse(&mut send, &mut recv, &why),
+        Err(_) => return refuse(&mut send, &mut recv, "no request within the timeout"),
+        Ok(Err(BadRequest::Gone(e))) => {
+            tracing::debug!(error = %e, "request stream went away");
+            return;
+        }
+    };
+    // Nothing more is read from the client; tell it so (a no-op if it already finished).
+    let _ = recv.stop(0u32.into());
+    tracing::trace!(?request, "request");
+
+    if let Err(e) = respond(&shared, &mut send, request).await {
+        match e {
+            AnswerError::Write(e) => tracing::debug!(error = %e, "peer left during the answer"),
+            e => tracing::warn!(error = %e, "answer abandoned"),
+        }
+        // A header may have promised a body we cannot deliver: a reset tells the client this
+        // answer is void rather than letting it read a short body.
+        let _ = send.reset(RESET_INTERNAL);
+    }
+}
+
+fn refuse(send: &mut SendStream, recv: &mut RecvStream, why: &str) {
+    tracing::debug!(why, "refusing a malformed request stream");
+    let _ = send.reset(RESET_BAD_FRAME);
+    let _ = recv.stop(RESET_BAD_FRAME);
+}
+
+async fn read_request(recv: &mut RecvStream) -> Result<Request, BadRequest> {
+    let mut decoder = FrameDecoder::<Request>::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let Some(n) = recv.read(&mut buf).await.map_err(BadRequest::Gone)? else {
+            // Ended before a whole frame: an empty stream is as useless as a truncated one.
+            let why =
+                decoder.finish().err().map_or("stream ended without a request".into(), |e| e.to_string());
+            return Err(BadRequest::Frame(why));
+        };
+        let mut input = &buf[..n];
+        match decoder.decode(&mut input) {
+            Ok(Some(request)) => return Ok(request),
+            Ok(None) => {}
+            Err(e @ (WireError::FrameTooLarge { .. } | WireError::Truncated { .. })) => {
+                return Err(BadRequest::Frame(e.to_string()));
+            }
+            Err(e) => return Err(BadRequest::Invalid(e)),
+        }
+    }
+}
+
+/// Writes a body-less answer and finishes the stream.
+async fn answer(send: &mut SendStream, header: &ResponseHeader) -> Result<(), AnswerError> {
+    send.write_chunk(encode_header(header)).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+async fn respond(shared: &Shared, send: &mut SendStream, request: Request) -> Result<(), AnswerError> {
+    let id = match request {
+        Request::Status => {
+            let (free, queued) = shared.slots.status();
+            return answer(send, &ResponseHeader::ok_status(free, queued)).await;
+        }
+        Request::Outboard(id) | Request::Have(id) | Request::Range { id, .. } => id,
+    };
+    // The library may sit on disk (sled): look it up off the runtime.
+    let library = Arc::clone(&shared.library);
+    let Some(entry) = tokio::task::spawn_blocking(move || library.entry(&id)).await?? else {
+        return answer(send, &ResponseHeader::not_found()).await;
+    };
+    match request {
+        Request::Have(_) => {
+            // Every library entry is a complete file (partial sources will answer their parts).
+            let whole = std::iter::once(0..entry.size).collect();
+            answer(send, &ResponseHeader::ok_have(entry.size, whole)).await
+        }
+        Request::Outboard(_) => send_outboard(shared, send, entry).await,
+        Request::Range { offset, len, .. } => send_range(shared, send, entry, offset, len).await,
+        Request::Status => Ok(()), // answered above
+    }
+}
+
+async fn send_outboard(shared: &Shared, send: &mut SendStream, entry: Entry) -> Result<(), AnswerError> {
+    // Our own store's data, but a client refuses an outboard over this bound, so a broken store
+    // must show up here as an error, not as peers mysteriously dropping us.
+    let len = entry.outboard.len();
+    if len as u64 > max_outboard_len(entry.size) {
+        return Err(AnswerError::OutboardTooLong { len, size: entry.size });
+    }
+    let permit = match shared.slots.try_acquire() {
+        Ok(permit) => permit,
+        Err(busy) => return answer_busy(shared, send, busy).await,
+    };
+    send.write_chunk(encode_header(&ResponseHeader::ok_outboard(entry.size, len as u64))).await?;
+    let outboard = Bytes::from(entry.outboard);
+    let mut at = 0;
+    while at < outboard.len() {
+        let end = (at + PIECE as usize).min(outboard.len());
+        write_piece(shared, send, outboard.slice(at..end)).await?;
+        at = end;
+    }
+    deliver(send).await;
+    drop(permit);
+    Ok(())
+}
+
+async fn send_range(
+    shared: &Shared,
+    send: &mut SendStream,
+    entry: Entry,
+    offset: u64,
+    len: u64,
+) -> Result<(), AnswerError> {
+    // The request's bounds were checked alone; only here do we know the file they must fit.
+    if offset.saturating_add(len) > entry.size {
+        let message = format!("range {offset}+{len} is past the end of the {}-byte file", entry.size);
+        let header = ResponseHeader { file_size: entry.size, ..ResponseHeader::bad_request(message) };
+        return answer(send, &header).await;
+    }
+    let permit = match shared.slots.try_acquire() {
+        Ok(permit) => permit,
+        Err(busy) => return answer_busy(shared, send, busy).await,
+    };
+    // Open per request: the library keeps nothing open, so a node sharing a million files holds
+    // file descriptors only for the uploads in progress.
+    let path = entry.path.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let file = File::open(&path)?;
+        let on_disk = file.metadata()?.len();
+        Ok::<_, std::io::Error>((file, on_disk))
+    })
+    .await?;
+    let file = match opened {
+        Ok((file, on_disk)) if on_disk == entry.size => Arc::new(file),
+        Ok((_, on_disk)) => {
+            // Changed since it was hashed: these bytes are no longer this ContentId.
+            tracing::warn!(path = %entry.path.display(), expected = entry.size, on_disk, "shared file changed size");
+            return answer(send, &ResponseHeader::not_found()).await;
+        }
+        Err(e) => {
+            tracing::warn!(path = %entry.path.display(), error = %e, "shared file cannot be opened");
+            return answer(send, &ResponseHeader::not_found()).await;
+        }
+    };
+
+    send.write_chunk(encode_header(&ResponseHeader::ok_range(entry.size, len))).await?;
+    let mut at = offset;
+    let end = offset + len; // cannot overflow: checked against entry.size above
+    while at < end {
+        let n = (end - at).min(PIECE);
+        let file = Arc::clone(&file);
+        let mut piece = tokio::task::spawn_blocking(move || {
+            // `n` <= PIECE, so the allocation is bounded whatever the request said.
+            let mut buf = vec![0u8; n as usize];
+            file.read_exact_at(&mut buf, at).map(|()| buf)
+        })
+        .await??;
+        if at == offset && shared.config.corrupt_ranges {
+            piece[0] ^= 0xff; // test hook: see ServeConfig::corrupt_ranges
+        }
+        write_piece(shared, send, Bytes::from(piece)).await?;
+        at += n;
+    }
+    drop(file); // closed before we wait on the network
+    deliver(send).await;
+    drop(permit);
+    Ok(())
+}
+
+async fn write_piece(shared: &Shared, send: &mut SendStream, piece: Bytes) -> Result<(), AnswerError> {
+    let len = piece.len() as u64;
+    if let Some(bucket) = &shared.bucket {
+        bucket.take(len).await;
+    }
+    send.write_chunk(piece).await?;
+    shared.bytes_sent.fetch_add(len, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn answer_busy(
+    shared: &Shared,
+    send: &mut SendStream,
+    busy: super::budget::Busy,
+) -> Result<(), AnswerError> {
+    shared.busy_answers.fetch_add(1, Ordering::Relaxed);
+    answer(send, &ResponseHeader::busy(busy.queue_position, busy.estimated_wait)).await
+}
+
+/// Finishes the stream and waits until the peer has acknowledged every byte (or stopped the
+/// stream, or the connection died), so the slot is held for the whole upload rather than just
+/// until the bytes reach quinn's send buffer.
+async fn deliver(send: &mut SendStream) {
+    let _ = send.finish();
+    match timeout(DELIVERY_TIMEOUT, send.stopped()).await {
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(code))) => tracing::debug!(%code, "peer stopped the answer stream"),
+        Ok(Err(e)) => tracing::debug!(error = %e, "answer not confirmed"),
+        Err(_) => tracing::debug!("answer not acknowledged in time"),
+    }
+}

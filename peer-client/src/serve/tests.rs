@@ -1,0 +1,264 @@
+//! The server over real loopback QUIC, driven by a raw client speaking the wire protocol.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bao_tree::BlockSize;
+use bao_tree::io::outboard::PreOrderMemOutboard;
+use quaver_shared::{ContentId, NodeKey};
+
+use super::*;
+use crate::library::{CHUNK_LOG, Entry, MemoryLibrary};
+use crate::tls;
+use crate::wire::{FrameDecoder, Request, ResponseHeader, ResponseStatus, encode_request};
+
+/// A served file: 300 KiB and a bit, so ranges and the outboard span several pieces and the
+/// last chunk group is partial.
+const FILE_LEN: usize = 300 * 1024 + 123;
+
+struct Fixture {
+    server: Server,
+    key: NodeKey,
+    conn: quinn::Connection,
+    entry: Entry,
+    data: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+fn file_entry(dir: &tempfile::TempDir, len: usize, seed: u8) -> (Entry, Vec<u8>) {
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ seed).collect();
+    let path = dir.path().join(format!("song-{seed}.flac"));
+    std::fs::write(&path, &data).unwrap();
+    let outboard = PreOrderMemOutboard::create(&data, BlockSize::from_chunk_log(CHUNK_LOG));
+    // The ContentId is the BLAKE3 of the file: the outboard's root must be exactly that.
+    assert_eq!(outboard.root.as_bytes(), blake3::hash(&data).as_bytes());
+    let id = ContentId::from_array(*outboard.root.as_bytes());
+    (Entry { id, path, size: len as u64, outboard: outboard.data }, data)
+}
+
+async fn fixture(config: ServeConfig) -> Fixture {
+    fixture_with(config, FILE_LEN).await
+}
+
+async fn fixture_with(config: ServeConfig, file_len: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (entry, data) = file_entry(&dir, file_len, 7);
+    let library = MemoryLibrary::default();
+    library.insert(entry.clone());
+    let key = NodeKey::generate().unwrap();
+    let endpoint = tls::endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), &key).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let server = Server::spawn(endpoint, Arc::new(library), config);
+    let conn = connect(addr, &key).await;
+    Fixture { server, key, conn, entry, data, _dir: dir }
+}
+
+async fn connect(addr: SocketAddr, key: &NodeKey) -> quinn::Connection {
+    let client = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    tls::connect(&client, addr, key.peer_id()).await.unwrap()
+}
+
+/// Sends `req` on a fresh stream.
+async fn open(conn: &quinn::Connection, req: &Request) -> quinn::RecvStream {
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encode_request(req)).await.unwrap();
+    send.finish().unwrap();
+    recv
+}
+
+/// Reads the header; returns it with the body bytes that came in the same reads.
+async fn read_header(recv: &mut quinn::RecvStream) -> (ResponseHeader, Vec<u8>) {
+    let mut decoder = FrameDecoder::<ResponseHeader>::new();
+    loop {
+        let chunk = recv.read_chunk(64 * 1024, true).await.unwrap().expect("stream ended before a header");
+        let mut input = &chunk.bytes[..];
+        if let Some(header) = decoder.decode(&mut input).unwrap() {
+            return (header, input.to_vec());
+        }
+    }
+}
+
+/// One whole exchange: the header (checked against the request, as a client must) and the body.
+async fn ask(conn: &quinn::Connection, req: &Request) -> (ResponseHeader, Vec<u8>) {
+    let mut recv = open(conn, req).await;
+    let (header, mut body) = read_header(&mut recv).await;
+    header.check_answers(req).unwrap();
+    body.extend(recv.read_to_end(4 << 20).await.unwrap());
+    assert_eq!(body.len() as u64, header.body_len, "body length differs from the header");
+    (header, body)
+}
+
+#[tokio::test]
+async fn serves_outboard_ranges_have_and_status() {
+    let f = fixture(ServeConfig::default()).await;
+    let id = f.entry.id;
+
+    let (header, outboard) = ask(&f.conn, &Request::Outboard(id)).await;
+    assert_eq!((header.status, header.file_size), (ResponseStatus::Ok, f.entry.size));
+    assert_eq!(outboard, f.entry.outboard);
+
+    // An aligned range in the middle, and the file's unaligned tail.
+    for (offset, len) in [(16 * 1024, 128 * 1024), (256 * 1024, FILE_LEN as u64 - 256 * 1024)] {
+        let (header, body) = ask(&f.conn, &Request::range(id, offset, len).unwrap()).await;
+        assert_eq!(header.status, ResponseStatus::Ok);
+        assert_eq!(body, f.data[offset as usize..(offset + len) as usize]);
+    }
+
+    let (header, _) = ask(&f.conn, &Request::Have(id)).await;
+    assert_eq!(header.ranges, vec![0..f.entry.size]);
+    let (header, _) = ask(&f.conn, &Request::Status).await;
+    assert_eq!((header.free_slots, header.queue_len), (8, 0));
+
+    let stats = f.server.stats();
+    assert_eq!(stats.bytes_sent, f.entry.outboard.len() as u64 + FILE_LEN as u64 - 256 * 1024 + 128 * 1024);
+    assert_eq!((stats.requests, stats.busy_answers), (5, 0));
+}
+
+#[tokio::test]
+async fn an_unknown_file_is_not_found() {
+    let f = fixture(ServeConfig::default()).await;
+    let unknown = ContentId::of_bytes(b"not shared here");
+    for req in [Request::Outboard(unknown), Request::Have(unknown), Request::range(unknown, 0, 1).unwrap()] {
+        assert_eq!(ask(&f.conn, &req).await.0.status, ResponseStatus::NotFound);
+    }
+}
+
+#[tokio::test]
+async fn a_range_past_the_end_is_a_bad_request_that_names_the_file_size() {
+    let f = fixture(ServeConfig::default()).await;
+    let req = Request::range(f.entry.id, f.entry.size - 10, 11).unwrap();
+    let (header, body) = ask(&f.conn, &req).await;
+    assert!(matches!(header.status, ResponseStatus::BadRequest { .. }), "{header:?}");
+    assert_eq!((header.file_size, body.len()), (f.entry.size, 0));
+}
+
+#[tokio::test]
+async fn a_malformed_stream_is_refused_alone_and_the_connection_goes_on() {
+    let f = fixture(ServeConfig::default()).await;
+
+    // A length prefix of 4 GiB followed by garbage: reset before a byte of it is buffered.
+    let (mut send, mut recv) = f.conn.open_bi().await.unwrap();
+    send.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.unwrap();
+    let _ = send.finish();
+    let err = recv.read_to_end(1024).await.unwrap_err();
+    assert!(
+        matches!(err, quinn::ReadToEndError::Read(quinn::ReadError::Reset(code)) if code == RESET_BAD_FRAME),
+        "{err:?}"
+    );
+
+    // A well-framed request that breaks a rule (a 3-byte id) gets a BAD_REQUEST answer.
+    let (mut send, mut recv) = f.conn.open_bi().await.unwrap();
+    let bad = crate::wire::pb::Request {
+        kind: Some(crate::wire::pb::request::Kind::Have(crate::wire::pb::GetHave {
+            content_id: vec![1, 2, 3],
+        })),
+    };
+    let body = prost::Message::encode_to_vec(&bad);
+    send.write_all(&(body.len() as u32).to_be_bytes()).await.unwrap();
+    send.write_all(&body).await.unwrap();
+    send.finish().unwrap();
+    let (header, _) = read_header(&mut recv).await;
+    assert!(matches!(header.status, ResponseStatus::BadRequest { .. }), "{header:?}");
+
+    // The same connection still serves.
+    let (header, body) = ask(&f.conn, &Request::range(f.entry.id, 0, 1000).unwrap()).await;
+    assert_eq!(header.status, ResponseStatus::Ok);
+    assert_eq!(body, f.data[..1000]);
+}
+
+#[tokio::test]
+async fn with_no_upload_slots_every_data_request_is_busy_but_have_and_status_answer() {
+    let f = fixture(ServeConfig { upload_slots: 0, ..ServeConfig::default() }).await;
+    let id = f.entry.id;
+    for (i, req) in [Request::Outboard(id), Request::range(id, 0, 1).unwrap()].iter().enumerate() {
+        let (header, body) = ask(&f.conn, req).await;
+        let ResponseStatus::Busy { queue_position, estimated_wait } = header.status else {
+            panic!("{header:?}")
+        };
+        assert_eq!(queue_position as usize, i + 1);
+        assert!(estimated_wait > Duration::ZERO && body.is_empty());
+    }
+    assert_eq!(ask(&f.conn, &Request::Have(id)).await.0.status, ResponseStatus::Ok);
+    let (status, _) = ask(&f.conn, &Request::Status).await;
+    assert_eq!((status.free_slots, status.queue_len), (0, 2));
+    let stats = f.server.stats();
+    assert_eq!((stats.busy_answers, stats.bytes_sent), (2, 0));
+}
+
+#[tokio::test]
+async fn a_capped_upload_holds_its_slot_so_others_are_told_busy_until_it_is_done() {
+    // 1 MiB/s with a 256 KiB burst: a 1 MiB file range takes about 0.75 s.
+    let config =
+        ServeConfig { upload_slots: 1, max_upload_bytes_per_sec: Some(1 << 20), ..ServeConfig::default() };
+    let f = fixture_with(config, 1 << 20).await;
+    let (conn, big, big_data) = (&f.conn, &f.entry, &f.data);
+
+    let start = Instant::now();
+    let slow = Request::range(big.id, 0, 1 << 20).unwrap();
+    let mut recv = open(conn, &slow).await;
+    let (header, mut body) = read_header(&mut recv).await;
+    assert_eq!(header.status, ResponseStatus::Ok);
+
+    // The slot is taken from before the header until the body is acknowledged.
+    let (busy, _) = ask(conn, &Request::range(big.id, 0, 1).unwrap()).await;
+    assert!(matches!(busy.status, ResponseStatus::Busy { queue_position: 1, .. }), "{busy:?}");
+    let (status, _) = ask(conn, &Request::Status).await;
+    assert_eq!((status.free_slots, status.queue_len), (0, 1));
+
+    body.extend(recv.read_to_end(2 << 20).await.unwrap());
+    assert_eq!(&body, big_data);
+    assert!(start.elapsed() >= Duration::from_millis(600), "the cap was not applied: {:?}", start.elapsed());
+
+    // The slot frees once the peer's acknowledgement arrives, which may trail the last byte.
+    let mut freed = false;
+    for _ in 0..40 {
+        if ask(conn, &Request::Status).await.0.free_slots == 1 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(freed, "the slot was never released");
+    assert_eq!(f.server.stats().busy_answers, 1);
+}
+
+#[tokio::test]
+async fn the_corruption_hook_flips_exactly_one_byte_of_each_range() {
+    let f = fixture(ServeConfig { corrupt_ranges: true, ..ServeConfig::default() }).await;
+    let (_, body) = ask(&f.conn, &Request::range(f.entry.id, 32 * 1024, 100 * 1024).unwrap()).await;
+    let good = &f.data[32 * 1024..132 * 1024];
+    assert_eq!(body.iter().zip(good).filter(|(a, b)| a != b).count(), 1);
+    // Outboards are left alone: the hook is about bad data, not a bad tree.
+    assert_eq!(ask(&f.conn, &Request::Outboard(f.entry.id)).await.1, f.entry.outboard);
+}
+
+#[tokio::test]
+async fn a_file_that_changed_on_disk_is_no_longer_served() {
+    let f = fixture(ServeConfig::default()).await;
+    std::fs::write(&f.entry.path, b"re-encoded since it was hashed").unwrap();
+    let (header, _) = ask(&f.conn, &Request::range(f.entry.id, 0, 10).unwrap()).await;
+    assert_eq!(header.status, ResponseStatus::NotFound);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_answers_in_progress_then_closes_and_refuses_new_connections() {
+    // A capped 1 MiB range is still being sent when shutdown starts.
+    let config = ServeConfig { max_upload_bytes_per_sec: Some(1 << 20), ..ServeConfig::default() };
+    let Fixture { server, key, conn, entry, data, _dir } = fixture_with(config, 1 << 20).await;
+    let addr = server.endpoint().local_addr().unwrap();
+    let mut recv = open(&conn, &Request::range(entry.id, 0, 1 << 20).unwrap()).await;
+    let (header, mut body) = read_header(&mut recv).await;
+    assert_eq!(header.status, ResponseStatus::Ok);
+
+    let shutdown = tokio::spawn(server.shutdown());
+    body.extend(recv.read_to_end(2 << 20).await.unwrap());
+    assert_eq!(body, data, "the answer in progress was cut short");
+    tokio::time::timeout(Duration::from_secs(10), shutdown).await.unwrap().unwrap();
+
+    // The connection was closed by the server...
+    assert!(tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.is_ok());
+    // ...and nobody gets in any more, even pinning the right key.
+    let client = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let attempt = tokio::time::timeout(Duration::from_secs(1), tls::connect(&client, addr, key.peer_id()));
+    assert!(!matches!(attempt.await, Ok(Ok(_))));
+}

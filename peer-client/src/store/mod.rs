@@ -1,0 +1,253 @@
+//! The store: owns the node's shared-file records, persisted in sled.
+//!
+//! It scans the shared folders, hashes each file once (BLAKE3 root = `ContentId`, plus the
+//! bao-tree outboard that lets downloaders verify every block), reads tags, and keeps one record
+//! per content id with the path, size and mtime it was hashed at. A rescan re-hashes only files
+//! whose size or mtime changed and withdraws files that vanished.
+//!
+//! Rules this module keeps:
+//! - **No per-file state in memory.** Records, outboards and the path index live in sled; scans
+//!   stream over the directory walk and over sled. Only the share digest and the id count (O(1))
+//!   are mirrored in memory, and they are written in the same transaction as the records.
+//! - **Never trust a path from the network.** Peers name files by `ContentId` only; the path of
+//!   an [`Entry`](crate::library::Entry) always comes from this node's own records, and a file is
+//!   served only while its size and mtime still match what was hashed.
+//! - A file that cannot be read is reported in the [`ScanReport`] and skipped; it never aborts a
+//!   scan. Storage errors and corrupt records do abort, as a `StoreError`.
+//!
+//! The sled layout is documented in `db.rs`. Everything here is blocking I/O: call it from a
+//! blocking thread (`spawn_blocking`) in async code.
+
+mod db;
+pub mod hash;
+mod scan;
+pub mod tags;
+mod write;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_tags;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use quaver_shared::directory::v1::{FileInfo, SharedFile};
+use quaver_shared::{ContentId, ShareDigest};
+
+use crate::library::{Entry, Library, LibraryError};
+use db::{PathEntry, StoredEntry, Summary};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store database failed: {0}")]
+    Db(#[from] sled::Error),
+    #[error("store record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: changed while it was being hashed", .0.display())]
+    ChangedWhileHashing(PathBuf),
+    #[error("{}: not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("{}: not a regular, visible file inside a shared folder", .0.display())]
+    NotShared(PathBuf),
+}
+
+impl StoreError {
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io { path: path.to_owned(), source }
+    }
+
+    /// Errors about one file on disk, which a scan reports and skips.
+    fn is_about_one_file(&self) -> bool {
+        matches!(self, StoreError::Io { .. } | StoreError::ChangedWhileHashing(_))
+    }
+}
+
+/// What a rescan changed. The share list after it is the one before it, plus `added` and
+/// `changed`, minus `removed` (each id appears at most once across the three lists).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Ids newly shared from paths the store had not seen.
+    pub added: Vec<ContentId>,
+    /// Ids newly shared because a known path's content changed (its old id, if no other path
+    /// holds it, is in `removed`).
+    pub changed: Vec<ContentId>,
+    /// Ids no longer shared: their last path vanished, changed, or left the shared folders.
+    pub removed: Vec<ContentId>,
+    /// Files skipped because their size and mtime matched the record.
+    pub unchanged: u64,
+    /// Files read and hashed by this scan.
+    pub hashed: u64,
+    /// Files and folders that could not be read; each was skipped.
+    pub errors: Vec<(PathBuf, String)>,
+}
+
+/// One file as the store recorded it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedRecord {
+    pub id: ContentId,
+    pub path: PathBuf,
+    pub size: u64,
+    pub info: FileInfo,
+    /// True when this id was not shared before (announce it to the directory).
+    pub newly_shared: bool,
+}
+
+/// The node's shared library (see the module doc).
+pub struct Store {
+    db: sled::Db,
+    roots: sled::Tree,
+    files: sled::Tree,
+    outboards: sled::Tree,
+    paths: sled::Tree,
+    sources: sled::Tree,
+    meta: sled::Tree,
+    /// Mirror of `meta`; its lock also serialises every write to the record trees.
+    summary: Mutex<Summary>,
+}
+
+/// How many paths holding the same bytes `entry` tries before giving up.
+const MAX_SERVE_CANDIDATES: usize = 16;
+
+impl Store {
+    /// Opens (or creates) the store at `path`, a sled database directory.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::with_db(sled::Config::new().path(path).open()?)
+    }
+
+    /// A store that lives in memory and a temporary directory, deleted on drop. For tests.
+    pub fn temporary() -> Result<Store, StoreError> {
+        Self::with_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn with_db(db: sled::Db) -> Result<Store, StoreError> {
+        let meta = db.open_tree(db::META)?;
+        let summary = Mutex::new(Summary::load(&meta)?);
+        Ok(Store {
+            roots: db.open_tree(db::ROOTS)?,
+            files: db.open_tree(db::FILES)?,
+            outboards: db.open_tree(db::OUTBOARDS)?,
+            paths: db.open_tree(db::PATHS)?,
+            sources: db.open_tree(db::SOURCES)?,
+            meta,
+            summary,
+            db,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Summary> {
+        self.summary.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Shares `dir` and everything below it from the next [`rescan`](Self::rescan) on.
+    pub fn add_folder(&self, dir: &Path) -> Result<(), StoreError> {
+        let dir = fs::canonicalize(dir).map_err(StoreError::io(dir))?;
+        if !dir.is_dir() {
+            return Err(StoreError::NotADirectory(dir));
+        }
+        self.roots.insert(db::path_key(&dir), &[])?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Stops sharing `dir`; the next rescan withdraws its files. False if it was not shared.
+    pub fn remove_folder(&self, dir: &Path) -> Result<bool, StoreError> {
+        // The folder may be gone from disk already: then match it as given.
+        let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+        let existed = self.roots.remove(db::path_key(&dir))?.is_some();
+        self.db.flush()?;
+        Ok(existed)
+    }
+
+    /// The shared folders, canonical.
+    pub fn folders(&self) -> Result<Vec<PathBuf>, StoreError> {
+        self.roots.iter().keys().map(|k| Ok(db::key_path(&k?))).collect()
+    }
+
+    /// Every shared file, streamed from sled in content-id order (for announcing).
+    pub fn shared_files(&self) -> impl Iterator<Item = Result<SharedFile, StoreError>> + use<> {
+        self.files.iter().values().map(|v| {
+            let record = StoredEntry::decode_from(&v?)?;
+            Ok(SharedFile { info: record.info, complete: true })
+        })
+    }
+
+    /// Number of shared content ids. O(1).
+    pub fn len(&self) -> u64 {
+        self.lock().count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Digest of the shared ids (`ShareDigest::of` them), maintained incrementally. O(1).
+    pub fn digest(&self) -> ShareDigest {
+        self.lock().digest
+    }
+
+    /// Digest and count read together, for an `Announce`.
+    pub fn summary(&self) -> (ShareDigest, u64) {
+        let s = *self.lock();
+        (s.digest, s.count)
+    }
+
+    /// The directory metadata of a shared id.
+    pub fn info(&self, id: &ContentId) -> Result<Option<FileInfo>, StoreError> {
+        match self.files.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => Ok(Some(StoredEntry::decode_from(&v)?.info())),
+        }
+    }
+
+    /// Writes everything to disk now (sled otherwise flushes every 500 ms).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A servable entry: the first path holding `id` whose size and mtime still match the
+    /// record. `None` if the id is not shared or every copy changed on disk since it was hashed.
+    fn servable(&self, id: &ContentId) -> Result<Option<Entry>, StoreError> {
+        if !self.files.contains_key(id.as_bytes())? {
+            return Ok(None);
+        }
+        let mut found = None;
+        for key in self.sources.scan_prefix(id.as_bytes()).keys().take(MAX_SERVE_CANDIDATES) {
+            let key = key?;
+            let path_key = &key[ContentId::LEN..];
+            let Some(v) = self.paths.get(path_key)? else { continue };
+            let recorded = PathEntry::decode(&v)?;
+            let path = db::key_path(path_key);
+            let current = fs::metadata(&path);
+            if recorded.id == *id && current.is_ok_and(|m| m.is_file() && recorded.matches(&m)) {
+                found = Some((path, recorded.size));
+                break;
+            }
+        }
+        let Some((path, size)) = found else { return Ok(None) };
+        let outboard = self
+            .outboards
+            .get(id.as_bytes())?
+            .ok_or_else(|| StoreError::Corrupt(format!("no outboard for {id}")))?;
+        if outboard.len() as u64 != hash::outboard_len(size) {
+            return Err(StoreError::Corrupt(format!("outboard of {id} has the wrong length")));
+        }
+        Ok(Some(Entry { id: *id, path, size, outboard: outboard.to_vec() }))
+    }
+}
+
+impl Library for Store {
+    fn entry(&self, id: &ContentId) -> Result<Option<Entry>, LibraryError> {
+        self.servable(id).map_err(|e| LibraryError::Storage(e.to_string()))
+    }
+}

@@ -1,0 +1,250 @@
+//! Rescans: walk the shared folders (streaming, one open directory per level), hash what is new
+//! or changed, then stream over the path index and forget what vanished. Neither pass holds a
+//! list of files in memory.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, Metadata};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::db::{self, PathEntry};
+use super::{ScanReport, SharedRecord, Store, StoreError, hash, tags};
+
+/// Deepest folder nesting a scan descends into (symlinked folders are never followed, so this
+/// only bounds pathological trees).
+const MAX_DEPTH: usize = 128;
+
+fn is_hidden(name: &OsStr) -> bool {
+    name.as_encoded_bytes().starts_with(b".")
+}
+
+fn is_partial(name: &OsStr) -> bool {
+    name.as_encoded_bytes().ends_with(b".part")
+}
+
+/// Whether `path` may be shared given the shared folders: inside one of them, with no hidden
+/// component below it, and not a partial download. (Not whether it exists.)
+fn eligible(roots: &[PathBuf], path: &Path) -> bool {
+    let Some(rel) = roots.iter().find_map(|root| path.strip_prefix(root).ok()) else {
+        return false;
+    };
+    let visible = rel.components().all(|c| !is_hidden(c.as_os_str()));
+    visible && rel.file_name().is_some_and(|n| !is_partial(n))
+}
+
+/// Drops folders that lie inside another shared folder: their files are walked once.
+fn outermost(mut roots: Vec<PathBuf>) -> Vec<PathBuf> {
+    roots.sort();
+    let mut kept: Vec<PathBuf> = Vec::with_capacity(roots.len());
+    for root in roots {
+        if !kept.iter().any(|k| root.starts_with(k)) {
+            kept.push(root);
+        }
+    }
+    kept
+}
+
+impl Store {
+    /// Walks every shared folder and brings the records up to date (see [`ScanReport`]).
+    pub fn rescan(&self) -> Result<ScanReport, StoreError> {
+        let roots = outermost(self.folders()?);
+        let mut report = ScanReport::default();
+        let mut missing = Vec::new();
+        for root in &roots {
+            if !self.walk(root, &mut report)? {
+                missing.push(root.clone());
+            }
+        }
+        self.sweep(&roots, &missing, &mut report)?;
+        self.db.flush()?;
+        tracing::info!(
+            added = report.added.len(),
+            changed = report.changed.len(),
+            removed = report.removed.len(),
+            unchanged = report.unchanged,
+            errors = report.errors.len(),
+            "rescan done"
+        );
+        Ok(report)
+    }
+
+    /// Hashes and records one file, which must be inside a shared folder (used when a download
+    /// completes). Re-hashes it even if it looks unchanged.
+    pub fn add_file(&self, path: &Path) -> Result<SharedRecord, StoreError> {
+        let path = fs::canonicalize(path).map_err(StoreError::io(path))?;
+        let meta = fs::metadata(&path).map_err(StoreError::io(&path))?;
+        if !meta.is_file() || !eligible(&self.folders()?, &path) {
+            return Err(StoreError::NotShared(path));
+        }
+        let record = self.share(&path, &meta)?;
+        self.db.flush()?;
+        Ok(record)
+    }
+
+    /// Walks one shared folder depth-first. Returns false if the folder itself is unreadable
+    /// (unmounted, say): its records are then kept rather than withdrawn.
+    fn walk(&self, root: &Path, report: &mut ScanReport) -> Result<bool, StoreError> {
+        let mut stack = match fs::read_dir(root) {
+            Ok(dir) => vec![dir],
+            Err(e) => {
+                report.errors.push((root.to_owned(), e.to_string()));
+                return Ok(false);
+            }
+        };
+        while let Some(dir) = stack.last_mut() {
+            let Some(next) = dir.next() else {
+                stack.pop();
+                continue;
+            };
+            let entry = match next {
+                Ok(entry) => entry,
+                Err(e) => {
+                    report.errors.push((root.to_owned(), e.to_string()));
+                    continue;
+                }
+            };
+            let path = entry.path();
+            if is_hidden(&entry.file_name()) {
+                continue;
+            }
+            let file_type = match entry.file_type() {
+                Ok(t) => t,
+                Err(e) => {
+                    report.errors.push((path, e.to_string()));
+                    continue;
+                }
+            };
+            if file_type.is_dir() {
+                if stack.len() >= MAX_DEPTH {
+                    report.errors.push((path, "folders nested too deep".into()));
+                    continue;
+                }
+                match fs::read_dir(&path) {
+                    Ok(sub) => stack.push(sub),
+                    Err(e) => report.errors.push((path, e.to_string())),
+                }
+                continue;
+            }
+            if is_partial(&entry.file_name()) {
+                continue;
+            }
+            // Follows a symlink to a file; a symlink to a folder is not a file and is skipped.
+            match fs::metadata(&path) {
+                Ok(meta) if meta.is_file() => self.visit(&path, &meta, report)?,
+                Ok(_) => {}
+                Err(e) => report.errors.push((path, e.to_string())),
+            }
+        }
+        Ok(true)
+    }
+
+    /// One regular file found by the walk: skip it if unchanged, else hash and record it.
+    fn visit(&self, path: &Path, meta: &Metadata, report: &mut ScanReport) -> Result<(), StoreError> {
+        let old = self.paths.get(db::path_key(path))?;
+        let old = old.map(|v| PathEntry::decode(&v)).transpose()?;
+        if old.is_some_and(|old| old.matches(meta)) {
+            report.unchanged += 1;
+            return Ok(());
+        }
+        let (record, change) = match self.share_inner(path, meta) {
+            Ok(done) => done,
+            Err(e) if e.is_about_one_file() => {
+                tracing::warn!(error = %e, "skipping a file");
+                report.errors.push((path.to_owned(), e.to_string()));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        report.hashed += 1;
+        if change.entered.is_some() {
+            let list = if old.is_some() { &mut report.changed } else { &mut report.added };
+            list.push(record.id);
+        }
+        report.removed.extend(change.left);
+        Ok(())
+    }
+
+    fn share(&self, path: &Path, meta: &Metadata) -> Result<SharedRecord, StoreError> {
+        self.share_inner(path, meta).map(|(record, _)| record)
+    }
+
+    /// Hashes the file at `path` (whose metadata before reading is `before`) and records it.
+    fn share_inner(
+        &self,
+        path: &Path,
+        before: &Metadata,
+    ) -> Result<(SharedRecord, super::write::Change), StoreError> {
+        let size = before.len();
+        let file = File::open(path).map_err(StoreError::io(path))?;
+        let hashed = match hash::hash_reader(&file, size) {
+            Ok(hashed) => hashed,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(StoreError::ChangedWhileHashing(path.to_owned()));
+            }
+            Err(e) => return Err(StoreError::Io { path: path.to_owned(), source: e }),
+        };
+        let after = fs::metadata(path).map_err(StoreError::io(path))?;
+        let entry = PathEntry { id: hashed.id, size, mtime_ns: db::mtime_ns(before) };
+        if !entry.matches(&after) {
+            return Err(StoreError::ChangedWhileHashing(path.to_owned()));
+        }
+        let info = tags::file_info(path, &hashed.id, size);
+        let change = self.record(path, entry, info.clone(), hashed.outboard)?;
+        let record = SharedRecord {
+            id: hashed.id,
+            path: path.to_owned(),
+            size,
+            info,
+            newly_shared: change.entered.is_some(),
+        };
+        Ok((record, change))
+    }
+
+    /// Streams over the path index and forgets every path that is gone, no longer a regular
+    /// file, or no longer eligible. Paths under a `missing` folder are kept.
+    fn sweep(
+        &self,
+        roots: &[PathBuf],
+        missing: &[PathBuf],
+        report: &mut ScanReport,
+    ) -> Result<(), StoreError> {
+        for key in self.paths.iter().keys() {
+            let path = db::key_path(&key?);
+            if missing.iter().any(|m| path.starts_with(m)) {
+                continue;
+            }
+            let exists = fs::metadata(&path).is_ok_and(|m| m.is_file());
+            if exists && eligible(roots, &path) {
+                continue;
+            }
+            if let Some(id) = self.forget(&path)? {
+                report.removed.push(id);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eligibility_follows_the_folders_and_names() {
+        let roots = vec![PathBuf::from("/music"), PathBuf::from("/dl")];
+        assert!(eligible(&roots, Path::new("/music/a/b.mp3")));
+        assert!(eligible(&roots, Path::new("/dl/x.flac")));
+        assert!(!eligible(&roots, Path::new("/other/x.flac")));
+        assert!(!eligible(&roots, Path::new("/musicx/a.mp3")));
+        assert!(!eligible(&roots, Path::new("/music/.hidden/a.mp3")));
+        assert!(!eligible(&roots, Path::new("/music/.a.mp3")));
+        assert!(!eligible(&roots, Path::new("/dl/x.flac.part")));
+        assert!(!eligible(&roots, Path::new("/music")));
+    }
+
+    #[test]
+    fn nested_folders_are_walked_once() {
+        let roots = vec!["/a/b".into(), "/a".into(), "/c".into(), "/ab".into()];
+        assert_eq!(outermost(roots), vec![PathBuf::from("/a"), "/ab".into(), "/c".into()]);
+    }
+}
