@@ -7,8 +7,10 @@
 //! 1. Index build: all songs upserted into a fresh on-disk `SearchIndex` and committed
 //!    (median of 3 runs).
 //! 2. The real `quaver-directory` binary, started as a child process on 127.0.0.1:0.
-//! 3. Announce + Publish by 1,000 simulated peers on 16 concurrent tasks (4 channels). Peer i
-//!    shares songs i, i+1000, i+2000, ... (so every song is shared) plus 60 LCG picks.
+//! 3. Announce + Publish by 1,000 simulated peers on 16 concurrent tasks (4 channels). Each
+//!    peer has its own node key and a live QUIC endpoint on 127.0.0.1, so the directory's
+//!    connect-back check of every Announce passes (its handshake is part of the measured time).
+//!    Peer i shares songs i, i+1000, i+2000, ... (so every song is shared) plus 60 LCG picks.
 //!    `DIRECTORY_LOAD_TASKS=n` changes the concurrency.
 //! 4. How long the index takes to make every song searchable after the last Publish.
 //! 5. Search latency (sequential), throughput (8 clients) and recall@10, for queries derived
@@ -21,6 +23,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -32,7 +35,7 @@ use quaver_directory::index::{IndexDoc, SearchIndex};
 use quaver_shared::directory::v1::directory_client::DirectoryClient;
 use quaver_shared::directory::v1::*;
 use quaver_shared::limits::{MAX_BATCH_FILES, MAX_QUERY_BYTES};
-use quaver_shared::{ContentId, PeerId, ShareDigest};
+use quaver_shared::{ContentId, NodeKey, ShareDigest};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tonic::transport::Channel;
@@ -217,6 +220,8 @@ fn peer_songs(i: usize, n: usize) -> Vec<usize> {
 
 #[derive(Default)]
 struct PeerWork {
+    /// The peers' QUIC endpoints, kept open until the end of the run.
+    endpoints: Vec<quinn::Endpoint>,
     tokens: Vec<String>,
     publish_latency: Vec<Duration>,
     files: usize,
@@ -224,19 +229,32 @@ struct PeerWork {
     failures: Vec<String>,
 }
 
-/// One peer: Announce, then Publish its whole list in batches of at most 1,000.
+/// A live QUIC endpoint on 127.0.0.1 serving `key`: it accepts connections (the directory's
+/// connect-back check) and holds each until the other side closes it.
+fn serve(key: &NodeKey) -> anyhow::Result<quinn::Endpoint> {
+    Ok(quaver_shared::tls::identity_only_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), key)?)
+}
+
+/// One peer: start its endpoint, Announce (the directory dials it back), then Publish its
+/// whole list in batches of at most 1,000.
 async fn run_peer(c: &mut Client, i: usize, songs: &[Song], work: &mut PeerWork) -> anyhow::Result<()> {
     let picks = peer_songs(i, songs.len());
     let digest = ShareDigest::of(picks.iter().map(|&s| &songs[s].cid));
+    let key = NodeKey::generate()?;
+    let endpoint = serve(&key).context("peer endpoint")?;
+    let quic_port = u32::from(endpoint.local_addr()?.port());
+    work.endpoints.push(endpoint);
     let announce = AnnounceRequest {
-        peer_id: PeerId::from_array(*blake3::hash(format!("bench peer {i}").as_bytes()).as_bytes()).to_vec(),
-        quic_port: 10_000 + i as u32,
+        peer_id: key.peer_id().to_vec(),
+        quic_port,
         share_digest: digest.as_bytes().to_vec(),
         share_count: picks.len() as u64,
         free_upload_slots: 4,
         agent: "directory_load".into(),
     };
-    let token = call(c.announce(announce)).await.context("announce")?.session_token;
+    let answer = call(c.announce(announce)).await.context("announce")?;
+    anyhow::ensure!(answer.reachable, "the directory could not reach the peer's endpoint");
+    let token = answer.session_token;
     work.tokens.push(token.clone());
     let files: Vec<SharedFile> =
         picks.iter().map(|&s| SharedFile { info: Some(songs[s].info.clone()), complete: true }).collect();
@@ -281,6 +299,7 @@ async fn announce_peers(url: &str, songs: Arc<Vec<Song>>, tasks: usize) -> anyho
     let mut all = PeerWork::default();
     for handle in handles {
         let work = handle.await?;
+        all.endpoints.extend(work.endpoints);
         all.tokens.extend(work.tokens);
         all.publish_latency.extend(work.publish_latency);
         all.failures.extend(work.failures);

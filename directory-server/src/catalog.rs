@@ -155,12 +155,8 @@ impl Catalog {
         })
     }
 
-    /// Waits until everything written so far is on disk.
-    pub async fn flush(&self) -> Result<(), CatalogError> {
-        self.db.flush_async().await?;
-        Ok(())
-    }
-
+    /// Waits until everything written so far is on disk. Blocking. (No async variant: the
+    /// directory must order flushes against publish transactions, see `directory.rs`.)
     pub fn flush_blocking(&self) -> Result<(), CatalogError> {
         self.db.flush()?;
         Ok(())

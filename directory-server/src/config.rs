@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Longest connect-back check allowed: well inside the server's 30 s limit on one call.
+pub const MAX_VERIFY_TIMEOUT_MS: u64 = 20_000;
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -22,6 +25,9 @@ pub struct Config {
     pub heartbeat_seconds: u32,
     /// How long new catalog entries may wait before the search index commits them.
     pub index_commit_ms: u64,
+    /// How long the connect-back check of an Announce may take (QUIC handshake to the peer's
+    /// announced address) before the peer is recorded as unreachable.
+    pub verify_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -32,6 +38,7 @@ impl Default for Config {
             lease_seconds: 90,
             heartbeat_seconds: 30,
             index_commit_ms: 1000,
+            verify_timeout_ms: 3000,
         }
     }
 }
@@ -81,6 +88,9 @@ impl Config {
         if let Some(v) = env("QUAVER_INDEX_COMMIT_MS") {
             config.index_commit_ms = parse("QUAVER_INDEX_COMMIT_MS", v)?;
         }
+        if let Some(v) = env("QUAVER_VERIFY_TIMEOUT_MS") {
+            config.verify_timeout_ms = parse("QUAVER_VERIFY_TIMEOUT_MS", v)?;
+        }
         Ok(config)
     }
 
@@ -97,6 +107,13 @@ impl Config {
                 self.heartbeat_seconds, self.lease_seconds
             )));
         }
+        if !(1..=MAX_VERIFY_TIMEOUT_MS).contains(&self.verify_timeout_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "verify_timeout_ms ({}) must be 1..={MAX_VERIFY_TIMEOUT_MS}: the connect-back check runs \
+                 inside the Announce call, which the server cuts off after 30 s",
+                self.verify_timeout_ms
+            )));
+        }
         Ok(())
     }
 
@@ -106,6 +123,10 @@ impl Config {
 
     pub fn index_commit_interval(&self) -> Duration {
         Duration::from_millis(self.index_commit_ms.max(1))
+    }
+
+    pub fn verify_timeout(&self) -> Duration {
+        Duration::from_millis(self.verify_timeout_ms.max(1))
     }
 }
 
@@ -118,8 +139,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("d.toml");
         std::fs::write(&file, "listen = \"127.0.0.1:1234\"\nlease_seconds = 60\n").unwrap();
-        let env = |k: &str| (k == "QUAVER_LEASE_SECONDS").then(|| "45".to_string());
+        let env = |k: &str| match k {
+            "QUAVER_LEASE_SECONDS" => Some("45".to_string()),
+            "QUAVER_VERIFY_TIMEOUT_MS" => Some("1500".to_string()),
+            _ => None,
+        };
         let c = Config::load(Some(&file), env).unwrap();
+        assert_eq!(c.verify_timeout(), Duration::from_millis(1500));
         assert_eq!(c.listen, "127.0.0.1:1234".parse().unwrap());
         assert_eq!(c.lease_seconds, 45);
         assert_eq!(c.heartbeat_seconds, 30);
@@ -137,5 +163,9 @@ mod tests {
         assert!(Config::load(Some(&file), |_| None).is_err());
         let c = Config { heartbeat_seconds: 90, ..Config::default() };
         assert!(c.validate().is_err());
+        for verify_timeout_ms in [0, MAX_VERIFY_TIMEOUT_MS + 1] {
+            let e = Config { verify_timeout_ms, ..Config::default() }.validate().unwrap_err().to_string();
+            assert!(e.contains("verify_timeout_ms"), "{e}");
+        }
     }
 }

@@ -1,14 +1,25 @@
 //! The directory's domain logic: one method per RPC, over the catalog (durable), the presence
 //! table and online counts (memory) and the search index.
 //!
+//! Sources: a peer counts as a source of its files (online counts, Locate) only while it holds
+//! a lease that passed the connect-back check at its last Announce (`reachable`; the service
+//! layer runs the check before calling [`Directory::announce`]). An unreachable peer still gets
+//! its session, and its share list is stored, but it is never handed out.
+//!
 //! Concurrency, and why it is correct:
 //! - `membership` serialises everything that changes *who is online with what*: announce,
 //!   publish, withdraw and lease expiry. Each of them first sweeps expired leases, so the
-//!   invariant "a file's online count = the online peers sharing it" holds whenever the lock
-//!   is free.
+//!   invariant "a file's online count = the online, reachable peers sharing it" holds whenever
+//!   the lock is free.
 //! - `presence` is locked briefly for heartbeats and lookups; `counts` is read-locked for the
 //!   length of one search, so the ranking sees a consistent picture.
-//! - Lock order is always membership → presence → counts.
+//! - Lock order is always membership → presence → counts, and membership → `storage`.
+//! - `storage` keeps sled's multi-tree transaction (a `Publish`) from running while any other
+//!   request of ours is inside sled or flushing it: the transaction holds it for writing,
+//!   every other catalog read and every flush for reading. sled 0.34 can deadlock otherwise:
+//!   under a load of concurrent publishes and flushes (1,000 announcing peers) the transaction
+//!   waited for a sled reader that never finished and every request queued behind it. Taken
+//!   alone and last, it cannot form a cycle with the other locks.
 //!
 //! This module never speaks gRPC transport and never sleeps: the server module drives its
 //! timers (`expire_leases`, `index_pending`).
@@ -27,7 +38,7 @@ use crate::config::Config;
 use crate::error::{DirectoryError, Result, invalid};
 use crate::index::{IndexDoc, IndexFilters, OpenOutcome, SearchIndex};
 use crate::online::OnlineCounts;
-use crate::presence::{AnnounceOutcome, Presence};
+use crate::presence::{AnnounceOutcome, Departed, Presence};
 use crate::ranking::{self, Candidate};
 use crate::validate;
 
@@ -39,6 +50,7 @@ pub struct Directory {
     catalog: Catalog,
     index: SearchIndex,
     membership: Mutex<()>,
+    storage: RwLock<()>,
     presence: Mutex<Presence>,
     counts: RwLock<OnlineCounts>,
     started: Instant,
@@ -49,6 +61,41 @@ pub struct Directory {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not take the whole directory down with poisoned locks.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn shared(l: &RwLock<()>) -> std::sync::RwLockReadGuard<'_, ()> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn exclusive(l: &RwLock<()>) -> std::sync::RwLockWriteGuard<'_, ()> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An Announce that passed validation: who claims to be online, and the address the directory
+/// would hand out for it (the IP the request came from, the port it stated). The service layer
+/// checks that address by connecting back before it calls [`Directory::announce`].
+#[derive(Clone, Debug)]
+pub struct ValidAnnounce {
+    pub peer: PeerId,
+    pub address: SocketAddr,
+    pub free_upload_slots: u32,
+}
+
+impl ValidAnnounce {
+    /// Validates `req`, which arrived over a connection from `remote`.
+    pub fn new(req: &AnnounceRequest, remote: SocketAddr) -> Result<Self> {
+        let peer = validate::peer_id("peer_id", &req.peer_id)?;
+        let port = u16::try_from(req.quic_port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid(format!("quic_port {} is not a port (1..=65535)", req.quic_port)))?;
+        if !req.share_digest.is_empty() && ShareDigest::from_slice(&req.share_digest).is_none() {
+            return Err(invalid("share_digest must be empty or exactly 32 bytes"));
+        }
+        validate::text("agent", &req.agent, MAX_AGENT_BYTES)?;
+        let address = SocketAddr::new(remote.ip().to_canonical(), port);
+        Ok(Self { peer, address, free_upload_slots: req.free_upload_slots })
+    }
 }
 
 fn new_token() -> Result<String> {
@@ -93,6 +140,7 @@ impl Directory {
             presence: Mutex::new(Presence::new(config.lease())),
             counts: RwLock::new(OnlineCounts::default()),
             membership: Mutex::new(()),
+            storage: RwLock::new(()),
             started: Instant::now(),
             config,
             catalog,
@@ -108,9 +156,11 @@ impl Directory {
     /// membership lock held.
     fn sweep(&self, now: Instant) -> Result<usize> {
         let expired = lock(&self.presence).expire(now);
-        for peer in &expired {
+        for Departed { peer, was_source } in &expired {
             tracing::info!(peer = %peer, "lease expired; peer is offline");
-            self.apply_peer_files(peer, false)?;
+            if *was_source {
+                self.apply_peer_files(peer, false)?;
+            }
         }
         Ok(expired.len())
     }
@@ -130,31 +180,29 @@ impl Directory {
         self.sweep(now)
     }
 
+    /// Starts a session for `announce`. `reachable` is the verdict of the connect-back check of
+    /// `announce.address`: only a reachable peer's files count as online and only a reachable
+    /// peer is handed out by Locate; an unreachable one gets its session all the same.
     pub fn announce(
         &self,
-        req: AnnounceRequest,
-        remote: SocketAddr,
+        announce: ValidAnnounce,
+        reachable: bool,
         now: Instant,
     ) -> Result<AnnounceResponse> {
-        let peer = validate::peer_id("peer_id", &req.peer_id)?;
-        let port = u16::try_from(req.quic_port)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| invalid(format!("quic_port {} is not a port (1..=65535)", req.quic_port)))?;
-        if !req.share_digest.is_empty() && ShareDigest::from_slice(&req.share_digest).is_none() {
-            return Err(invalid("share_digest must be empty or exactly 32 bytes"));
-        }
-        validate::text("agent", &req.agent, MAX_AGENT_BYTES)?;
-        let address = SocketAddr::new(remote.ip().to_canonical(), port);
+        let ValidAnnounce { peer, address, free_upload_slots } = announce;
         let token = new_token()?;
 
         let _m = lock(&self.membership);
         self.sweep(now)?;
         let stored = self.catalog.touch_peer(&peer, &address.to_string())?;
-        let outcome = lock(&self.presence).announce(peer, address, req.free_upload_slots, token.clone(), now);
-        if outcome == AnnounceOutcome::CameOnline {
-            self.apply_peer_files(&peer, true)?;
-            tracing::info!(peer = %peer, %address, files = stored.count, "peer online");
+        let outcome =
+            lock(&self.presence).announce(peer, address, free_upload_slots, reachable, token.clone(), now);
+        let AnnounceOutcome { came_online, was_source, is_source } = outcome;
+        if was_source != is_source {
+            self.apply_peer_files(&peer, is_source)?;
+        }
+        if came_online || was_source != is_source {
+            tracing::info!(peer = %peer, %address, reachable, files = stored.count, "peer online");
         }
         Ok(AnnounceResponse {
             session_token: token,
@@ -163,11 +211,13 @@ impl Directory {
             known_digest: stored.digest().as_bytes().to_vec(),
             known_count: stored.count,
             observed_address: address.to_string(),
+            reachable,
         })
     }
 
-    fn session(&self, token: &str, now: Instant) -> Result<PeerId> {
-        lock(&self.presence).peer_of(token, now).ok_or_else(|| {
+    /// The peer of a live session, and whether it is a source (reachable).
+    fn session(&self, token: &str, now: Instant) -> Result<(PeerId, bool)> {
+        lock(&self.presence).session(token, now).ok_or_else(|| {
             DirectoryError::Unauthenticated("unknown or expired session token; announce again".into())
         })
     }
@@ -186,17 +236,25 @@ impl Directory {
         let removed = validate::content_ids("removed", removed)?;
         let _m = lock(&self.membership);
         self.sweep(now)?;
-        let peer = self.session(token, now)?;
-        let outcome = self.catalog.publish(&peer, reset, &additions, &removed, MAX_FILES_PER_PEER)?;
+        let (peer, is_source) = self.session(token, now)?;
+        let outcome = {
+            let _storage = exclusive(&self.storage);
+            self.catalog.publish(&peer, reset, &additions, &removed, MAX_FILES_PER_PEER)?
+        };
         self.files_total.fetch_add(outcome.new_files as u64, Ordering::Relaxed);
         let mut counts = self.counts.write().unwrap_or_else(|e| e.into_inner());
         for &SourceChange { key, before, after } in &outcome.changes {
+            // The catalog keeps every peer's list; only a reachable peer's files are online.
             if let Some(complete) = before {
-                counts.remove(key, complete);
+                if is_source {
+                    counts.remove(key, complete);
+                }
                 self.sources_total.fetch_sub(1, Ordering::Relaxed);
             }
             if let Some(complete) = after {
-                counts.add(key, complete);
+                if is_source {
+                    counts.add(key, complete);
+                }
                 self.sources_total.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -220,11 +278,16 @@ impl Directory {
     }
 
     pub fn withdraw(&self, req: WithdrawRequest, now: Instant) -> Result<WithdrawResponse> {
-        let (peer, outcome) = self.change_shares(&req.session_token, false, &[], &req.content_ids, now)?;
+        let (_, outcome) = self.change_shares(&req.session_token, false, &[], &req.content_ids, now)?;
         if req.go_offline {
             let _m = lock(&self.membership);
-            if lock(&self.presence).leave(&req.session_token, now).is_some() {
-                self.apply_peer_files(&peer, false)?;
+            // Taken out even if its lease ran out since `change_shares` swept: its files must
+            // stop counting now, as the sweep would no longer see it.
+            let left = lock(&self.presence).leave(&req.session_token);
+            if let Some(Departed { peer, was_source }) = left {
+                if was_source {
+                    self.apply_peer_files(&peer, false)?;
+                }
                 tracing::info!(peer = %peer, "peer went offline");
             }
         }
@@ -260,6 +323,7 @@ impl Directory {
         };
         let has_more = hits.len() > size;
         let mut out = Vec::with_capacity(size);
+        let _storage = shared(&self.storage);
         for (key, score, counts) in hits.into_iter().take(size) {
             if let Some(StoredFile { info: Some(file), .. }) = self.catalog.file_by_key(key)? {
                 out.push(SearchHit {
@@ -286,17 +350,21 @@ impl Directory {
         if max > MAX_LOCATE_SOURCES {
             return Err(invalid(format!("max_sources {max} is over the limit of {MAX_LOCATE_SOURCES}")));
         }
-        let Some(file) = self.catalog.file(&id)? else {
-            return Ok(LocateResponse::default());
+        let sources: Vec<(PeerId, bool)> = {
+            let _storage = shared(&self.storage);
+            let Some(file) = self.catalog.file(&id)? else {
+                return Ok(LocateResponse::default());
+            };
+            self.catalog.sources_of(file.key).collect::<Result<_, _>>()?
         };
-        let sources: Vec<(PeerId, bool)> = self.catalog.sources_of(file.key).collect::<Result<_, _>>()?;
         let candidates: Vec<(Candidate, SocketAddr)> = {
             let presence = lock(&self.presence);
             sources
                 .into_iter()
                 .filter(|(peer, _)| Some(*peer) != asker)
                 .filter_map(|(peer, complete)| {
-                    let lease = presence.lease(&peer, now)?;
+                    // Only peers that passed the connect-back check at their last Announce.
+                    let lease = presence.source(&peer, now)?;
                     let candidate = Candidate {
                         peer,
                         ip: lease.address.ip(),
@@ -327,10 +395,11 @@ impl Directory {
 
     pub fn get_file(&self, req: GetFileRequest) -> Result<GetFileResponse> {
         let id = validate::content_id("content_id", &req.content_id)?;
-        let file = self
-            .catalog
-            .file(&id)?
-            .ok_or_else(|| DirectoryError::NotFound(format!("no file with content id {id}")))?;
+        let file = {
+            let _storage = shared(&self.storage);
+            self.catalog.file(&id)?
+        }
+        .ok_or_else(|| DirectoryError::NotFound(format!("no file with content id {id}")))?;
         let counts = self.counts.read().unwrap_or_else(|e| e.into_inner()).get(file.key);
         Ok(GetFileResponse {
             file: file.info,
@@ -359,7 +428,10 @@ impl Directory {
     /// One indexing round: feeds up to a batch of new catalog entries to the index and commits.
     /// Returns how many were indexed. Blocking.
     pub fn index_pending(&self) -> Result<usize> {
-        let files = self.catalog.unindexed(INDEX_BATCH)?;
+        let files = {
+            let _storage = shared(&self.storage);
+            self.catalog.unindexed(INDEX_BATCH)?
+        };
         if files.is_empty() {
             return Ok(0);
         }
@@ -383,7 +455,10 @@ impl Directory {
         let started = Instant::now();
         self.index.upsert(&docs)?;
         self.index.commit()?;
-        self.catalog.mark_indexed(files.iter().map(|f| f.key))?;
+        {
+            let _storage = shared(&self.storage);
+            self.catalog.mark_indexed(files.iter().map(|f| f.key))?;
+        }
         tracing::debug!(docs = files.len(), elapsed = ?started.elapsed(), "index commit");
         Ok(files.len())
     }
@@ -400,11 +475,10 @@ impl Directory {
         }
     }
 
-    pub async fn flush(&self) -> Result<()> {
-        Ok(self.catalog.flush().await?)
-    }
-
+    /// Makes every acknowledged change durable (fsync). Blocking; concurrent flushes share the
+    /// work, and none runs while a publish transaction does (see the module doc).
     pub fn flush_blocking(&self) -> Result<()> {
+        let _storage = shared(&self.storage);
         Ok(self.catalog.flush_blocking()?)
     }
 }

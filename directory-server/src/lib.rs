@@ -1,8 +1,8 @@
 //! Quaver's directory server: it knows which files exist and which peers are online with which
 //! file, and answers searches and "who has this file?" over gRPC.
 //!
-//! Layers, outside in: `server` (transport, timers, shutdown) → `service` (thin gRPC handlers)
-//! → `directory` (domain logic, locking) → `catalog` (sled), `index` (tantivy), `presence`
+//! Layers, outside in: `server` (transport, timers, shutdown) → `service` (thin gRPC handlers;
+//! `reach` dials an announcing peer back over QUIC) → `directory` (domain logic, locking) → `catalog` (sled), `index` (tantivy), `presence`
 //! (leases), `online` (counts), `ranking` (source order). The inner modules never know about
 //! gRPC or tokio; `presence`, `online` and `ranking` are pure and tested without I/O.
 
@@ -14,6 +14,7 @@ pub mod index;
 pub mod online;
 pub mod presence;
 pub mod ranking;
+pub mod reach;
 pub mod server;
 pub mod service;
 pub mod validate;

@@ -4,9 +4,16 @@
 //! or touches storage, so every rule is tested deterministically below. The directory calls
 //! `expire` from a timer and applies what it returns.
 //!
+//! A lease also records whether the peer passed the connect-back check at its last Announce
+//! (`reachable`). A peer with a reachable lease is a *source*: its files count as online and
+//! Locate hands it out. An unreachable peer keeps its session (it may search, publish and
+//! download) but is never a source until an Announce of it passes the check.
+//!
 //! Invariants: a peer has at most one live token; a token maps to exactly one online peer; a
 //! peer whose lease has run out is not online for `is_online`/`lease`, even before `expire`
-//! has swept it.
+//! has swept it. The directory's online counts hold the files of exactly the peers whose lease
+//! in the table is reachable, expired or not: every call that changes or removes a lease says
+//! whether the peer counted before (`was_source`) and, for `announce`, whether it counts after.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +31,8 @@ pub struct Lease {
     pub expires: Instant,
     pub last_seen: Instant,
     pub free_upload_slots: u32,
+    /// The peer answered the connect-back check with its own key at its last Announce.
+    pub reachable: bool,
 }
 
 pub struct Presence {
@@ -33,12 +42,24 @@ pub struct Presence {
 }
 
 /// What `announce` did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum AnnounceOutcome {
-    /// The peer was offline and is now online.
-    CameOnline,
-    /// The peer already had a live lease; its old token is void.
-    Renewed,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnnounceOutcome {
+    /// The peer had no live lease: it was offline and is now online. Otherwise it already had
+    /// one, and its old token is void.
+    pub came_online: bool,
+    /// The peer's previous lease, if any was still in the table (even expired), was reachable:
+    /// its files were counted as a source.
+    pub was_source: bool,
+    /// The new lease is reachable: its files count as a source from now on.
+    pub is_source: bool,
+}
+
+/// A lease that `leave` or `expire` took out of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Departed {
+    pub peer: PeerId,
+    /// Its files were counted as a source (the lease was reachable) and must stop counting.
+    pub was_source: bool,
 }
 
 impl Presence {
@@ -50,12 +71,14 @@ impl Presence {
         self.lease
     }
 
-    /// Starts a session: a new token and a fresh lease. A previous token of the peer is void.
+    /// Starts a session: a new token and a fresh lease, reachable or not as the connect-back
+    /// check found. A previous token of the peer is void.
     pub fn announce(
         &mut self,
         peer: PeerId,
         address: SocketAddr,
         free_upload_slots: u32,
+        reachable: bool,
         token: Token,
         now: Instant,
     ) -> AnnounceOutcome {
@@ -65,14 +88,17 @@ impl Presence {
             expires: now + self.lease,
             last_seen: now,
             free_upload_slots,
+            reachable,
         };
         self.by_token.insert(token, peer);
-        match self.by_peer.insert(peer, lease) {
-            Some(old) => {
-                self.by_token.remove(&old.token);
-                if old.expires > now { AnnounceOutcome::Renewed } else { AnnounceOutcome::CameOnline }
-            }
-            None => AnnounceOutcome::CameOnline,
+        let old = self.by_peer.insert(peer, lease);
+        if let Some(old) = &old {
+            self.by_token.remove(&old.token);
+        }
+        AnnounceOutcome {
+            came_online: old.as_ref().is_none_or(|l| l.expires <= now),
+            was_source: old.as_ref().is_some_and(|l| l.reachable),
+            is_source: reachable,
         }
     }
 
@@ -93,27 +119,41 @@ impl Presence {
         Some(peer)
     }
 
-    /// Ends a session at once. Returns the peer if it was online.
-    pub fn leave(&mut self, token: &str, now: Instant) -> Option<PeerId> {
+    /// Ends a session at once. Returns the lease's peer if the token was in the table; a lease
+    /// that ran out but was not swept yet is taken out too, so that its files stop counting.
+    pub fn leave(&mut self, token: &str) -> Option<Departed> {
         let peer = self.by_token.remove(token)?;
         let lease = self.by_peer.remove(&peer)?;
-        (lease.expires > now).then_some(peer)
+        Some(Departed { peer, was_source: lease.reachable })
     }
 
     /// Removes every lease that has run out and returns the peers that went offline.
-    pub fn expire(&mut self, now: Instant) -> Vec<PeerId> {
+    pub fn expire(&mut self, now: Instant) -> Vec<Departed> {
         let expired: Vec<PeerId> =
             self.by_peer.iter().filter(|(_, l)| l.expires <= now).map(|(p, _)| *p).collect();
-        for peer in &expired {
-            if let Some(lease) = self.by_peer.remove(peer) {
+        let mut departed = Vec::with_capacity(expired.len());
+        for peer in expired {
+            if let Some(lease) = self.by_peer.remove(&peer) {
                 self.by_token.remove(&lease.token);
+                departed.push(Departed { peer, was_source: lease.reachable });
             }
         }
-        expired
+        departed
     }
 
     pub fn lease(&self, peer: &PeerId, now: Instant) -> Option<&Lease> {
         self.by_peer.get(peer).filter(|l| l.expires > now)
+    }
+
+    /// The lease of a peer that may be handed out as a source now: live and reachable.
+    pub fn source(&self, peer: &PeerId, now: Instant) -> Option<&Lease> {
+        self.lease(peer, now).filter(|l| l.reachable)
+    }
+
+    /// The peer behind a live token, and whether it is a source (its lease is reachable).
+    pub fn session(&self, token: &str, now: Instant) -> Option<(PeerId, bool)> {
+        let peer = self.peer_of(token, now)?;
+        Some((peer, self.by_peer.get(&peer)?.reachable))
     }
 
     pub fn is_online(&self, peer: &PeerId, now: Instant) -> bool {
@@ -142,19 +182,27 @@ mod tests {
         "127.0.0.1:9000".parse().unwrap()
     }
 
+    fn outcome(came_online: bool, was_source: bool, is_source: bool) -> AnnounceOutcome {
+        AnnounceOutcome { came_online, was_source, is_source }
+    }
+
+    fn gone(n: u8, was_source: bool) -> Departed {
+        Departed { peer: peer(n), was_source }
+    }
+
     #[test]
     fn lease_runs_out_without_heartbeats_and_heartbeats_keep_it() {
         let t0 = Instant::now();
         let mut p = Presence::new(Duration::from_secs(90));
-        assert_eq!(p.announce(peer(1), addr(), 4, "a".into(), t0), AnnounceOutcome::CameOnline);
-        p.announce(peer(2), addr(), 4, "b".into(), t0);
+        assert_eq!(p.announce(peer(1), addr(), 4, true, "a".into(), t0), outcome(true, false, true));
+        p.announce(peer(2), addr(), 4, true, "b".into(), t0);
         let t60 = t0 + Duration::from_secs(60);
         assert_eq!(p.heartbeat("a", 3, t60), Some(peer(1)));
         let t100 = t0 + Duration::from_secs(100);
         assert!(p.is_online(&peer(1), t100));
         assert!(!p.is_online(&peer(2), t100), "peer 2 never beat");
         assert_eq!(p.heartbeat("b", 3, t100), None, "an expired lease cannot be renewed");
-        assert_eq!(p.expire(t100), vec![peer(2)]);
+        assert_eq!(p.expire(t100), vec![gone(2, true)]);
         assert_eq!(p.len(), 1);
         assert_eq!(p.lease(&peer(1), t100).map(|l| l.free_upload_slots), Some(3));
     }
@@ -163,8 +211,8 @@ mod tests {
     fn a_new_announce_voids_the_old_token() {
         let t0 = Instant::now();
         let mut p = Presence::new(Duration::from_secs(90));
-        p.announce(peer(1), addr(), 4, "old".into(), t0);
-        assert_eq!(p.announce(peer(1), addr(), 4, "new".into(), t0), AnnounceOutcome::Renewed);
+        p.announce(peer(1), addr(), 4, true, "old".into(), t0);
+        assert_eq!(p.announce(peer(1), addr(), 4, true, "new".into(), t0), outcome(false, true, true));
         assert_eq!(p.peer_of("old", t0), None);
         assert_eq!(p.peer_of("new", t0), Some(peer(1)));
     }
@@ -173,20 +221,58 @@ mod tests {
     fn leave_is_immediate_and_coming_back_is_coming_online() {
         let t0 = Instant::now();
         let mut p = Presence::new(Duration::from_secs(90));
-        p.announce(peer(1), addr(), 4, "a".into(), t0);
-        assert_eq!(p.leave("a", t0), Some(peer(1)));
+        p.announce(peer(1), addr(), 4, true, "a".into(), t0);
+        assert_eq!(p.leave("a"), Some(gone(1, true)));
         assert!(!p.is_online(&peer(1), t0));
-        assert_eq!(p.leave("a", t0), None);
-        assert_eq!(p.announce(peer(1), addr(), 4, "b".into(), t0), AnnounceOutcome::CameOnline);
+        assert_eq!(p.leave("a"), None);
+        assert_eq!(p.announce(peer(1), addr(), 4, true, "b".into(), t0), outcome(true, false, true));
     }
 
     #[test]
-    fn an_expired_but_unswept_peer_comes_online_again() {
+    fn an_expired_but_unswept_peer_comes_online_again_and_still_counted() {
+        // Its files were never taken out of the counts (no sweep), so they must not be added
+        // twice: `was_source` says they are still in.
         let t0 = Instant::now();
         let mut p = Presence::new(Duration::from_secs(10));
-        p.announce(peer(1), addr(), 4, "a".into(), t0);
+        p.announce(peer(1), addr(), 4, true, "a".into(), t0);
         let later = t0 + Duration::from_secs(11);
-        assert_eq!(p.announce(peer(1), addr(), 4, "b".into(), later), AnnounceOutcome::CameOnline);
+        assert_eq!(p.announce(peer(1), addr(), 4, true, "b".into(), later), outcome(true, true, true));
         assert!(p.expire(later).is_empty());
+    }
+
+    #[test]
+    fn leaving_after_the_lease_ran_out_but_before_the_sweep_still_reports_the_source() {
+        let t0 = Instant::now();
+        let mut p = Presence::new(Duration::from_secs(10));
+        p.announce(peer(1), addr(), 4, true, "a".into(), t0);
+        assert_eq!(p.leave("a"), Some(gone(1, true)));
+        assert!(p.expire(t0 + Duration::from_secs(11)).is_empty(), "reported once, not twice");
+    }
+
+    #[test]
+    fn an_unreachable_peer_has_a_session_but_is_no_source_until_it_passes_the_check() {
+        let t0 = Instant::now();
+        let mut p = Presence::new(Duration::from_secs(90));
+        assert_eq!(p.announce(peer(1), addr(), 4, false, "a".into(), t0), outcome(true, false, false));
+        assert!(p.is_online(&peer(1), t0));
+        assert_eq!(p.session("a", t0), Some((peer(1), false)));
+        assert!(p.source(&peer(1), t0).is_none());
+        assert_eq!(p.heartbeat("a", 2, t0), Some(peer(1)), "heartbeats work without reachability");
+        assert!(p.source(&peer(1), t0).is_none(), "a heartbeat proves nothing about the address");
+
+        // Passing the check on a later Announce makes it a source, and failing again undoes it.
+        assert_eq!(p.announce(peer(1), addr(), 4, true, "b".into(), t0), outcome(false, false, true));
+        assert_eq!(p.session("b", t0), Some((peer(1), true)));
+        assert!(p.source(&peer(1), t0).is_some());
+        assert_eq!(p.announce(peer(1), addr(), 4, false, "c".into(), t0), outcome(false, true, false));
+        assert!(p.source(&peer(1), t0).is_none());
+
+        // Expiry and leave report whether the files were counted.
+        p.announce(peer(2), addr(), 4, true, "d".into(), t0);
+        let mut expired = p.expire(t0 + Duration::from_secs(91));
+        expired.sort_by_key(|d| d.peer);
+        assert_eq!(expired, vec![gone(1, false), gone(2, true)]);
+        p.announce(peer(3), addr(), 4, false, "e".into(), t0);
+        assert_eq!(p.leave("e"), Some(gone(3, false)));
     }
 }

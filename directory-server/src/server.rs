@@ -1,5 +1,6 @@
-//! Runs the directory: binds the listener, serves gRPC (directory, health, reflection),
-//! drives the timers (lease expiry, index commits) and shuts down gracefully.
+//! Runs the directory: binds the listener and the connect-back QUIC endpoint, serves gRPC
+//! (directory, health, reflection), drives the timers (lease expiry, index commits) and shuts
+//! down gracefully.
 //!
 //! Shutdown order matters: stop accepting and let in-flight calls finish, stop the timers,
 //! index whatever is pending, then flush sled. Nothing acknowledged is lost, and the next start
@@ -19,6 +20,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::DirectoryError;
+use crate::reach::ConnectBack;
 use crate::service::DirectoryService;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,8 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot set up the connect-back QUIC endpoint: {0}")]
+    ConnectBack(#[from] quaver_shared::tls::TlsError),
 }
 
 /// A server running on a background task; dropping it does not stop it, `shutdown` does.
@@ -106,7 +110,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(quaver_shared::DIRECTORY_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let api = DirectoryServer::new(DirectoryService::new(directory.clone()))
+    let reach = Arc::new(ConnectBack::bind(config.listen, config.verify_timeout())?);
+    let api = DirectoryServer::new(DirectoryService::new(directory.clone(), reach))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
     let (stop_timers, timers_stopped) = watch::channel(false);

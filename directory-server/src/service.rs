@@ -1,6 +1,9 @@
 //! The gRPC face of the directory: thin handlers that take the request off the wire, run the
 //! domain method on the blocking pool (sled and tantivy calls block), and make writes durable
 //! before they are acknowledged. No policy lives here.
+//!
+//! `Announce` is the one async step before the domain call: the connect-back check of the
+//! announced address (`reach`), whose verdict the domain receives as `reachable`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,17 +12,19 @@ use quaver_shared::directory::v1::directory_server::Directory as DirectoryApi;
 use quaver_shared::directory::v1::*;
 use tonic::{Request, Response, Status};
 
-use crate::directory::Directory;
+use crate::directory::{Directory, ValidAnnounce};
 use crate::error::DirectoryError;
+use crate::reach::ConnectBack;
 
 #[derive(Clone)]
 pub struct DirectoryService {
     dir: Arc<Directory>,
+    reach: Arc<ConnectBack>,
 }
 
 impl DirectoryService {
-    pub fn new(dir: Arc<Directory>) -> Self {
-        Self { dir }
+    pub fn new(dir: Arc<Directory>, reach: Arc<ConnectBack>) -> Self {
+        Self { dir, reach }
     }
 
     /// Runs a domain call on the blocking pool.
@@ -43,9 +48,12 @@ impl DirectoryService {
         &self,
         f: impl FnOnce(&Directory) -> Result<T, DirectoryError> + Send + 'static,
     ) -> Result<T, Status> {
-        let out = self.run(f).await?;
-        self.dir.flush().await.map_err(Status::from)?;
-        Ok(out)
+        self.run(move |d| {
+            let out = f(d)?;
+            d.flush_blocking()?;
+            Ok(out)
+        })
+        .await
     }
 }
 
@@ -58,8 +66,9 @@ impl DirectoryApi for DirectoryService {
         let remote = request.remote_addr().ok_or_else(|| {
             Status::failed_precondition("the directory cannot see this connection's address")
         })?;
-        let req = request.into_inner();
-        self.run_durable(move |d| d.announce(req, remote, Instant::now())).await.map(Response::new)
+        let announce = ValidAnnounce::new(request.get_ref(), remote).map_err(Status::from)?;
+        let reachable = self.reach.reachable(announce.peer, announce.address).await;
+        self.run_durable(move |d| d.announce(announce, reachable, Instant::now())).await.map(Response::new)
     }
 
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {

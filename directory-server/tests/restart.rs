@@ -1,13 +1,14 @@
 //! The `quaver-directory` binary across crashes: what it acknowledged survives `kill -9`, a
 //! SIGTERM stops it cleanly, and a deleted index is rebuilt from the catalog.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use quaver_shared::directory::v1::directory_client::DirectoryClient;
 use quaver_shared::directory::v1::*;
-use quaver_shared::{ContentId, PeerId};
+use quaver_shared::{ContentId, NodeKey};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
@@ -50,6 +51,12 @@ fn song(n: u8, title: &str) -> SharedFile {
     }
 }
 
+/// A live QUIC endpoint on 127.0.0.1 serving `key`, so the directory's connect-back check of
+/// an Announce passes; it accepts connections and holds them until closed.
+fn serve(key: &NodeKey) -> anyhow::Result<quinn::Endpoint> {
+    Ok(quaver_shared::tls::identity_only_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), key)?)
+}
+
 async fn found(c: &mut DirectoryClient<Channel>, query: &str) -> anyhow::Result<Vec<String>> {
     let req = SearchRequest {
         query: query.into(),
@@ -74,15 +81,18 @@ async fn acknowledged_announces_survive_kill_9_and_the_index_is_rebuilt() -> any
     let data = tempfile::tempdir()?;
     let mut server = start(data.path()).await?;
     let mut c = DirectoryClient::connect(server.url.clone()).await?;
-    let token = c
+    let key = NodeKey::generate()?;
+    let endpoint = serve(&key)?;
+    let announced = c
         .announce(AnnounceRequest {
-            peer_id: PeerId::from_array([9; 32]).to_vec(),
-            quic_port: 4000,
+            peer_id: key.peer_id().to_vec(),
+            quic_port: u32::from(endpoint.local_addr()?.port()),
             ..Default::default()
         })
         .await?
-        .into_inner()
-        .session_token;
+        .into_inner();
+    assert!(announced.reachable, "the connect-back check reaches the peer's endpoint");
+    let token = announced.session_token;
     c.publish(PublishRequest {
         session_token: token.clone(),
         reset: true,
@@ -91,6 +101,8 @@ async fn acknowledged_announces_survive_kill_9_and_the_index_is_rebuilt() -> any
     })
     .await?;
     wait_found(&mut c, "晴天", "晴天").await?;
+    let before = c.get_file(GetFileRequest { content_id: ContentId::of_bytes(&[1]).to_vec() }).await?;
+    assert_eq!(before.into_inner().online_sources, 1);
     // Acknowledged, then killed at once: it may not be indexed yet, but it is in the catalog.
     c.publish(PublishRequest {
         session_token: token,

@@ -7,10 +7,13 @@
 //! The tokio code around them (QUIC serving and fetching, the store, the directory session,
 //! the control API and the CLI) only moves bytes and time.
 
+pub mod control;
 pub mod fetch;
 pub mod library;
+pub mod node;
 pub mod sanitize;
 pub mod serve;
+pub mod session;
 pub mod store;
 pub mod tls;
 pub mod wire;

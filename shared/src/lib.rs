@@ -1,13 +1,16 @@
 //! Quaver's shared vocabulary: the generated protocol code, the identities every part speaks in
-//! (`ContentId`, `PeerId`, `NodeKey`), the share-list digest, and the protocol's limits.
+//! (`ContentId`, `PeerId`, `NodeKey`), the node's QUIC identity (`tls`), the share-list digest,
+//! and the protocol's limits.
 //!
-//! This crate owns no I/O beyond reading and writing a node key file, and no policy: it must
-//! never depend on the directory or the peer crates.
+//! This crate owns no I/O beyond reading and writing a node key file and the QUIC endpoints
+//! `tls` binds and dials when asked, and no policy: it must never depend on the directory or the
+//! peer crates.
 
 pub mod digest;
 pub mod ids;
 pub mod limits;
 pub mod node_key;
+pub mod tls;
 
 pub use digest::ShareDigest;
 pub use ids::{ContentId, IdError, PeerId};

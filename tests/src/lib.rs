@@ -1,13 +1,14 @@
 //! Support for Quaver's end-to-end tests (the tests themselves are in `tests/tests/`): start a
-//! real directory server on an ephemeral loopback port, connect real gRPC clients, and build
-//! share lists. Nothing here is mocked.
+//! real directory server on an ephemeral loopback port, connect real gRPC clients, start real
+//! peer endpoints for the directory to dial back, and build share lists. Nothing here is mocked.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use quaver_directory::{Config, RunningServer};
 use quaver_shared::directory::v1::directory_client::DirectoryClient;
 use quaver_shared::directory::v1::*;
-use quaver_shared::{ContentId, PeerId, ShareDigest};
+use quaver_shared::{ContentId, NodeKey, PeerId, ShareDigest};
 use tonic::transport::Channel;
 
 pub type Client = DirectoryClient<Channel>;
@@ -19,8 +20,18 @@ pub struct TestDirectory {
 }
 
 impl TestDirectory {
-    /// Starts a server with a short lease (`lease_seconds`) and fast index commits.
+    /// Starts a server with a short lease (`lease_seconds`), fast index commits and the default
+    /// connect-back timeout.
     pub async fn start(lease_seconds: u32) -> anyhow::Result<Self> {
+        Self::start_with_verify_timeout(lease_seconds, Config::default().verify_timeout_ms).await
+    }
+
+    /// Like `start`, with the connect-back check bounded by `verify_timeout_ms`: tests of peers
+    /// that fail the check wait that long per Announce.
+    pub async fn start_with_verify_timeout(
+        lease_seconds: u32,
+        verify_timeout_ms: u64,
+    ) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
         let config = Config {
             listen: "127.0.0.1:0".parse()?,
@@ -28,6 +39,7 @@ impl TestDirectory {
             lease_seconds,
             heartbeat_seconds: (lease_seconds / 3).max(1),
             index_commit_ms: 20,
+            verify_timeout_ms,
         };
         let server = RunningServer::start(config).await?;
         Ok(Self { server, data })
@@ -47,8 +59,55 @@ pub fn cid(n: u32) -> ContentId {
     ContentId::of_bytes(format!("test file {n}").as_bytes())
 }
 
-pub fn peer(n: u8) -> PeerId {
-    PeerId::from_array([n; 32])
+/// A real peer as far as the directory can tell: a node key and a live QUIC endpoint on
+/// 127.0.0.1 that serves that key, accepts every connection and holds it until the other side
+/// closes it. Announcing `id()` with `port()` passes the directory's connect-back check. The
+/// endpoint closes when the `TestPeer` is dropped.
+pub struct TestPeer {
+    pub key: NodeKey,
+    pub endpoint: quinn::Endpoint,
+}
+
+impl TestPeer {
+    /// A fresh key served on an ephemeral loopback port. Needs a tokio runtime.
+    pub fn start() -> anyhow::Result<Self> {
+        let key = NodeKey::generate()?;
+        let endpoint = serve(&key)?;
+        Ok(Self { key, endpoint })
+    }
+
+    pub fn id(&self) -> PeerId {
+        self.key.peer_id()
+    }
+
+    /// The UDP port of the endpoint, as `AnnounceRequest.quic_port` wants it.
+    pub fn port(&self) -> u32 {
+        self.endpoint.local_addr().map(|a| u32::from(a.port())).unwrap_or(0)
+    }
+
+    /// Announces this peer with its own id and port and publishes `files`; returns the token.
+    pub async fn announce(&self, client: &mut Client, files: Vec<SharedFile>) -> anyhow::Result<String> {
+        announce(client, self.id(), self.port(), files).await
+    }
+}
+
+impl Drop for TestPeer {
+    fn drop(&mut self) {
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"test peer stopped");
+    }
+}
+
+/// A QUIC endpoint on 127.0.0.1 serving `key` that accepts every connection and holds it until
+/// closed (the directory's check closes right after the handshake). Closing the endpoint ends
+/// the accept task. Needs a tokio runtime.
+pub fn serve(key: &NodeKey) -> anyhow::Result<quinn::Endpoint> {
+    Ok(quaver_shared::tls::identity_only_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), key)?)
+}
+
+/// A loopback UDP port with nothing listening on it (bound, read back, released).
+pub fn dead_port() -> anyhow::Result<u32> {
+    let socket = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
+    Ok(u32::from(socket.local_addr()?.port()))
 }
 
 pub fn file(n: u32, title: &str, artist: &str) -> SharedFile {
@@ -68,13 +127,23 @@ pub fn file(n: u32, title: &str, artist: &str) -> SharedFile {
     }
 }
 
-/// Announces `peer` and publishes `files`; returns the session token.
+/// Announces `peer` at `port` and publishes `files`; returns the session token.
 pub async fn announce(
     client: &mut Client,
     peer: PeerId,
     port: u32,
     files: Vec<SharedFile>,
 ) -> anyhow::Result<String> {
+    Ok(announce_response(client, peer, port, files).await?.session_token)
+}
+
+/// Like `announce`, returning the whole `AnnounceResponse` (with the `reachable` verdict).
+pub async fn announce_response(
+    client: &mut Client,
+    peer: PeerId,
+    port: u32,
+    files: Vec<SharedFile>,
+) -> anyhow::Result<AnnounceResponse> {
     let ids: Vec<ContentId> = files
         .iter()
         .filter_map(|f| f.info.as_ref())
@@ -104,7 +173,7 @@ pub async fn announce(
             .into_inner();
         anyhow::ensure!(published.known_digest == digest.as_bytes(), "digest after publish differs");
     }
-    Ok(resp.session_token)
+    Ok(resp)
 }
 
 pub fn search_request(query: &str) -> SearchRequest {

@@ -15,7 +15,8 @@ fn expect_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, need
 async fn bad_requests_get_clear_statuses_and_change_nothing() -> anyhow::Result<()> {
     let dir = TestDirectory::start(30).await?;
     let mut c = dir.client().await?;
-    let token = announce(&mut c, peer(1), 4001, vec![file(1, "晴天", "周杰伦")]).await?;
+    let peer = TestPeer::start()?;
+    let token = peer.announce(&mut c, vec![file(1, "晴天", "周杰伦")]).await?;
     eventually(std::time::Duration::from_secs(20), || {
         let mut c = c.clone();
         async move { Ok((!c.search(search_request("晴天")).await?.into_inner().hits.is_empty()).then_some(())) }

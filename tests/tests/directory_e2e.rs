@@ -1,12 +1,13 @@
 //! The directory end to end: a real server on an ephemeral loopback port, real gRPC clients
-//! playing three peers, and a short lease so expiry happens within the test.
+//! playing peers with live QUIC endpoints (the directory dials each one back on Announce), and a
+//! short lease so expiry happens within the test.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use quaver_e2e::*;
-use quaver_shared::PeerId;
 use quaver_shared::directory::v1::*;
+use quaver_shared::{NodeKey, PeerId};
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -37,28 +38,28 @@ fn set(peers: &[PeerId]) -> BTreeSet<PeerId> {
 async fn three_peers_search_locate_expire_withdraw() -> anyhow::Result<()> {
     let dir = TestDirectory::start(2).await?;
     let mut c = dir.client().await?;
-    let (p1, p2, p3) = (peer(1), peer(2), peer(3));
+    let (peer1, peer2, peer3) = (TestPeer::start()?, TestPeer::start()?, TestPeer::start()?);
+    let (p1, p2, p3) = (peer1.id(), peer2.id(), peer3.id());
 
     let mut nameless = file(5, "", "");
     if let Some(info) = nameless.info.as_mut() {
         info.file_name = "晴天 - 周杰伦.flac".into();
     }
-    let t1 = announce(
-        &mut c,
-        p1,
-        4001,
-        vec![
-            file(1, "晴天", "周杰伦"),
-            file(2, "七里香", "周杰伦"),
-            file(3, "Bohemian Rhapsody", "Queen"),
-            nameless,
-        ],
-    )
-    .await?;
-    let t2 = announce(&mut c, p2, 4002, vec![file(1, "晴天", "周杰伦"), file(4, "稻香", "周杰伦")]).await?;
-    let t3 =
-        announce(&mut c, p3, 4003, vec![file(1, "晴天", "周杰伦"), file(3, "Bohemian Rhapsody", "Queen")])
-            .await?;
+    let t1 = peer1
+        .announce(
+            &mut c,
+            vec![
+                file(1, "晴天", "周杰伦"),
+                file(2, "七里香", "周杰伦"),
+                file(3, "Bohemian Rhapsody", "Queen"),
+                nameless,
+            ],
+        )
+        .await?;
+    let t2 = peer2.announce(&mut c, vec![file(1, "晴天", "周杰伦"), file(4, "稻香", "周杰伦")]).await?;
+    let t3 = peer3
+        .announce(&mut c, vec![file(1, "晴天", "周杰伦"), file(3, "Bohemian Rhapsody", "Queen")])
+        .await?;
 
     // The index commits in the background: wait until all five files are searchable, so that
     // what follows tests search, not commit timing.
@@ -93,7 +94,7 @@ async fn three_peers_search_locate_expire_withdraw() -> anyhow::Result<()> {
     assert_eq!(located(&mut c, 4, None).await?, set(&[p2]));
     let src =
         c.locate(LocateRequest { content_id: cid(4).to_vec(), ..Default::default() }).await?.into_inner();
-    assert_eq!(src.sources[0].address, "127.0.0.1:4002");
+    assert_eq!(src.sources[0].address, format!("127.0.0.1:{}", peer2.port()));
 
     // p1 and p2 beat, p3 falls silent: after the 2 s lease p3 is gone from Locate and counts.
     let beat_client = c.clone();
@@ -128,9 +129,9 @@ async fn three_peers_search_locate_expire_withdraw() -> anyhow::Result<()> {
     assert_eq!(located(&mut c, 1, None).await?, set(&[p1, p2]));
 
     // A peer that comes back is online again without resending its list (same digest).
-    let t3 =
-        announce(&mut c, p3, 4003, vec![file(1, "晴天", "周杰伦"), file(3, "Bohemian Rhapsody", "Queen")])
-            .await?;
+    let t3 = peer3
+        .announce(&mut c, vec![file(1, "晴天", "周杰伦"), file(3, "Bohemian Rhapsody", "Queen")])
+        .await?;
     assert_eq!(located(&mut c, 1, None).await?, set(&[p1, p2, p3]));
 
     // Withdraw one file, then go offline: both take effect at once.
@@ -173,10 +174,11 @@ async fn three_peers_search_locate_expire_withdraw() -> anyhow::Result<()> {
 async fn reconnecting_peer_sends_only_the_difference() -> anyhow::Result<()> {
     let dir = TestDirectory::start(30).await?;
     let mut c = dir.client().await?;
-    let p = peer(7);
+    let peer = TestPeer::start()?;
+    let p = peer.id();
     let files: Vec<_> = (0..2500).map(|n| file(n, &format!("song {n}"), "artist")).collect();
     let token = c
-        .announce(AnnounceRequest { peer_id: p.to_vec(), quic_port: 5000, ..Default::default() })
+        .announce(AnnounceRequest { peer_id: p.to_vec(), quic_port: peer.port(), ..Default::default() })
         .await?
         .into_inner()
         .session_token;
@@ -200,7 +202,7 @@ async fn reconnecting_peer_sends_only_the_difference() -> anyhow::Result<()> {
     let resp = c
         .announce(AnnounceRequest {
             peer_id: p.to_vec(),
-            quic_port: 5000,
+            quic_port: peer.port(),
             share_digest: digest.as_bytes().to_vec(),
             share_count: now.len() as u64,
             ..Default::default()
@@ -220,6 +222,90 @@ async fn reconnecting_peer_sends_only_the_difference() -> anyhow::Result<()> {
         .into_inner();
     assert_eq!(after.known_digest, digest.as_bytes(), "two changes bring both sides into agreement");
     assert_eq!(after.known_count, 2500);
+    dir.server.shutdown().await?;
+    Ok(())
+}
+
+/// Search's and GetFile's online and complete source counts of file `n` (searched by `query`).
+async fn counts(client: &mut Client, query: &str, n: u32) -> anyhow::Result<(u32, u32, u32, u32)> {
+    let mut any = search_request(query);
+    any.filters = Some(SearchFilters { min_online_sources: Some(0), ..Default::default() });
+    let h = hit(client, any, n).await?.ok_or_else(|| anyhow::anyhow!("{query} does not find file {n}"))?;
+    let f = client.get_file(GetFileRequest { content_id: cid(n).to_vec() }).await?.into_inner();
+    Ok((h.online_sources, h.complete_sources, f.online_sources, f.complete_sources))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_peers_that_answer_the_connect_back_with_their_own_key_are_sources() -> anyhow::Result<()> {
+    // A short check timeout: the peers with nothing listening wait it out on every Announce.
+    let dir = TestDirectory::start_with_verify_timeout(30, 1500).await?;
+    let mut c = dir.client().await?;
+    let sunny = || file(1, "晴天", "周杰伦");
+
+    let real = TestPeer::start()?;
+    let r = announce_response(&mut c, real.id(), real.port(), vec![sunny()]).await?;
+    assert!(r.reachable, "a peer serving its own key at its port passes");
+
+    // (a) Nothing listens at the announced port. The session works and the share list is
+    // stored (`announce_response` published it and checked the digest), but it is no source.
+    let absent = NodeKey::generate()?;
+    let port = dead_port()?;
+    let r = announce_response(&mut c, absent.peer_id(), port, vec![sunny()]).await?;
+    assert!(!r.reachable, "nothing answers at 127.0.0.1:{port}");
+    assert_eq!(r.observed_address, format!("127.0.0.1:{port}"));
+    c.heartbeat(HeartbeatRequest { session_token: r.session_token, free_upload_slots: 1 }).await?;
+
+    // (b) An impostor: something answers at the port, but with another key than the announced
+    // one. It shares 七里香, which nobody reachable has.
+    let victim = NodeKey::generate()?;
+    let impostor = TestPeer::start()?;
+    let r = announce_response(
+        &mut c,
+        victim.peer_id(),
+        impostor.port(),
+        vec![sunny(), file(2, "七里香", "周杰伦")],
+    )
+    .await?;
+    assert!(!r.reachable, "the endpoint at the port cannot prove it holds the announced key");
+    let impostor_token = r.session_token;
+
+    eventually(WAIT, || {
+        let mut c = c.clone();
+        async move { Ok((c.stats(StatsRequest {}).await?.into_inner().indexed_documents == 2).then_some(())) }
+    })
+    .await?;
+    assert_eq!(located(&mut c, 1, None).await?, set(&[real.id()]));
+    assert_eq!(located(&mut c, 2, None).await?, set(&[]));
+    assert_eq!(counts(&mut c, "晴天", 1).await?, (1, 1, 1, 1), "only the real peer counts");
+    assert!(hit(&mut c, search_request("七里香"), 2).await?.is_none(), "no online source by default");
+    assert_eq!(counts(&mut c, "七里香", 2).await?, (0, 0, 0, 0), "but the catalog has it");
+    let stats = c.stats(StatsRequest {}).await?.into_inner();
+    assert_eq!((stats.online_peers, stats.sources), (3, 4), "sessions and share lists are kept");
+
+    // An unreachable peer leaving takes nothing from the counts it never added to.
+    c.withdraw(WithdrawRequest { session_token: impostor_token, content_ids: vec![], go_offline: true })
+        .await?;
+    assert_eq!(counts(&mut c, "晴天", 1).await?, (1, 1, 1, 1));
+
+    // (c) The unreachable peer starts its endpoint and announces again: now it is a source,
+    // with the share list it published while unreachable (nothing to send again).
+    let endpoint = serve(&absent)?;
+    let port = u32::from(endpoint.local_addr()?.port());
+    let r = announce_response(&mut c, absent.peer_id(), port, vec![sunny()]).await?;
+    assert!(r.reachable);
+    assert_eq!(r.known_count, 1, "the share list was stored while the peer was unreachable");
+    assert_eq!(located(&mut c, 1, None).await?, set(&[real.id(), absent.peer_id()]));
+    assert_eq!(counts(&mut c, "晴天", 1).await?, (2, 2, 2, 2));
+
+    // A source that fails the check at a later Announce stops being one at once.
+    endpoint.close(0u32.into(), b"gone");
+    endpoint.wait_idle().await;
+    drop(endpoint);
+    let r = announce_response(&mut c, absent.peer_id(), port, vec![sunny()]).await?;
+    assert!(!r.reachable, "the endpoint is closed");
+    assert_eq!(located(&mut c, 1, None).await?, set(&[real.id()]));
+    assert_eq!(counts(&mut c, "晴天", 1).await?, (1, 1, 1, 1));
+
     dir.server.shutdown().await?;
     Ok(())
 }

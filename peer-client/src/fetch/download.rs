@@ -257,6 +257,10 @@ pub async fn download(
             }
             Event::Block { peer, block, result, elapsed } => {
                 in_flight.remove(&(peer, block));
+                if banned.contains(&peer) {
+                    // Already dropped for bad data; an answer that was on its way is ignored.
+                    continue;
+                }
                 match result {
                     Ok(bytes) => {
                         fetched_bytes += bytes.len() as u64;
@@ -369,5 +373,5 @@ fn whole_file_matches(part: &PartFile, spec: &DownloadSpec) -> std::io::Result<b
 
 /// Where downloads keep their state by default, inside a node's data dir.
 pub fn default_work_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("downloads")
+    data_dir.join("partial")
 }

@@ -87,7 +87,8 @@ impl Outboard {
     pub fn check_block(&self, range: Range<u64>, bytes: &[u8]) -> Result<(), VerifyError> {
         let group = block_size().bytes() as u64;
         let size = self.size();
-        let aligned = range.start.is_multiple_of(group) && (range.end.is_multiple_of(group) || range.end == size);
+        let aligned =
+            range.start.is_multiple_of(group) && (range.end.is_multiple_of(group) || range.end == size);
         if !aligned
             || range.start >= range.end
             || range.end > size

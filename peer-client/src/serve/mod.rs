@@ -132,6 +132,11 @@ impl Server {
         }
     }
 
+    /// Upload slots free right now (reported to the directory for source ranking).
+    pub fn free_slots(&self) -> u32 {
+        self.shared.slots.status().0
+    }
+
     /// Stops accepting connections and streams, lets answers in progress finish (for at most a
     /// few seconds), then closes the endpoint and waits until peers were told.
     pub async fn shutdown(mut self) {

@@ -9,6 +9,7 @@
 //! | `paths` | path bytes | [`PathEntry`]: id, size, mtime of what that path held when hashed |
 //! | `sources` | content id ‖ path bytes | empty: every path holding the id |
 //! | `meta` | `digest`, `count` | the share digest (32 bytes), the number of ids (u64 BE) |
+//! | `published:<directory url>` | content id | empty: what that directory acknowledged (`published.rs`) |
 
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;

@@ -20,6 +20,7 @@
 
 mod db;
 pub mod hash;
+mod published;
 mod scan;
 pub mod tags;
 mod write;
@@ -39,6 +40,7 @@ use quaver_shared::{ContentId, ShareDigest};
 
 use crate::library::{Entry, Library, LibraryError};
 use db::{PathEntry, StoredEntry, Summary};
+pub use published::Published;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

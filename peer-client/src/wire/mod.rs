@@ -68,7 +68,7 @@ pub mod pb {
 }
 
 /// The QUIC ALPN of this protocol version.
-pub const ALPN: &[u8] = b"quaver/1";
+pub use quaver_shared::tls::ALPN;
 /// Bytes of the big-endian length in front of every frame.
 pub const LEN_PREFIX: usize = 4;
 /// Largest encoded `Request` a server accepts (a real one is under 60 bytes).

@@ -1,0 +1,113 @@
+//! `quaver daemon`: runs the node until SIGTERM or Ctrl-C, then stops cleanly (withdraws from
+//! the directory, lets uploads in progress finish, flushes the store). Downloads in progress
+//! stop where they are; their verified blocks are kept for the next `get`.
+//!
+//! Once serving it prints one line on standard output, for people and scripts alike:
+//! `quaver node PEER_ID serving on QUIC_ADDR, control socket SOCKET`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use quaver_peer::node::{Node, NodeConfig};
+use quaver_peer::serve::ServeConfig;
+use tracing_subscriber::EnvFilter;
+
+use super::Exit;
+
+pub struct DaemonArgs {
+    pub data_dir: PathBuf,
+    pub directory: String,
+    pub listen: SocketAddr,
+    pub download_dir: Option<PathBuf>,
+    pub upload_slots: usize,
+    pub max_upload_rate: Option<u64>,
+}
+
+pub async fn run(args: DaemonArgs) -> Exit {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    // One rustls provider for the process, as insurance (every config also names ring itself).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match serve(args).await {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            eprintln!("quaver daemon: {e:#}");
+            Exit::Failure
+        }
+    }
+}
+
+async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
+    if args.upload_slots == 0 {
+        anyhow::bail!("--upload-slots must be at least 1");
+    }
+    if args.max_upload_rate == Some(0) {
+        anyhow::bail!("--max-upload-rate must be at least 1 byte per second (omit it for no cap)");
+    }
+    let mut config = NodeConfig::new(args.data_dir, args.directory);
+    config.listen = args.listen;
+    if let Some(dir) = args.download_dir {
+        config.download_dir = std::path::absolute(dir)?;
+    }
+    config.serve = ServeConfig {
+        upload_slots: args.upload_slots,
+        max_upload_bytes_per_sec: args.max_upload_rate,
+        ..ServeConfig::default()
+    };
+    let socket = config.control_socket();
+    let node = Node::start(config).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let control = tokio::spawn({
+        let (node, socket) = (node.clone(), socket.clone());
+        async move {
+            quaver_peer::control::serve(node, &socket, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        }
+    });
+    // The control socket is bound within a moment; report readiness once it answers, so that
+    // scripts can run commands as soon as they see the line.
+    for _ in 0..100 {
+        if control.is_finished() || tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    if control.is_finished() {
+        return match control.await {
+            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(())) => Err(anyhow::anyhow!("the control API stopped at once")),
+            Err(e) => Err(e.into()),
+        };
+    }
+    let quic = node.quic_address().map(|a| a.to_string()).unwrap_or_default();
+    println!("quaver node {} serving on {quic}, control socket {}", node.peer_id(), socket.display());
+
+    shutdown_signal().await;
+    tracing::info!("shutdown requested");
+    let _ = stop_tx.send(());
+    node.shutdown().await;
+    if let Ok(Err(e)) = control.await {
+        tracing::warn!(error = %e, "control API ended with an error");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The control API's handlers and its Unix-socket listener.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quaver_shared::ContentId;
+use quaver_shared::directory::v1::SearchRequest as DirectorySearch;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::{Request, Response, Status};
+
+use super::pb::control_server::{Control, ControlServer};
+use super::pb::*;
+use crate::node::{GetError, LookupError, Node, NodeError};
+
+/// How often a `Get` stream reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("another node is already running with this data directory (socket {})", .0.display())]
+    AlreadyRunning(PathBuf),
+    #[error("control socket {}: {source}", path.display())]
+    Socket { path: PathBuf, source: std::io::Error },
+    #[error("control API: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the control API for `node` on the socket `path` until `shutdown` resolves.
+pub async fn serve(
+    node: Arc<Node>,
+    path: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ControlError> {
+    let socket_err = |source| ControlError::Socket { path: path.to_owned(), source };
+    if path.exists() {
+        // A socket left by a killed node is stale; one that answers belongs to a live node.
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(ControlError::AlreadyRunning(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(socket_err)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(socket_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(socket_err)?;
+    let result = tonic::transport::Server::builder()
+        .add_service(ControlServer::new(Handlers { node }))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(path);
+    Ok(result?)
+}
+
+struct Handlers {
+    node: Arc<Node>,
+}
+
+fn node_status(e: NodeError) -> Status {
+    match e {
+        NodeError::Store(crate::store::StoreError::NotADirectory(p)) => {
+            Status::invalid_argument(format!("{}: not a directory", p.display()))
+        }
+        NodeError::Store(crate::store::StoreError::Io { path, source }) => {
+            Status::invalid_argument(format!("{}: {source}", path.display()))
+        }
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn lookup_status(e: LookupError) -> Status {
+    match e {
+        LookupError::NotFound => Status::not_found("the directory does not know this file"),
+        LookupError::Unavailable(m) => Status::unavailable(format!("the directory cannot be reached: {m}")),
+        LookupError::Refused(s) => Status::new(s.code(), format!("the directory refused: {}", s.message())),
+    }
+}
+
+/// A path from the CLI: absolute (the daemon's working directory is not the CLI's).
+fn absolute(path: &str) -> Result<PathBuf, Status> {
+    let p = PathBuf::from(path);
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(Status::invalid_argument(format!("{path:?}: not an absolute path")))
+    }
+}
+
+#[tonic::async_trait]
+impl Control for Handlers {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let node = &self.node;
+        let session = node.session_state();
+        let stats = node.serve_stats();
+        let store = node.store().clone();
+        let folders = tokio::task::spawn_blocking(move || store.folders())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let downloads = node
+            .downloads()
+            .snapshot()
+            .into_iter()
+            .map(|d| Transfer {
+                content_id: d.id.map(|id| id.to_vec()).unwrap_or_default(),
+                name: d.name,
+                size: d.progress.size,
+                verified_bytes: d.progress.verified_bytes,
+                active_sources: u32::try_from(d.progress.active_sources).unwrap_or(u32::MAX),
+            })
+            .collect();
+        Ok(Response::new(StatusResponse {
+            peer_id: node.peer_id().to_hex(),
+            quic_address: node.quic_address().map(|a| a.to_string()).unwrap_or_default(),
+            directory: node.config().directory_url.clone(),
+            directory_connected: session.connected,
+            observed_address: session.observed_address.unwrap_or_default(),
+            folders: folders.iter().map(|f| f.display().to_string()).collect(),
+            shared_files: node.store().len(),
+            uploaded_bytes: stats.bytes_sent,
+            active_uploads: u32::try_from(node.config().serve.upload_slots)
+                .unwrap_or(u32::MAX)
+                .saturating_sub(node.free_slots()),
+            downloads,
+        }))
+    }
+
+    async fn share(&self, request: Request<ShareRequest>) -> Result<Response<ShareResponse>, Status> {
+        let path = absolute(&request.into_inner().path)?;
+        let report = self.node.share(path).await.map_err(node_status)?;
+        Ok(Response::new(ShareResponse {
+            hashed: report.hashed,
+            unchanged: report.unchanged,
+            unreadable: report.errors.len() as u64,
+            removed: report.removed.len() as u64,
+            shared_files: self.node.store().len(),
+        }))
+    }
+
+    async fn unshare(&self, request: Request<UnshareRequest>) -> Result<Response<UnshareResponse>, Status> {
+        let path = absolute(&request.into_inner().path)?;
+        let was_shared = self.node.unshare(path).await.map_err(node_status)?;
+        Ok(Response::new(UnshareResponse { was_shared, shared_files: self.node.store().len() }))
+    }
+
+    async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+        let r = request.into_inner();
+        let query = DirectorySearch { query: r.query, filters: r.filters, page: 0, page_size: r.page_size };
+        let hits = self.node.search(query).await.map_err(lookup_status)?;
+        Ok(Response::new(SearchResponse { hits }))
+    }
+
+    type GetStream = ReceiverStream<Result<GetProgress, Status>>;
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
+        let r = request.into_inner();
+        let id = match r.target {
+            Some(get_request::Target::ContentId(hex)) => hex
+                .trim()
+                .parse::<ContentId>()
+                .map_err(|e| Status::invalid_argument(format!("content id {hex:?}: {e}")))?,
+            Some(get_request::Target::Result(n)) => self.node.result_id(n).ok_or_else(|| {
+                Status::invalid_argument(format!("the last search has no result {n} (search again)"))
+            })?,
+            None => return Err(Status::invalid_argument("say which file: a content id or a result number")),
+        };
+        let out_dir = if r.out_dir.is_empty() { None } else { Some(absolute(&r.out_dir)?) };
+        let mut sub = self.node.get(id, out_dir).await.map_err(|e| match e {
+            GetError::Lookup(l) => lookup_status(l),
+            other => Status::failed_precondition(other.to_string()),
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let state = sub.borrow_and_update().clone();
+                let mut msg = GetProgress {
+                    content_id: id.to_vec(),
+                    name: state.name.clone(),
+                    size: state.progress.size,
+                    verified_bytes: state.progress.verified_bytes,
+                    fetched_bytes: state.progress.fetched_bytes,
+                    active_sources: u32::try_from(state.progress.active_sources).unwrap_or(u32::MAX),
+                    ..GetProgress::default()
+                };
+                match state.outcome {
+                    None => {}
+                    Some(Ok(done)) => {
+                        msg.done = true;
+                        msg.path = done.path.display().to_string();
+                        msg.per_source = done
+                            .per_source
+                            .iter()
+                            .map(|(p, b)| SourceShare { peer_id: p.to_hex(), bytes: *b })
+                            .collect();
+                        msg.banned = done.banned.iter().map(|p| p.to_hex()).collect();
+                        let _ = tx.send(Ok(msg)).await;
+                        return;
+                    }
+                    Some(Err(e)) => {
+                        let _ = tx.send(Err(Status::aborted(e))).await;
+                        return;
+                    }
+                }
+                // The client went away: the download goes on in the node.
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+                let changed = tokio::time::timeout(PROGRESS_EVERY, sub.changed()).await;
+                if let Ok(Err(_)) = changed {
+                    let _ = tx.send(Err(Status::aborted("the download was stopped"))).await;
+                    return;
+                }
+                // Pace updates: at most one per PROGRESS_EVERY.
+                tokio::time::sleep(PROGRESS_EVERY / 2).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,121 @@
+//! `quaver`: the peer node's daemon and command line.
+//!
+//! `quaver daemon` runs the node; every other command talks to the running daemon through its
+//! control socket (`control.sock` in the data dir), so several nodes can run on one machine
+//! with different `--data-dir`s. See `cli/` for each command; exit codes are in [`cli::Exit`].
+
+mod cli;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "quaver",
+    version,
+    about = "Quaver peer: share music, find songs, download from many peers at once"
+)]
+struct Args {
+    /// The node's data directory (key, store, partial downloads, control socket).
+    #[arg(long, global = true, env = "QUAVER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The directory server's URL.
+    #[arg(long, global = true, env = "QUAVER_DIRECTORY", default_value = "http://127.0.0.1:7700")]
+    directory: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs the node: serves shared files, keeps the directory informed, runs downloads.
+    Daemon {
+        /// UDP address of the QUIC endpoint (port 0: any free port).
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+        /// Where finished downloads go (shared automatically). Default: DATA_DIR/files.
+        #[arg(long)]
+        download_dir: Option<PathBuf>,
+        /// Uploads served at once; more requests are told to wait (BUSY).
+        #[arg(long, default_value_t = 8)]
+        upload_slots: usize,
+        /// Upload bandwidth cap in bytes per second, shared by all uploads (default: none).
+        #[arg(long)]
+        max_upload_rate: Option<u64>,
+    },
+    /// Shares a folder (recursively) and announces its files.
+    Share {
+        folder: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stops sharing a folder.
+    Unshare {
+        folder: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Searches the directory by title, artist, album or file name (any script, pinyin too).
+    Search {
+        #[arg(required = true, num_args = 1..)]
+        query: Vec<String>,
+        /// Most results to show (1..=100).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Downloads a file: a result number of the last search, or a content id (64 hex digits).
+    Get {
+        target: String,
+        /// Where the file goes (default: the daemon's download dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The node's identity, directory session, shares and transfers.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let data_dir = args.data_dir.unwrap_or_else(cli::default_data_dir);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("quaver: cannot start the runtime: {e}");
+            return cli::Exit::Failure.into();
+        }
+    };
+    let exit = runtime.block_on(async move {
+        match args.command {
+            Command::Daemon { listen, download_dir, upload_slots, max_upload_rate } => {
+                let daemon = cli::daemon::DaemonArgs {
+                    data_dir,
+                    directory: args.directory,
+                    listen,
+                    download_dir,
+                    upload_slots,
+                    max_upload_rate,
+                };
+                cli::daemon::run(daemon).await
+            }
+            Command::Share { folder, json } => cli::commands::share(&data_dir, &folder, json).await,
+            Command::Unshare { folder, json } => cli::commands::unshare(&data_dir, &folder, json).await,
+            Command::Search { query, limit, json } => {
+                cli::commands::search(&data_dir, &query.join(" "), limit, json).await
+            }
+            Command::Get { target, out, json } => {
+                cli::get::run(&data_dir, &target, out.as_deref(), json).await
+            }
+            Command::Status { json } => cli::commands::status(&data_dir, json).await,
+        }
+    });
+    exit.into()
+}

@@ -1,0 +1,91 @@
+//! The node's questions to the directory: search, a file's metadata, who has a file.
+//!
+//! One lazily connected gRPC channel that reconnects by itself; every call is bounded by a
+//! timeout, so a directory that hangs costs a clear error, never a stuck command. What the
+//! directory answers is data to check, not to trust: addresses and ids are parsed here, and a
+//! malformed source is skipped with a log line, never a panic.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use quaver_shared::directory::v1::directory_client::DirectoryClient;
+use quaver_shared::directory::v1::{FileInfo, GetFileRequest, LocateRequest, SearchHit, SearchRequest};
+use quaver_shared::{ContentId, PeerId};
+use tonic::transport::{Channel, Endpoint};
+
+use super::NodeError;
+use crate::fetch::download::SourceAddr;
+
+/// Longest wait for one directory call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sources asked for per Locate (the download uses at most 8 at once; the rest are spares).
+const LOCATE_SOURCES: u32 = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("the directory cannot be reached: {0}")]
+    Unavailable(String),
+    #[error("the directory does not know this file")]
+    NotFound,
+    #[error("the directory refused: {0}")]
+    Refused(tonic::Status),
+}
+
+impl From<tonic::Status> for LookupError {
+    fn from(status: tonic::Status) -> Self {
+        match status.code() {
+            tonic::Code::NotFound => LookupError::NotFound,
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                LookupError::Unavailable(status.message().to_owned())
+            }
+            _ => LookupError::Refused(status),
+        }
+    }
+}
+
+/// A reconnecting channel to the directory.
+#[derive(Clone)]
+pub struct DirectoryLink {
+    client: DirectoryClient<Channel>,
+}
+
+impl DirectoryLink {
+    pub fn new(url: &str) -> Result<Self, NodeError> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| NodeError::DirectoryUrl { url: url.to_owned(), reason: e.to_string() })?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(CALL_TIMEOUT);
+        Ok(Self { client: DirectoryClient::new(endpoint.connect_lazy()) })
+    }
+
+    pub async fn search(&self, request: SearchRequest) -> Result<Vec<SearchHit>, LookupError> {
+        Ok(self.client.clone().search(request).await?.into_inner().hits)
+    }
+
+    /// The catalog entry of `id`.
+    pub async fn file(&self, id: ContentId) -> Result<FileInfo, LookupError> {
+        let resp = self.client.clone().get_file(GetFileRequest { content_id: id.to_vec() }).await?;
+        resp.into_inner().file.ok_or(LookupError::NotFound)
+    }
+
+    /// Online sources of `id`, best first, without `me`.
+    pub async fn locate(&self, id: ContentId, me: PeerId) -> Result<Vec<SourceAddr>, LookupError> {
+        let request =
+            LocateRequest { content_id: id.to_vec(), max_sources: LOCATE_SOURCES, peer_id: me.to_vec() };
+        let sources = self.client.clone().locate(request).await?.into_inner().sources;
+        Ok(sources
+            .into_iter()
+            .filter_map(|s| {
+                let peer = PeerId::from_slice(&s.peer_id).ok()?;
+                match s.address.parse::<SocketAddr>() {
+                    Ok(addr) if peer != me => Some(SourceAddr { peer, addr }),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!(address = %s.address, error = %e, "directory sent a malformed source address");
+                        None
+                    }
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,201 @@
+//! The node's connection to the directory: announce, publish the share list, heartbeat,
+//! reconnect with backoff, withdraw on shutdown (`proto/directory.proto`, session flow).
+//!
+//! [`Session::spawn`] starts one tokio task that keeps the node announced for as long as it
+//! runs. It owns:
+//! - **the session**: `Announce` (peer id, QUIC port, share digest and count, free upload
+//!   slots, agent), then `Heartbeat` every `heartbeat_interval_seconds`; an `UNAUTHENTICATED`
+//!   answer (lease expired, directory restarted, the peer announced elsewhere) re-announces at
+//!   once, any other failure reconnects after a [`Backoff`] wait (250 ms doubling to 30 s,
+//!   jittered, reset by a success);
+//! - **the share list on the directory**: it remembers, per directory, the ids that directory
+//!   acknowledged (a sled tree next to the store, [`Published`](crate::store::Published)). When
+//!   the directory's `known_digest` equals that set's digest, only the [`diff`] between the
+//!   store and the set is published; otherwise (first contact, the directory lost data, another
+//!   directory) everything is sent again with `reset`. Both sides stream from sled in id order
+//!   (a merge join), in batches of at most `MAX_BATCH_FILES` ids, so memory stays bounded
+//!   whatever the library size. [`SessionHandle::changed`] makes it publish promptly, and every
+//!   heartbeat compares the store's digest with the acknowledged one as a safety net;
+//! - **the state** a status display shows ([`SessionState`]) and a clean `Withdraw
+//!   (go_offline)` on [`SessionHandle::shutdown`].
+//!
+//! What it must never do: exit on its own while the node runs (failures are retried, never
+//! fatal); touch transfers (serving and fetching do not depend on it); wait on the directory
+//! without a timeout; trust an answer it can check (digests are compared, malformed fields are
+//! errors, never panics); hold the share list in memory.
+//!
+//! The decisions worth testing alone are sans-IO: the reconnect schedule ([`Backoff`]) and the
+//! share-list difference ([`diff`]). Store access runs on tokio's blocking pool.
+
+pub mod backoff;
+pub mod diff;
+mod sync;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quaver_shared::PeerId;
+use tokio::sync::{Notify, watch};
+
+use crate::store::{Store, StoreError};
+pub use backoff::Backoff;
+pub use diff::{Change, diff};
+
+/// What `Announce` says the node is, for operators.
+pub const AGENT: &str = concat!("quaver/", env!("CARGO_PKG_VERSION"));
+
+/// How a session talks to its directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// The directory's gRPC address, e.g. `http://127.0.0.1:7700`.
+    pub directory_url: String,
+    /// Bound on opening the connection to the directory. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Bound on every call but the final `Withdraw`. Default 10 s.
+    pub call_timeout: Duration,
+    /// Bound on the `Withdraw` at shutdown. Default 2 s.
+    pub withdraw_timeout: Duration,
+    /// First reconnect wait. Default 250 ms.
+    pub backoff_initial: Duration,
+    /// Longest reconnect wait. Default 30 s.
+    pub backoff_max: Duration,
+}
+
+impl SessionConfig {
+    /// The defaults for a directory at `directory_url`.
+    pub fn new(directory_url: impl Into<String>) -> Self {
+        Self {
+            directory_url: directory_url.into(),
+            connect_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(10),
+            withdraw_timeout: Duration::from_secs(2),
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where the session stands, for status displays and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionState {
+    /// Announced, share list in sync, lease being renewed.
+    pub connected: bool,
+    /// The address the directory hands out for this node (observed IP, announced port).
+    pub observed_address: Option<String>,
+    /// Whether the directory's connect-back check of the last `Announce` reached this node's
+    /// QUIC endpoint (only then is the node a source); `None` before the first announce.
+    pub reachable: Option<bool>,
+    /// The most recent failure, kept after recovery for diagnosis.
+    pub last_error: Option<String>,
+    /// Successful `Announce` calls since spawn.
+    pub announces: u64,
+    /// Ids sent in acknowledged `Publish` batches since spawn (added plus removed).
+    pub files_published: u64,
+    /// Times the whole share list was resent (`reset`) since spawn.
+    pub resets: u64,
+}
+
+/// Why one attempt to talk to the directory failed. The session retries every one of them.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("directory url {url:?} is invalid: {source}")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect to the directory: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("{call} timed out after {after:?}")]
+    Timeout { call: &'static str, after: Duration },
+    #[error("{call} failed: {:?}: {}", .status.code(), .status.message())]
+    Rpc {
+        call: &'static str,
+        #[source]
+        status: tonic::Status,
+    },
+    #[error("the directory's {call} answer is malformed: {what}")]
+    BadAnswer { call: &'static str, what: &'static str },
+    #[error("the directory still disagrees about the share list after it was resent in full")]
+    DigestMismatch,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl SessionError {
+    /// The directory does not know our session (any more): announce again.
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(self, SessionError::Rpc { status, .. } if status.code() == tonic::Code::Unauthenticated)
+    }
+}
+
+/// Starts sessions (see the module doc).
+pub struct Session;
+
+impl Session {
+    /// Starts keeping the node announced to `config.directory_url`: `peer_id` with its QUIC
+    /// endpoint on `quic_port`, the files of `store`, and the free upload slots `free_slots`
+    /// reports (read at each announce and heartbeat). Must be called inside a tokio runtime.
+    pub fn spawn(
+        config: SessionConfig,
+        store: Arc<Store>,
+        peer_id: PeerId,
+        quic_port: u16,
+        free_slots: watch::Receiver<u32>,
+    ) -> SessionHandle {
+        let (state_tx, state) = watch::channel(SessionState::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let (done_tx, done) = watch::channel(());
+        let changed = Arc::new(Notify::new());
+        let worker = worker::Worker::new(
+            config,
+            store,
+            peer_id,
+            quic_port,
+            free_slots,
+            Arc::clone(&changed),
+            state_tx,
+        );
+        tokio::spawn(async move {
+            worker.run(stop_rx).await;
+            // Dropping the sender tells every `shutdown` waiting that the task has ended.
+            drop(done_tx);
+        });
+        SessionHandle { state, changed, stop, done }
+    }
+}
+
+/// Controls a running session. Dropping it ends the session like [`shutdown`](Self::shutdown)
+/// (with the same bounded `Withdraw`), without waiting for it.
+pub struct SessionHandle {
+    state: watch::Receiver<SessionState>,
+    changed: Arc<Notify>,
+    stop: watch::Sender<bool>,
+    done: watch::Receiver<()>,
+}
+
+impl SessionHandle {
+    /// The session's state, updated as it changes.
+    pub fn state(&self) -> watch::Receiver<SessionState> {
+        self.state.clone()
+    }
+
+    /// The store changed (a share, an unshare, a finished download): publish the difference
+    /// soon. Cheap; calls made while a publish runs are folded into one more round.
+    pub fn changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Goes offline: a `Withdraw` with `go_offline` (bounded by the config's
+    /// `withdraw_timeout`) if a session is live, then the task ends. Returns once it has;
+    /// calling it again returns at once.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let mut done = self.done.clone();
+        // Only ever fails, when the task has ended and dropped the sender.
+        while done.changed().await.is_ok() {}
+    }
+}

@@ -1,0 +1,309 @@
+//! The session task: connect, announce, sync, heartbeat, reconnect, withdraw. Policy lives in
+//! [`Backoff`] and [`super::sync`]; this file moves calls and time.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use quaver_shared::directory::v1::directory_client::DirectoryClient;
+use quaver_shared::directory::v1::{AnnounceRequest, HeartbeatRequest, WithdrawRequest};
+use quaver_shared::limits::MAX_GRPC_MESSAGE_BYTES;
+use quaver_shared::{PeerId, ShareDigest};
+use tokio::sync::{Notify, watch};
+use tonic::transport::{Channel, Endpoint};
+
+use super::{AGENT, Backoff, SessionConfig, SessionError, SessionState};
+use crate::store::{Published, Store};
+
+pub(super) type Client = DirectoryClient<Channel>;
+
+/// Used when the directory names no heartbeat interval (it always should).
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+/// Longest heartbeat interval taken from a directory, so a bad answer cannot silence us.
+const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
+
+/// How a stretch of work ended short of its goal.
+pub(super) enum End {
+    /// Shutdown was asked for.
+    Stop,
+    Failed(SessionError),
+}
+
+impl<E: Into<SessionError>> From<E> for End {
+    fn from(e: E) -> Self {
+        End::Failed(e.into())
+    }
+}
+
+/// A live session with the directory.
+pub(super) struct Live {
+    pub client: Client,
+    pub token: String,
+    /// The digest of the share list the directory holds for us, as it last said; `None` when
+    /// it sent something that is not a digest (then everything is resent).
+    pub known: Option<ShareDigest>,
+    heartbeat: Duration,
+}
+
+pub(super) struct Worker {
+    pub config: SessionConfig,
+    pub store: Arc<Store>,
+    peer_id: PeerId,
+    quic_port: u16,
+    free_slots: watch::Receiver<u32>,
+    changed: Arc<Notify>,
+    pub state: watch::Sender<SessionState>,
+    backoff: Backoff,
+    /// The acknowledged ids for this directory; opened on first use.
+    pub published: Option<Published>,
+    /// Digest of `published`, computed once and then kept up to date by this task, its only
+    /// writer.
+    pub remembered: Option<ShareDigest>,
+}
+
+/// Runs `call` bounded by `after`.
+pub(super) async fn bounded<T>(
+    call: &'static str,
+    after: Duration,
+    fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout(after, fut).await {
+        Err(_) => Err(SessionError::Timeout { call, after }),
+        Ok(Err(status)) => Err(SessionError::Rpc { call, status }),
+        Ok(Ok(response)) => Ok(response.into_inner()),
+    }
+}
+
+/// Whether shutdown was asked for (a dropped handle counts).
+pub(super) fn stop_requested(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
+/// Completes once shutdown is asked for (or the handle is dropped).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// What woke the connected loop.
+enum Wake {
+    Stop,
+    Beat,
+    Changed,
+}
+
+impl Worker {
+    pub fn new(
+        config: SessionConfig,
+        store: Arc<Store>,
+        peer_id: PeerId,
+        quic_port: u16,
+        free_slots: watch::Receiver<u32>,
+        changed: Arc<Notify>,
+        state: watch::Sender<SessionState>,
+    ) -> Self {
+        // Jitter only has to differ between nodes and runs; no secret is involved.
+        let clock = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&peer_id.as_bytes()[..8]);
+        let backoff =
+            Backoff::new(config.backoff_initial, config.backoff_max, clock ^ u64::from_le_bytes(id));
+        Self {
+            config,
+            store,
+            peer_id,
+            quic_port,
+            free_slots,
+            changed,
+            state,
+            backoff,
+            published: None,
+            remembered: None,
+        }
+    }
+
+    /// Keeps the node announced until `stop` says otherwise, then withdraws.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let url = self.config.directory_url.clone();
+        tracing::info!(directory = %url, "directory session starting");
+        let mut client: Option<Client> = None;
+        loop {
+            let opened = tokio::select! {
+                _ = stopped(&mut stop) => break,
+                opened = self.open(&mut client) => opened,
+            };
+            let (error, established) = match opened {
+                Err(e) => (e, false),
+                Ok(mut live) => match self.serve(&mut live, &mut stop).await {
+                    (End::Stop, _) => {
+                        self.withdraw(&live).await;
+                        break;
+                    }
+                    (End::Failed(e), established) => (e, established),
+                },
+            };
+            self.state.send_modify(|s| {
+                s.connected = false;
+                s.last_error = Some(error.to_string());
+            });
+            if error.is_unauthenticated() && established {
+                // The directory forgot the session (lease ran out, it restarted, we announced
+                // elsewhere): announce again right away on the same connection.
+                tracing::info!(directory = %url, error = %error, "session lost; announcing again");
+                continue;
+            }
+            if !error.is_unauthenticated() {
+                // A fresh connection next time: this one may be dead.
+                client = None;
+            }
+            let wait = self.backoff.next_delay();
+            tracing::warn!(directory = %url, error = %error, retry_in = ?wait, "directory session failed");
+            tokio::select! {
+                _ = stopped(&mut stop) => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        self.state.send_modify(|s| s.connected = false);
+        tracing::info!(directory = %url, "directory session ended");
+    }
+
+    /// Connects (unless `client` is still usable) and announces.
+    async fn open(&mut self, client: &mut Option<Client>) -> Result<Live, SessionError> {
+        let mut c = match client.take() {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        let (digest, count) = self.store.summary();
+        let request = AnnounceRequest {
+            peer_id: self.peer_id.to_vec(),
+            quic_port: u32::from(self.quic_port),
+            share_digest: digest.as_bytes().to_vec(),
+            share_count: count,
+            free_upload_slots: *self.free_slots.borrow_and_update(),
+            agent: AGENT.into(),
+        };
+        let answer = bounded("Announce", self.config.call_timeout, c.announce(request)).await;
+        // Kept for the next attempt; `run` drops it if the failure says it may be dead.
+        *client = Some(c.clone());
+        let answer = answer?;
+        if answer.session_token.is_empty() {
+            return Err(SessionError::BadAnswer { call: "Announce", what: "no session token" });
+        }
+        let known = ShareDigest::from_slice(&answer.known_digest);
+        if known.is_none() {
+            tracing::warn!("directory sent a malformed known_digest; resending the share list");
+        }
+        let heartbeat = heartbeat_interval(answer.heartbeat_interval_seconds, answer.lease_seconds);
+        let observed = Some(answer.observed_address.clone()).filter(|a| !a.is_empty());
+        tracing::info!(
+            directory = %self.config.directory_url,
+            address = observed.as_deref().unwrap_or("?"),
+            reachable = answer.reachable,
+            files = count,
+            directory_files = answer.known_count,
+            "announced"
+        );
+        self.state.send_modify(|s| {
+            s.announces += 1;
+            s.observed_address = observed;
+            s.reachable = Some(answer.reachable);
+        });
+        Ok(Live { client: c, token: answer.session_token, known, heartbeat })
+    }
+
+    async fn connect(&self) -> Result<Client, SessionError> {
+        let url = self.config.directory_url.clone();
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|source| SessionError::BadUrl { url, source })?
+            .connect_timeout(self.config.connect_timeout)
+            .timeout(self.config.call_timeout)
+            .tcp_nodelay(true);
+        let channel = match tokio::time::timeout(self.config.connect_timeout, endpoint.connect()).await {
+            Err(_) => {
+                return Err(SessionError::Timeout { call: "connect", after: self.config.connect_timeout });
+            }
+            Ok(channel) => channel.map_err(SessionError::Connect)?,
+        };
+        Ok(DirectoryClient::new(channel).max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES))
+    }
+
+    /// Syncs the share list, then heartbeats and republishes on changes until something
+    /// fails or shutdown is asked for. The flag says whether the session got established.
+    async fn serve(&mut self, live: &mut Live, stop: &mut watch::Receiver<bool>) -> (End, bool) {
+        if let Err(end) = self.sync(live, stop).await {
+            return (end, false);
+        }
+        self.backoff.reset();
+        self.state.send_modify(|s| s.connected = true);
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + live.heartbeat, live.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let changed = Arc::clone(&self.changed);
+        loop {
+            let wake = tokio::select! {
+                _ = stopped(stop) => Wake::Stop,
+                _ = beat.tick() => Wake::Beat,
+                _ = changed.notified() => Wake::Changed,
+            };
+            let result = match wake {
+                Wake::Stop => return (End::Stop, true),
+                Wake::Beat => self.heartbeat(live, stop).await,
+                Wake::Changed => self.sync(live, stop).await,
+            };
+            if let Err(end) = result {
+                return (end, true);
+            }
+        }
+    }
+
+    async fn heartbeat(&mut self, live: &mut Live, stop: &watch::Receiver<bool>) -> Result<(), End> {
+        let request = HeartbeatRequest {
+            session_token: live.token.clone(),
+            free_upload_slots: *self.free_slots.borrow_and_update(),
+        };
+        bounded("Heartbeat", self.config.call_timeout, live.client.heartbeat(request)).await?;
+        // Safety net: a store change nobody reported is published within one beat.
+        if self.remembered != Some(self.store.digest()) {
+            self.sync(live, stop).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the session on the directory; the peer is offline at once.
+    async fn withdraw(&mut self, live: &Live) {
+        let request =
+            WithdrawRequest { session_token: live.token.clone(), content_ids: vec![], go_offline: true };
+        let mut client = live.client.clone();
+        match bounded("Withdraw", self.config.withdraw_timeout, client.withdraw(request)).await {
+            Ok(_) => tracing::info!(directory = %self.config.directory_url, "withdrawn; offline"),
+            // The lease runs out on its own; nothing else to do.
+            Err(e) => tracing::warn!(directory = %self.config.directory_url, error = %e, "withdraw failed"),
+        }
+    }
+}
+
+/// The heartbeat period: what the directory asks for, kept inside its lease and within sane
+/// bounds.
+fn heartbeat_interval(interval_seconds: u32, lease_seconds: u32) -> Duration {
+    let mut beat = match interval_seconds {
+        0 => DEFAULT_HEARTBEAT,
+        s => Duration::from_secs(u64::from(s)),
+    };
+    if lease_seconds > 0 {
+        // At least two beats per lease, so one lost beat does not cost the lease.
+        beat = beat.min(Duration::from_secs(u64::from(lease_seconds)) / 2);
+    }
+    beat.clamp(Duration::from_millis(500), MAX_HEARTBEAT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_interval_follows_the_directory_within_its_lease() {
+        assert_eq!(heartbeat_interval(30, 90), Duration::from_secs(30));
+        assert_eq!(heartbeat_interval(0, 0), DEFAULT_HEARTBEAT);
+        assert_eq!(heartbeat_interval(60, 90), Duration::from_secs(45), "two beats per lease");
+        assert_eq!(heartbeat_interval(1, 1), Duration::from_millis(500));
+        assert_eq!(heartbeat_interval(u32::MAX, 0), MAX_HEARTBEAT);
+    }
+}

@@ -1,0 +1,354 @@
+//! A node's identity on the wire: QUIC + TLS 1.3 where the certificate *is* the `PeerId`.
+//!
+//! This module owns how a node proves who it is and how a client checks it (DESIGN.md,
+//! Identities). A server presents a self-signed certificate made from its Ed25519 node key; a
+//! client never asks a certificate authority anything: it was told which `PeerId` to expect (by
+//! the directory, or by the user) and accepts the handshake only if the certificate's public key
+//! is exactly that key and the server proves possession of it with a TLS 1.3 signature. Names,
+//! dates, issuers and chains are ignored: the key is the whole identity, so a peer cannot be
+//! impersonated and nothing expires.
+//!
+//! Both sides use it: peers serve and fetch with it, and the directory dials a peer back with
+//! [`connect`] to check that the announced address answers with the announced key (DESIGN.md,
+//! Presence). Its only I/O is what [`endpoint`] and [`connect`] do when called.
+//!
+//! What this module must never do:
+//! - rely on the process-wide rustls provider: every config gets the **ring** provider explicitly
+//!   (STACK.md pitfall 7: two providers in the tree would make rustls panic at the first build);
+//! - accept TLS 1.2 or any signature scheme other than Ed25519;
+//! - build a config without ALPN [`ALPN`] (pitfall 10: quinn's shortcut constructors set none).
+//!
+//! Clients are not authenticated: any peer may ask, and what it gets is public data anyway.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+
+use crate::{NodeKey, PeerId};
+
+/// The QUIC ALPN of the peer protocol, version 1 (`proto/peer.proto`; the peer crate's `wire`
+/// module specifies it). A change of meaning or bound needs `quaver/2`.
+pub const ALPN: &[u8] = b"quaver/1";
+
+/// The SNI every client sends. Servers ignore it and so does [`client_config`]'s verifier: the
+/// pinned key, not a name, says who answers. It is also the certificate's only subject name.
+pub const SERVER_NAME: &str = "quaver.peer";
+
+/// Most request streams a peer may have open on one connection at a time.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Per-stream receive window: a whole 1 MiB range plus its header fits, so one range never
+/// waits for a window update mid-body.
+const STREAM_RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
+/// Client keep-alives keep NAT bindings and idle connections to sources between bursts of
+/// fetching. Servers send none: a client that goes quiet should time out and free its state.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// A peer silent for this long (keep-alives included) is gone.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE { SEQUENCE { OID
+/// 1.3.101.112 }, BIT STRING (0 unused bits) } followed by the 32 key bytes. The encoding is
+/// fixed-length, so comparing the whole SPKI with this prefix plus the expected key is an exact
+/// check of both the algorithm and the key.
+const ED25519_SPKI_PREFIX: [u8; 12] =
+    [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+
+/// Why a TLS or QUIC configuration could not be built, or a connection not made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot build the node certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("TLS configuration refused: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("TLS configuration unusable for QUIC: {0}")]
+    Quic(#[from] NoInitialCipherSuite),
+    #[error("cannot bind the QUIC endpoint: {0}")]
+    Bind(#[from] std::io::Error),
+    #[error("cannot start a connection: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The handshake failed (wrong peer key included) or the connection was lost during it.
+    #[error("connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+}
+
+/// The one crypto provider this crate uses, passed explicitly to every config.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Transport settings. `accept_streams` is how many bidirectional streams the *other* side may
+/// open: a server takes requests; a client takes none (the protocol never has a server open a
+/// stream), so a server has no way to make a client do work.
+fn transport(accept_streams: u32, keep_alive: Option<Duration>) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(accept_streams))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .keep_alive_interval(keep_alive)
+        .max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    Arc::new(t)
+}
+
+/// The server side of a node: a self-signed certificate over the node key, TLS 1.3 only, ALPN
+/// `quaver/1`, no client authentication.
+pub fn server_config(key: &NodeKey) -> Result<quinn::ServerConfig, TlsError> {
+    let (cert, pkcs8) = node_certificate(key)?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], PrivateKeyDer::Pkcs8(pkcs8))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    config.transport_config(transport(MAX_CONCURRENT_STREAMS, None));
+    Ok(config)
+}
+
+/// The node's self-signed certificate and the private key that signs its handshakes.
+fn node_certificate(
+    key: &NodeKey,
+) -> Result<(CertificateDer<'static>, PrivatePkcs8KeyDer<'static>), TlsError> {
+    let pkcs8 = PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec());
+    let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)?;
+    // rcgen's default validity runs from 1975 to 4096; clients ignore it anyway.
+    let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.to_owned()])?.self_signed(&key_pair)?;
+    Ok((cert.der().clone(), pkcs8))
+}
+
+/// A client config that accepts exactly one server: the holder of `expected`'s private key.
+pub fn client_config(expected: PeerId) -> Result<quinn::ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = PinnedPeer { expected, algorithms: provider.signature_verification_algorithms };
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous() // "dangerous" only in the web-PKI sense: pinning replaces the CA check.
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    config.transport_config(transport(0, Some(KEEP_ALIVE)));
+    Ok(config)
+}
+
+/// A QUIC endpoint bound to `bind` that serves as this node and can dial other nodes with
+/// [`connect`]. Must be called inside a tokio runtime.
+pub fn endpoint(bind: SocketAddr, key: &NodeKey) -> Result<quinn::Endpoint, TlsError> {
+    Ok(quinn::Endpoint::server(server_config(key)?, bind)?)
+}
+
+/// A QUIC endpoint bound to `bind` that only dials out (with [`connect`]) and refuses every
+/// incoming connection: what the directory uses to check peers. Must be called inside a tokio
+/// runtime.
+pub fn client_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, TlsError> {
+    Ok(quinn::Endpoint::client(bind)?)
+}
+
+/// An endpoint bound to `bind` that proves `key`'s identity to whoever dials it and serves
+/// nothing else: it completes every handshake and holds the connection until the other side
+/// closes it. Enough to pass the directory's connect-back check; used by load generators and
+/// tests that play many peers. Closing the endpoint ends its accept task. Needs a tokio runtime.
+pub fn identity_only_endpoint(bind: SocketAddr, key: &NodeKey) -> Result<quinn::Endpoint, TlsError> {
+    let endpoint = endpoint(bind, key)?;
+    let accepting = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accepting.accept().await {
+            tokio::spawn(async move {
+                if let Ok(connection) = incoming.await {
+                    connection.closed().await;
+                }
+            });
+        }
+    });
+    Ok(endpoint)
+}
+
+/// Connects to the node `peer` at `addr` and completes the handshake; fails if whoever answers
+/// there cannot prove it holds `peer`'s key.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    peer: PeerId,
+) -> Result<quinn::Connection, TlsError> {
+    let connecting = endpoint.connect_with(client_config(peer)?, addr, SERVER_NAME)?;
+    Ok(connecting.await?)
+}
+
+/// The verifier behind [`client_config`]: the certificate must carry the expected Ed25519 key,
+/// and the handshake must be signed by it.
+#[derive(Debug)]
+struct PinnedPeer {
+    expected: PeerId,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedPeer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // The certificate's own signature, dates and names prove nothing here (anyone can
+        // self-sign anything); only its key matters, and `verify_tls13_signature` below makes
+        // the server prove it holds that key.
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let spki = cert.subject_public_key_info();
+        let mut want = ED25519_SPKI_PREFIX.to_vec();
+        want.extend_from_slice(self.expected.as_bytes());
+        if spki.as_ref() != want.as_slice() {
+            tracing::debug!(expected = %self.expected, "server certificate is not the pinned peer key");
+            return Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // Unreachable with a TLS 1.3-only config; refuse rather than trust that.
+        Err(rustls::Error::General("TLS 1.2 is not accepted".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if dss.scheme != SignatureScheme::ED25519 {
+            return Err(rustls::Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+            ));
+        }
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        // Node keys are Ed25519, so that is the only proof a server can give.
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    /// A server that answers every stream by echoing one byte back, and its address.
+    fn echo_server(config: quinn::ServerConfig) -> (quinn::Endpoint, SocketAddr) {
+        let server = quinn::Endpoint::server(config, loopback()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let accepting = server.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = accepting.accept().await {
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let mut byte = [0u8; 1];
+                        if recv.read_exact(&mut byte).await.is_ok() {
+                            let _ = send.write_all(&byte).await;
+                            let _ = send.finish();
+                        }
+                    }
+                });
+            }
+        });
+        (server, addr)
+    }
+
+    fn node_cert(key: &NodeKey) -> CertificateDer<'static> {
+        node_certificate(key).unwrap().0
+    }
+
+    #[tokio::test]
+    async fn a_client_pinning_the_right_peer_connects_and_exchanges_a_byte() {
+        let key = NodeKey::generate().unwrap();
+        let (_server, addr) = echo_server(server_config(&key).unwrap());
+        let client = quinn::Endpoint::client(loopback()).unwrap();
+
+        let conn = connect(&client, addr, key.peer_id()).await.unwrap();
+        let data = conn.handshake_data().unwrap();
+        let data = data.downcast::<quinn::crypto::rustls::HandshakeData>().unwrap();
+        assert_eq!(data.protocol.as_deref(), Some(ALPN));
+
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[42]).await.unwrap();
+        send.finish().unwrap();
+        assert_eq!(recv.read_to_end(16).await.unwrap(), vec![42]);
+        conn.close(0u32.into(), b"done");
+    }
+
+    #[tokio::test]
+    async fn a_client_pinning_another_peer_is_refused() {
+        let key = NodeKey::generate().unwrap();
+        let other = NodeKey::generate().unwrap();
+        let (_server, addr) = echo_server(server_config(&key).unwrap());
+        let client = quinn::Endpoint::client(loopback()).unwrap();
+
+        let err = connect(&client, addr, other.peer_id()).await.unwrap_err();
+        assert!(matches!(err, TlsError::Connection(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_server_whose_certificate_comes_from_another_key_is_refused() {
+        // The impostor listens where the client expects `genuine`: it has the address, not the key.
+        let genuine = NodeKey::generate().unwrap();
+        let impostor = NodeKey::generate().unwrap();
+        let (_server, addr) = echo_server(server_config(&impostor).unwrap());
+        let client = quinn::Endpoint::client(loopback()).unwrap();
+
+        assert!(matches!(connect(&client, addr, genuine.peer_id()).await, Err(TlsError::Connection(_))));
+        // The same client and server do talk when the client asks for who is really there.
+        assert!(connect(&client, addr, impostor.peer_id()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_server_replaying_the_genuine_certificate_without_its_key_is_refused() {
+        // Certificates are public: an impostor can present the genuine one. It cannot sign the
+        // handshake with the genuine key, and the verifier must notice.
+        let genuine = NodeKey::generate().unwrap();
+        let impostor = NodeKey::generate().unwrap();
+        let provider = provider();
+        let impostor_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(impostor.pkcs8_der().to_vec()));
+        let signer = provider.key_provider.load_private_key(impostor_der).unwrap();
+        let stolen = rustls::sign::CertifiedKey::new(vec![node_cert(&genuine)], signer);
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(stolen)));
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
+        let (_server, addr) = echo_server(config);
+        let client = quinn::Endpoint::client(loopback()).unwrap();
+
+        let err = connect(&client, addr, genuine.peer_id()).await.unwrap_err();
+        assert!(matches!(err, TlsError::Connection(_)), "{err}");
+    }
+
+    #[test]
+    fn the_node_certificate_carries_the_node_key_as_an_ed25519_spki() {
+        let key = NodeKey::generate().unwrap();
+        let cert = node_cert(&key);
+        let parsed = webpki::EndEntityCert::try_from(&cert).unwrap();
+        let mut want = ED25519_SPKI_PREFIX.to_vec();
+        want.extend_from_slice(key.peer_id().as_bytes());
+        assert_eq!(parsed.subject_public_key_info().as_ref(), want.as_slice());
+    }
+}
