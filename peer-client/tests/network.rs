@@ -24,6 +24,8 @@ const QUAVER: &str = env!("CARGO_BIN_EXE_quaver");
 const SIZE: usize = 20 * 1024 * 1024;
 /// Upload cap of each source: 20 MB from three sources takes about a second.
 const RATE: &str = "6000000";
+/// For the test that interrupts a download twice: 20 MB take about 3.5 s from three sources.
+const SLOW_RATE: &str = "2000000";
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Directory {
@@ -150,14 +152,14 @@ fn blake3_of(path: &str) -> ContentId {
     ContentId::of_bytes(&std::fs::read(path).unwrap())
 }
 
-/// Three sources, one downloader. Returns the three sources.
-async fn three_sources(root: &Path, dir: &Directory) -> (Vec<Daemon>, ContentId) {
+/// Three sources of the same file, each capped at `rate` bytes per second.
+async fn three_sources(root: &Path, dir: &Directory, rate: &str) -> (Vec<Daemon>, ContentId) {
     let mut sources = Vec::new();
     let mut id = None;
     for i in 0..3 {
         let (_, cid) = song(&root.join(format!("music{i}")), "周杰伦 - 晴天.flac");
         id = Some(cid);
-        let d = Daemon::start(root, &format!("src{i}"), &dir.url(), &["--max-upload-rate", RATE]).await;
+        let d = Daemon::start(root, &format!("src{i}"), &dir.url(), &["--max-upload-rate", rate]).await;
         d.share(&root.join(format!("music{i}"))).await;
         sources.push(d);
     }
@@ -170,7 +172,7 @@ async fn three_sources(root: &Path, dir: &Directory) -> (Vec<Daemon>, ContentId)
 async fn three_sources_share_one_download_and_the_downloader_becomes_a_source() {
     let root = tempfile::tempdir().unwrap();
     let dir = Directory::start().await;
-    let (sources, id) = three_sources(root.path(), &dir).await;
+    let (sources, id) = three_sources(root.path(), &dir, RATE).await;
 
     let fourth = Daemon::start(root.path(), "fourth", &dir.url(), &[]).await;
     // Search by the title, then get by result number, like a person would.
@@ -215,7 +217,7 @@ async fn three_sources_share_one_download_and_the_downloader_becomes_a_source() 
 async fn a_source_with_corrupted_bytes_on_disk_is_dropped_and_the_download_is_still_right() {
     let root = tempfile::tempdir().unwrap();
     let dir = Directory::start().await;
-    let (sources, id) = three_sources(root.path(), &dir).await;
+    let (sources, id) = three_sources(root.path(), &dir, RATE).await;
     // Bit rot behind the store's back: one byte flipped in the middle, mtime restored, so the
     // source still believes its record and serves the bad bytes.
     let path = root.path().join("music1").join("周杰伦 - 晴天.flac");
@@ -237,7 +239,8 @@ async fn a_source_with_corrupted_bytes_on_disk_is_dropped_and_the_download_is_st
 async fn a_source_killed_mid_download_and_a_killed_downloader_both_recover() {
     let root = tempfile::tempdir().unwrap();
     let dir = Directory::start().await;
-    let (mut sources, id) = three_sources(root.path(), &dir).await;
+    // Slower sources here: the test must see the download mid-way twice, even on a busy machine.
+    let (mut sources, id) = three_sources(root.path(), &dir, SLOW_RATE).await;
     let mut fourth = Daemon::start(root.path(), "fourth", &dir.url(), &[]).await;
 
     // Start the download in the background (the CLI only watches; the node downloads).
