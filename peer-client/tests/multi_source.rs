@@ -97,7 +97,16 @@ async fn three_sources_each_serve_a_share_of_one_file() {
 async fn a_corrupting_source_is_dropped_and_the_file_is_still_right() {
     let f = fixture();
     let good: Vec<Node> = (0..2).map(|_| serve(&f.entry, capped(8 * 1024 * 1024))).collect();
-    let bad = serve(&f.entry, ServeConfig { corrupt_ranges: true, ..capped(8 * 1024 * 1024) });
+    // Bit rot: a copy of the file with one byte flipped in every block, served under the
+    // original's id and outboard (the node's records say it is the same file).
+    let mut rotten = std::fs::read(&f.path).unwrap();
+    for i in (0..SIZE).step_by(256 * 1024) {
+        rotten[i + 7] ^= 0xff;
+    }
+    let rotten_path = f.dir.path().join("rotten.bin");
+    std::fs::write(&rotten_path, &rotten).unwrap();
+    let bad_entry = Entry { path: rotten_path, ..f.entry.clone() };
+    let bad = serve(&bad_entry, capped(8 * 1024 * 1024));
     let mut sources: Vec<SourceAddr> = good.iter().map(|n| n.source).collect();
     sources.insert(0, bad.source);
     let out = f.dir.path().join("out");

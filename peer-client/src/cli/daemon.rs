@@ -51,11 +51,8 @@ async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.download_dir {
         config.download_dir = std::path::absolute(dir)?;
     }
-    config.serve = ServeConfig {
-        upload_slots: args.upload_slots,
-        max_upload_bytes_per_sec: args.max_upload_rate,
-        ..ServeConfig::default()
-    };
+    config.serve =
+        ServeConfig { upload_slots: args.upload_slots, max_upload_bytes_per_sec: args.max_upload_rate };
     let socket = config.control_socket();
     let node = Node::start(config).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

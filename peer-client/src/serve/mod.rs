@@ -51,15 +51,11 @@ pub struct ServeConfig {
     pub upload_slots: usize,
     /// Cap on body bytes per second, shared by all uploads. Off (`None`) by default.
     pub max_upload_bytes_per_sec: Option<u64>,
-    /// **Test hook, fault injection only:** flip the first byte of every range body, to
-    /// simulate a peer serving corrupted data (the downloader must detect it and drop us).
-    /// Off by default; never set it in a real node.
-    pub corrupt_ranges: bool,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        Self { upload_slots: 8, max_upload_bytes_per_sec: None, corrupt_ranges: false }
+        Self { upload_slots: 8, max_upload_bytes_per_sec: None }
     }
 }
 
@@ -77,7 +73,6 @@ pub struct ServeStats {
 /// What every task of a server shares.
 struct Shared {
     library: Arc<dyn Library>,
-    config: ServeConfig,
     slots: Arc<Slots>,
     bucket: Option<TokenBucket>,
     bytes_sent: AtomicU64,
@@ -105,7 +100,6 @@ impl Server {
         let shared = Arc::new(Shared {
             library,
             slots: Slots::new(config.upload_slots),
-            config,
             bucket,
             bytes_sent: AtomicU64::new(0),
             requests: AtomicU64::new(0),

@@ -217,15 +217,12 @@ async fn send_range(
     while at < end {
         let n = (end - at).min(PIECE);
         let file = Arc::clone(&file);
-        let mut piece = tokio::task::spawn_blocking(move || {
+        let piece = tokio::task::spawn_blocking(move || {
             // `n` <= PIECE, so the allocation is bounded whatever the request said.
             let mut buf = vec![0u8; n as usize];
             file.read_exact_at(&mut buf, at).map(|()| buf)
         })
         .await??;
-        if at == offset && shared.config.corrupt_ranges {
-            piece[0] ^= 0xff; // test hook: see ServeConfig::corrupt_ranges
-        }
         write_piece(shared, send, Bytes::from(piece)).await?;
         at += n;
     }
