@@ -20,8 +20,9 @@ pub struct Entry {
     /// Where its bytes are; opened only when a peer asks for them.
     pub path: PathBuf,
     pub size: u64,
-    /// The pre-order outboard (see the module doc).
-    pub outboard: Vec<u8>,
+    /// The pre-order outboard (see the module doc). Shared, not copied: an entry is looked up
+    /// for every range request, and a 1 GiB file's outboard is 4 MiB.
+    pub outboard: bytes::Bytes,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -31,7 +31,7 @@ fn fixture() -> Fixture {
         bao_tree::io::outboard::PreOrderMemOutboard::create(&data, quaver_peer::fetch::verify::block_size());
     let id = ContentId::from_array(*ob.root.as_bytes());
     assert_eq!(id, ContentId::of_bytes(&data));
-    let entry = Entry { id, path: path.clone(), size: SIZE as u64, outboard: ob.data };
+    let entry = Entry { id, path: path.clone(), size: SIZE as u64, outboard: ob.data.into() };
     Fixture { dir, path, id, entry }
 }
 

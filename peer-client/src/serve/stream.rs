@@ -160,7 +160,7 @@ async fn send_outboard(shared: &Shared, send: &mut SendStream, entry: Entry) -> 
         Err(busy) => return answer_busy(shared, send, busy).await,
     };
     send.write_chunk(encode_header(&ResponseHeader::ok_outboard(entry.size, len as u64))).await?;
-    let outboard = Bytes::from(entry.outboard);
+    let outboard = entry.outboard;
     let mut at = 0;
     while at < outboard.len() {
         let end = (at + PIECE as usize).min(outboard.len());

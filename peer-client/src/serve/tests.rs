@@ -33,7 +33,7 @@ fn file_entry(dir: &tempfile::TempDir, len: usize, seed: u8) -> (Entry, Vec<u8>)
     // The ContentId is the BLAKE3 of the file: the outboard's root must be exactly that.
     assert_eq!(outboard.root.as_bytes(), blake3::hash(&data).as_bytes());
     let id = ContentId::from_array(*outboard.root.as_bytes());
-    (Entry { id, path, size: len as u64, outboard: outboard.data }, data)
+    (Entry { id, path, size: len as u64, outboard: outboard.data.into() }, data)
 }
 
 async fn fixture(config: ServeConfig) -> Fixture {

@@ -244,7 +244,8 @@ impl Store {
         if outboard.len() as u64 != hash::outboard_len(size) {
             return Err(StoreError::Corrupt(format!("outboard of {id} has the wrong length")));
         }
-        Ok(Some(Entry { id: *id, path, size, outboard: outboard.to_vec() }))
+        // Zero-copy: the bytes stay in sled's reference-counted buffer.
+        Ok(Some(Entry { id: *id, path, size, outboard: bytes::Bytes::from_owner(outboard) }))
     }
 }
 
