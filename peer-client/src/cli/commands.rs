@@ -1,7 +1,8 @@
 //! `quaver share | unshare | search | status`: one control call each, then print.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use quaver_peer::control::ControlClient;
 use quaver_peer::control::pb::{SearchRequest, ShareRequest, StatusRequest, UnshareRequest};
 use quaver_shared::directory::v1::MediaKind;
 use serde_json::json;
@@ -9,13 +10,14 @@ use serde_json::json;
 use super::format::{bytes, column, duration_ms};
 use super::{Exit, absolute, connect, print_json, report};
 
+/// The folder made absolute (the daemon has its own working directory) and the daemon's API.
+async fn folder_and_client(data_dir: &Path, folder: &Path) -> Result<(PathBuf, ControlClient), Exit> {
+    Ok((absolute(folder)?, connect(data_dir).await?))
+}
+
 pub async fn share(data_dir: &Path, folder: &Path, json: bool) -> Exit {
-    let folder = match absolute(folder) {
-        Ok(f) => f,
-        Err(e) => return e,
-    };
-    let mut client = match connect(data_dir).await {
-        Ok(c) => c,
+    let (folder, mut client) = match folder_and_client(data_dir, folder).await {
+        Ok(both) => both,
         Err(e) => return e,
     };
     match client.share(ShareRequest { path: folder.display().to_string() }).await {
@@ -43,12 +45,8 @@ pub async fn share(data_dir: &Path, folder: &Path, json: bool) -> Exit {
 }
 
 pub async fn unshare(data_dir: &Path, folder: &Path, json: bool) -> Exit {
-    let folder = match absolute(folder) {
-        Ok(f) => f,
-        Err(e) => return e,
-    };
-    let mut client = match connect(data_dir).await {
-        Ok(c) => c,
+    let (folder, mut client) = match folder_and_client(data_dir, folder).await {
+        Ok(both) => both,
         Err(e) => return e,
     };
     match client.unshare(UnshareRequest { path: folder.display().to_string() }).await {
