@@ -21,6 +21,8 @@ mod schema;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_quality;
+#[cfg(test)]
 mod tests_songs;
 
 use std::path::{Path, PathBuf};
