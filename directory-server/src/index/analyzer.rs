@@ -14,10 +14,11 @@ use tantivy::tokenizer::{
 };
 use tantivy_jieba::JiebaTokenizer;
 
-/// Name of the word analyzer (jieba search mode, folded, lowercased).
-pub const WORDS: &str = "quaver_words";
-/// Name of the CJK single-character analyzer.
-pub const CJK: &str = "quaver_cjk";
+/// Name of the word analyzer (jieba search mode, folded, lowercased). The names carry a version:
+/// an index built by an older analyzer has another schema and is rebuilt from the catalog.
+pub const WORDS: &str = "quaver_words_v2";
+/// Name of the CJK single-character analyzer (folded to simplified characters).
+pub const CJK: &str = "quaver_cjk_v2";
 
 /// Tokens longer than this many bytes are dropped (13 CJK characters, 40 Latin letters).
 const MAX_TOKEN_BYTES: usize = 40;
@@ -43,7 +44,7 @@ pub fn words_analyzer() -> TextAnalyzer {
 /// One token per CJK character (position = character index in the text, so adjacent
 /// characters are adjacent positions and phrase queries match contiguous fragments only).
 pub fn cjk_analyzer() -> TextAnalyzer {
-    TextAnalyzer::builder(CjkChars).build()
+    TextAnalyzer::builder(CjkChars::default()).build()
 }
 
 /// Maps full-width ASCII variants (U+FF01..=U+FF5E) to ASCII and the ideographic space (U+3000)
@@ -56,9 +57,12 @@ pub fn fold_width_char(c: char) -> char {
     }
 }
 
-/// Appends the width-folded `text` to `out`.
-pub fn fold_width_into(text: &str, out: &mut String) {
-    out.extend(text.chars().map(fold_width_char));
+/// Appends `text` to `out` folded for matching: full-width forms to ASCII, and traditional
+/// Chinese characters to simplified ones (`張學友` → `张学友`), one character for one, so
+/// positions and fragments line up on both sides. Index and query both go through here.
+pub fn fold_into(text: &str, out: &mut String) {
+    let width: String = text.chars().map(fold_width_char).collect();
+    out.push_str(&fast2s::convert(&width));
 }
 
 /// True for characters that are matched one by one in the CJK fields: Han ideographs
@@ -98,7 +102,7 @@ impl Tokenizer for Words {
     fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream {
         let Self { jieba, folded } = self;
         folded.clear();
-        fold_width_into(text, folded);
+        fold_into(text, folded);
         let mut tokens = Vec::new();
         let mut push = |text: &str, offset_from: usize| {
             let position = tokens.len();
@@ -228,13 +232,17 @@ impl<S: TokenStream> TokenStream for WordOnlyStream<S> {
 
 /// Emits every CJK character of the text as its own token.
 #[derive(Clone, Default)]
-struct CjkChars;
+struct CjkChars {
+    folded: String,
+}
 
 impl Tokenizer for CjkChars {
     type TokenStream<'a> = CjkCharStream<'a>;
 
     fn token_stream<'a>(&'a mut self, text: &'a str) -> CjkCharStream<'a> {
-        CjkCharStream { chars: text.char_indices().enumerate(), token: Token::default() }
+        self.folded.clear();
+        fold_into(text, &mut self.folded);
+        CjkCharStream { chars: self.folded.char_indices().enumerate(), token: Token::default() }
     }
 }
 
@@ -275,7 +283,7 @@ mod tests {
     #[test]
     fn folds_full_width_and_ideographic_space() {
         let mut s = String::new();
-        fold_width_into("ＢＯＨＥＭＩＡＮ\u{3000}！ｚ～晴", &mut s);
+        fold_into("ＢＯＨＥＭＩＡＮ\u{3000}！ｚ～晴", &mut s);
         assert_eq!(s, "BOHEMIAN !z~晴");
     }
 

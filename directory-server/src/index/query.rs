@@ -22,7 +22,7 @@ use tantivy::query::{BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, PhraseQuer
 use tantivy::schema::{Field, IndexRecordOption};
 
 use super::IndexError;
-use super::analyzer::{self, fold_width_into, is_cjk};
+use super::analyzer::{self, fold_into, is_cjk};
 use super::schema::{Fields, PINYIN_BOOST};
 
 /// Bytes of the query that are looked at; the rest is ignored.
@@ -126,7 +126,7 @@ fn units(raw: &str) -> Vec<Unit> {
         end -= 1;
     }
     let mut folded = String::with_capacity(end);
-    fold_width_into(&raw[..end], &mut folded);
+    fold_into(&raw[..end], &mut folded);
 
     let mut words_analyzer = analyzer::words_analyzer();
     let mut seen = std::collections::HashSet::new();

@@ -337,3 +337,23 @@ fn fixture_shared() -> &'static SearchIndex {
     static IDX: std::sync::OnceLock<SearchIndex> = std::sync::OnceLock::new();
     IDX.get_or_init(fixture)
 }
+
+#[test]
+fn traditional_and_simplified_find_each_other() {
+    let idx = SearchIndex::in_memory().unwrap();
+    idx.upsert(&[song(1, "吻別", "張學友"), song(2, "后来", "刘若英"), song(3, "晴天", "周杰伦")]).unwrap();
+    idx.commit().unwrap();
+    // Simplified query, traditional tags; traditional query, simplified tags; mixed; fragments.
+    for (q, want) in [
+        ("张学友", 1),
+        ("吻别", 1),
+        ("張學友 吻別", 1),
+        ("學友", 1),
+        ("後來", 2),
+        ("劉若英", 2),
+        ("週杰倫", 3),
+    ] {
+        assert_eq!(keys(&idx, q).first(), Some(&want), "query {q}");
+    }
+    assert!(!keys(&idx, "张学友").contains(&2));
+}

@@ -34,7 +34,7 @@ use std::collections::{HashMap, HashSet};
 
 use ::pinyin::ToPinyin;
 
-use super::analyzer::{fold_width_char, is_cjk};
+use super::analyzer::{fold_into, is_cjk};
 use super::romanize;
 use super::*;
 
@@ -107,9 +107,12 @@ fn typo(word: &str) -> String {
     chars.into_iter().collect()
 }
 
-/// Lowercase, width-folded.
+/// Folded as the index folds (full width, traditional to simplified), then lowercased: two
+/// titles that fold alike are the same to search, so ambiguity is judged on folded text.
 fn fold(s: &str) -> String {
-    s.chars().map(fold_width_char).collect::<String>().to_lowercase()
+    let mut out = String::new();
+    fold_into(s, &mut out);
+    out.to_lowercase()
 }
 
 /// Whether `a` and `b` differ by at most one insertion, deletion, substitution or swap of two
@@ -218,8 +221,11 @@ fn tests_quality_recall_and_mrr_on_real_songs() {
         }
     }
     let cjk_songs: Vec<(&str, &str)> = songs.iter().copied().filter(|(t, _)| t.chars().any(is_cjk)).collect();
-    let songs_containing =
-        |frag: &str| cjk_songs.iter().filter(|(t, _)| t.contains(frag)).take(TOP + 1).count();
+    let cjk_folded: Vec<String> = cjk_songs.iter().map(|(t, _)| fold(t)).collect();
+    let songs_containing = |frag: &str| {
+        let frag = fold(frag);
+        cjk_folded.iter().filter(|t| t.contains(&frag)).take(TOP + 1).count()
+    };
     // Songs with a title word other than `word` that `like` accepts.
     let songs_with_other_word = |word: &str, like: &dyn Fn(&str) -> bool| {
         let mut found: HashSet<(&str, &str)> = HashSet::new();
