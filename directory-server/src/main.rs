@@ -60,31 +60,9 @@ async fn main() -> anyhow::Result<()> {
 
     tokio::select! {
         result = server.wait() => return result.context("the server stopped"),
-        _ = shutdown_signal() => tracing::info!("shutdown requested"),
+        _ = quaver_shared::signal::shutdown_requested() => tracing::info!("shutdown requested"),
     }
     server.request_stop();
     server.wait().await.context("graceful shutdown")?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

@@ -3,13 +3,14 @@
 //! and the protocol's limits.
 //!
 //! This crate owns no I/O beyond reading and writing a node key file and the QUIC endpoints
-//! `tls` binds and dials when asked, and no policy: it must never depend on the directory or the
+//! `tls` binds and dials when asked (and watching for the stop signals, `signal`), and no policy: it must never depend on the directory or the
 //! peer crates.
 
 pub mod digest;
 pub mod ids;
 pub mod limits;
 pub mod node_key;
+pub mod signal;
 pub mod tls;
 
 pub use digest::ShareDigest;

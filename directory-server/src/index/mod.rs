@@ -19,6 +19,8 @@ mod query;
 mod romanize;
 mod schema;
 #[cfg(test)]
+mod song_data;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_quality;

@@ -37,13 +37,20 @@ pub fn terms(text: &str, out: &mut Vec<String>) {
     }
 }
 
-fn push_terms(hanzi: &str, out: &mut Vec<String>) {
+/// The full toneless pinyin of `hanzi` joined (`qingtian`, `ü` as `v`) and its initials (`qt`);
+/// characters without a reading are left out.
+pub fn spell(hanzi: &str) -> (String, String) {
     let mut full = String::new();
     let mut initials = String::new();
     for p in hanzi.to_pinyin().flatten() {
         full.extend(p.plain().chars().map(|c| if c == 'ü' { 'v' } else { c }));
         initials.push_str(p.first_letter());
     }
+    (full, initials)
+}
+
+fn push_terms(hanzi: &str, out: &mut Vec<String>) {
+    let (full, initials) = spell(hanzi);
     let several = hanzi.chars().nth(1).is_some();
     for term in [Some(full), several.then_some(initials)].into_iter().flatten() {
         if !term.is_empty() && !out.contains(&term) {

@@ -36,44 +36,14 @@ use ::pinyin::ToPinyin;
 
 use super::analyzer::{fold_into, is_cjk};
 use super::romanize;
+use super::song_data::{Row, load, longest, words};
 use super::*;
 
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/songs/songs.tsv");
 const TOP: usize = 10;
 /// Every `STEP`-th row meeting a category's condition becomes a query (per category).
 const STEP: usize = 97;
 /// Every `ARTIST_STEP`-th distinct first artist (in file order) becomes an artist query.
 const ARTIST_STEP: usize = 41;
-
-struct Row {
-    title: String,
-    /// Artists joined by spaces (as indexed).
-    artists: String,
-    first_artist: String,
-}
-
-fn load() -> Option<Vec<Row>> {
-    let text = std::fs::read_to_string(DATA).ok()?;
-    let rows = text
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split('\t').collect();
-            let (title, artists) = (*cols.get(1)?, *cols.get(2)?);
-            Some(Row {
-                title: title.to_string(),
-                artists: artists.replace('|', " "),
-                first_artist: artists.split('|').next().unwrap_or("").to_string(),
-            })
-        })
-        .collect();
-    Some(rows)
-}
-
-/// Pieces of `s` between non-alphanumeric characters.
-fn words(s: &str) -> Vec<&str> {
-    s.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect()
-}
 
 /// Lowercased title words made only of ASCII letters.
 fn latin_words(title: &str) -> Vec<String> {
@@ -82,17 +52,6 @@ fn latin_words(title: &str) -> Vec<String> {
         .filter(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
         .map(str::to_ascii_lowercase)
         .collect()
-}
-
-/// The first longest item by character count.
-fn longest<'a>(items: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let mut best: Option<&str> = None;
-    for item in items {
-        if best.is_none_or(|b| item.chars().count() > b.chars().count()) {
-            best = Some(item);
-        }
-    }
-    best
 }
 
 /// One edit: swap the two middle letters, or drop the middle letter when they are equal.
@@ -136,17 +95,6 @@ fn within_one_edit(a: &str, b: &str) -> bool {
     }
 }
 
-/// Pinyin (full, initials) of `hanzi`, as romanize.rs writes it.
-fn pinyin_of(hanzi: &str) -> (String, String) {
-    let mut full = String::new();
-    let mut initials = String::new();
-    for p in hanzi.to_pinyin().flatten() {
-        full.push_str(&p.plain().replace('ü', "v"));
-        initials.push_str(p.first_letter());
-    }
-    (full, initials)
-}
-
 const CATEGORIES: [&str; 10] = [
     "exact title",
     "CJK fragment 2",
@@ -180,21 +128,8 @@ impl Tally {
 
 #[test]
 fn tests_quality_recall_and_mrr_on_real_songs() {
-    let Some(rows) = load() else {
-        println!("skipping: ../shared/data/songs not found");
-        return;
-    };
-    let started = std::time::Instant::now();
-    let idx = SearchIndex::in_memory().unwrap();
-    let docs: Vec<IndexDoc<'_>> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, r)| IndexDoc { key: i as u64, title: &r.title, artist: &r.artists, ..IndexDoc::default() })
-        .collect();
-    idx.upsert(&docs).unwrap();
-    idx.commit().unwrap();
-    assert_eq!(idx.num_docs(), rows.len() as u64);
-    println!("indexed {} songs in {:.1?}", rows.len(), started.elapsed());
+    let Some(rows) = load() else { return };
+    let idx = song_data::index(&rows);
     let started = std::time::Instant::now();
 
     // Lookups for answer sets and ambiguity: distinct (title, first artist) pairs ("songs").
@@ -320,7 +255,7 @@ fn tests_quality_recall_and_mrr_on_real_songs() {
         // 5. Pinyin of an all-hanzi title.
         let n_chars = title.chars().count();
         if n_chars >= 2 && title.chars().all(|c| c.to_pinyin().is_some()) {
-            let (full, initials) = pinyin_of(title);
+            let (full, initials) = romanize::spell(title);
             let ambiguous = |term: &str| songs_by_pinyin.get(term).is_none_or(|s| s.len() > TOP);
             if take(5) {
                 check(5, &full, ambiguous(&full), &same_song);

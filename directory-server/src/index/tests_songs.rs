@@ -16,55 +16,11 @@ use ::pinyin::ToPinyin;
 
 use super::analyzer::is_cjk;
 use super::romanize;
+use super::song_data::{Row, load, longest, words};
 use super::*;
 
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/songs/songs.tsv");
 const STEP: usize = 37;
 const TOP: usize = 10;
-
-struct Row {
-    title: String,
-    /// Artists joined by spaces (as indexed).
-    artists: String,
-    /// Artists joined by `|` (as in the file).
-    artist_list: String,
-    first_artist: String,
-}
-
-fn load() -> Option<Vec<Row>> {
-    let text = std::fs::read_to_string(DATA).ok()?;
-    let rows = text
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split('\t').collect();
-            let (title, artists) = (*cols.get(1)?, *cols.get(2)?);
-            Some(Row {
-                title: title.to_string(),
-                artists: artists.replace('|', " "),
-                artist_list: artists.to_string(),
-                first_artist: artists.split('|').next().unwrap_or("").to_string(),
-            })
-        })
-        .collect();
-    Some(rows)
-}
-
-/// Pieces of `s` between non-alphanumeric characters.
-fn words(s: &str) -> Vec<&str> {
-    s.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect()
-}
-
-/// The first longest item by character count.
-fn longest<'a>(items: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let mut best: Option<&str> = None;
-    for item in items {
-        if best.is_none_or(|b| item.chars().count() > b.chars().count()) {
-            best = Some(item);
-        }
-    }
-    best
-}
 
 #[derive(Default)]
 struct Tally {
@@ -76,21 +32,8 @@ struct Tally {
 
 #[test]
 fn recall_on_real_song_titles() {
-    let Some(rows) = load() else {
-        println!("skipping: ../shared/data/songs not found");
-        return;
-    };
-    let started = std::time::Instant::now();
-    let idx = SearchIndex::in_memory().unwrap();
-    let docs: Vec<IndexDoc<'_>> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, r)| IndexDoc { key: i as u64, title: &r.title, artist: &r.artists, ..IndexDoc::default() })
-        .collect();
-    idx.upsert(&docs).unwrap();
-    idx.commit().unwrap();
-    assert_eq!(idx.num_docs(), rows.len() as u64);
-    println!("indexed {} songs in {:.1?}", rows.len(), started.elapsed());
+    let Some(rows) = load() else { return };
+    let idx = song_data::index(&rows);
     let started = std::time::Instant::now();
 
     // Answer sets, to tell ambiguous queries (more than TOP distinct right titles) apart.

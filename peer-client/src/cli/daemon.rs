@@ -55,35 +55,22 @@ async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
         ServeConfig { upload_slots: args.upload_slots, max_upload_bytes_per_sec: args.max_upload_rate };
     let socket = config.control_socket();
     let node = Node::start(config).await?;
+    // Bound before the readiness line: once scripts see it, commands work.
+    let listener = quaver_peer::control::bind(&socket).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let control = tokio::spawn({
         let (node, socket) = (node.clone(), socket.clone());
         async move {
-            quaver_peer::control::serve(node, &socket, async {
+            quaver_peer::control::serve(node, listener, &socket, async {
                 let _ = stop_rx.await;
             })
             .await
         }
     });
-    // The control socket is bound within a moment; report readiness once it answers, so that
-    // scripts can run commands as soon as they see the line.
-    for _ in 0..100 {
-        if control.is_finished() || tokio::net::UnixStream::connect(&socket).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    if control.is_finished() {
-        return match control.await {
-            Ok(Err(e)) => Err(e.into()),
-            Ok(Ok(())) => Err(anyhow::anyhow!("the control API stopped at once")),
-            Err(e) => Err(e.into()),
-        };
-    }
     let quic = node.quic_address().map(|a| a.to_string()).unwrap_or_default();
     println!("quaver node {} serving on {quic}, control socket {}", node.peer_id(), socket.display());
 
-    shutdown_signal().await;
+    quaver_shared::signal::shutdown_requested().await;
     tracing::info!("shutdown requested");
     let _ = stop_tx.send(());
     node.shutdown().await;
@@ -92,19 +79,4 @@ async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
 }

@@ -1,5 +1,5 @@
 //! The node's local control API (`proto/control.proto`): gRPC over the Unix socket
-//! `control.sock` in the data dir. The daemon serves it ([`serve`]); the CLI calls it
+//! `control.sock` in the data dir. The daemon binds and serves it ([`bind`], [`serve`]); the CLI calls it
 //! ([`connect`]).
 //!
 //! Handlers are thin: decode and check the request, call the [`Node`], encode the answer.
@@ -14,7 +14,7 @@ use std::path::Path;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-pub use server::{ControlError, serve};
+pub use server::{ControlError, bind, serve};
 
 /// Generated code for `proto/control.proto` (package `quaver.control.v1`).
 pub mod pb {

@@ -27,15 +27,11 @@ pub enum ControlError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the control API for `node` on the socket `path` until `shutdown` resolves.
-pub async fn serve(
-    node: Arc<Node>,
-    path: &Path,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), ControlError> {
+/// Binds the control socket `path` (mode 0600). A socket left by a killed node is stale and
+/// replaced; one that answers belongs to a live node, and binding fails.
+pub async fn bind(path: &Path) -> Result<tokio::net::UnixListener, ControlError> {
     let socket_err = |source| ControlError::Socket { path: path.to_owned(), source };
     if path.exists() {
-        // A socket left by a killed node is stale; one that answers belongs to a live node.
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             return Err(ControlError::AlreadyRunning(path.to_owned()));
         }
@@ -43,6 +39,17 @@ pub async fn serve(
     }
     let listener = tokio::net::UnixListener::bind(path).map_err(socket_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(socket_err)?;
+    Ok(listener)
+}
+
+/// Serves the control API for `node` on `listener` (bound at `path` by [`bind`]) until
+/// `shutdown` resolves, then removes the socket file.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::UnixListener,
+    path: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ControlError> {
     let result = tonic::transport::Server::builder()
         .add_service(ControlServer::new(Handlers { node }))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)

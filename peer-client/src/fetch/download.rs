@@ -71,6 +71,8 @@ pub struct DownloadOutcome {
     pub per_source: Vec<(PeerId, u64)>,
     /// Sources that sent bad data.
     pub banned: Vec<PeerId>,
+    /// The file's outboard, verified against its content id (the store keeps it as is).
+    pub outboard: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -333,7 +335,13 @@ pub async fn download(
     for conn in conns.values() {
         conn.close(0u32.into(), b"done");
     }
-    Ok(DownloadOutcome { path: dest, fetched_bytes, per_source: per_source.into_iter().collect(), banned })
+    Ok(DownloadOutcome {
+        path: dest,
+        fetched_bytes,
+        per_source: per_source.into_iter().collect(),
+        banned,
+        outboard: outboard.into_bytes(),
+    })
 }
 
 fn drop_source(

@@ -83,6 +83,10 @@ impl Outboard {
         &self.inner.data
     }
 
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.inner.data
+    }
+
     /// Verifies the bytes of `range` (chunk-group aligned; may end at the end of the file).
     pub fn check_block(&self, range: Range<u64>, bytes: &[u8]) -> Result<(), VerifyError> {
         let group = block_size().bytes() as u64;

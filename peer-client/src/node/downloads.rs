@@ -159,7 +159,7 @@ async fn run(
     let result = download(&endpoint, spec, sources, Some(relocate), Some(progress_tx)).await;
     forward.abort();
     let outcome = match result {
-        Ok(done) => match node.adopt(done.path.clone()).await {
+        Ok(done) => match node.adopt(done.path.clone(), id, done.outboard).await {
             Ok(()) => {
                 tracing::info!(id = %id, path = %done.path.display(), "download complete; now a source");
                 Ok(Finished {

@@ -252,8 +252,9 @@ impl Node {
         self.downloads.start(self.clone(), id, out_dir).await
     }
 
-    /// Called by a finished download: share the file and announce it.
-    async fn adopt(&self, path: PathBuf) -> Result<(), NodeError> {
+    /// Called by a finished download: share the file (with the outboard the download verified;
+    /// it is not hashed again) and announce it.
+    async fn adopt(&self, path: PathBuf, id: ContentId, outboard: Vec<u8>) -> Result<(), NodeError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             if let Some(dir) = path.parent() {
@@ -263,7 +264,7 @@ impl Node {
                     store.add_folder(dir)?;
                 }
             }
-            store.add_file(&path)?;
+            store.add_verified(&path, id, outboard)?;
             Ok(())
         })
         .await??;

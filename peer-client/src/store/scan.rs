@@ -7,6 +7,8 @@ use std::fs::{self, File, Metadata};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use quaver_shared::ContentId;
+
 use super::db::{self, PathEntry};
 use super::{ScanReport, SharedRecord, Store, StoreError, hash, tags};
 
@@ -68,17 +70,45 @@ impl Store {
         Ok(report)
     }
 
-    /// Hashes and records one file, which must be inside a shared folder (used when a download
-    /// completes). Re-hashes it even if it looks unchanged.
+    /// Hashes and records one file, which must be inside a shared folder. Re-hashes it even if
+    /// it looks unchanged.
     pub fn add_file(&self, path: &Path) -> Result<SharedRecord, StoreError> {
+        let (path, meta) = self.shareable(path)?;
+        let record = self.share(&path, &meta)?;
+        self.db.flush()?;
+        Ok(record)
+    }
+
+    /// Records one file, which must be inside a shared folder, whose content id and outboard
+    /// are already known to be right: a finished download, every block of which was checked
+    /// against `outboard` and the whole file against `id`. Reading it again to hash it would
+    /// only repeat that work.
+    pub fn add_verified(
+        &self,
+        path: &Path,
+        id: ContentId,
+        outboard: Vec<u8>,
+    ) -> Result<SharedRecord, StoreError> {
+        let (path, meta) = self.shareable(path)?;
+        let size = meta.len();
+        if outboard.len() as u64 != hash::outboard_len(size) {
+            return Err(StoreError::Corrupt(format!("outboard of {id} does not fit a {size}-byte file")));
+        }
+        let entry = PathEntry { id, size, mtime_ns: db::mtime_ns(&meta) };
+        let info = tags::file_info(&path, &id, size);
+        let change = self.record(&path, entry, info.clone(), outboard)?;
+        self.db.flush()?;
+        Ok(SharedRecord { id, path, size, info, newly_shared: change.entered.is_some() })
+    }
+
+    /// `path` made canonical, with its metadata, if it is a regular file the store may share.
+    fn shareable(&self, path: &Path) -> Result<(PathBuf, Metadata), StoreError> {
         let path = fs::canonicalize(path).map_err(StoreError::io(path))?;
         let meta = fs::metadata(&path).map_err(StoreError::io(&path))?;
         if !meta.is_file() || !eligible(&self.folders()?, &path) {
             return Err(StoreError::NotShared(path));
         }
-        let record = self.share(&path, &meta)?;
-        self.db.flush()?;
-        Ok(record)
+        Ok((path, meta))
     }
 
     /// Walks one shared folder depth-first. Returns false if the folder itself is unreadable
