@@ -4,7 +4,8 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../proto");
-    let files = [proto_dir.join("directory.proto")];
+    // admin.proto (the directory's operator API) shares the descriptor set, so reflection lists it.
+    let files = [proto_dir.join("directory.proto"), proto_dir.join("admin.proto")];
     // compile_fds emits no rerun-if-changed lines of its own.
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());

@@ -88,6 +88,10 @@ pub struct PublishOutcome {
     pub new_files: usize,
 }
 
+/// The trees a backup carries, in the order a snapshot stores them. `unindexed` is left out:
+/// it is the search index's bookkeeping, and a restored directory rebuilds its index.
+pub const BACKUP_TREES: [&str; 5] = ["files", "keys", "sources", "peer_files", "peers"];
+
 pub struct Catalog {
     db: sled::Db,
     files: Tree,
@@ -144,9 +148,25 @@ impl Catalog {
     }
 
     fn from_db(db: sled::Db) -> Result<Self, CatalogError> {
+        let keys = db.open_tree("keys")?;
+        // New files take their key from sled's id generator. A catalog rebuilt record by
+        // record (a restore) must have had its generator moved past every key in use, or the
+        // next new file would take an existing file's key: refuse one that was not.
+        if let Some((last, _)) = keys.last()? {
+            let max = be_u64("keys", &last)?;
+            if db.generate_id()? <= max {
+                return Err(CatalogError::Corrupt {
+                    tree: "keys",
+                    detail: format!(
+                        "sled's id generator is behind the highest file key {max}; restore backups \
+                         with `quaver-directory restore`, never by copying records"
+                    ),
+                });
+            }
+        }
         Ok(Self {
             files: db.open_tree("files")?,
-            keys: db.open_tree("keys")?,
+            keys,
             sources: db.open_tree("sources")?,
             peer_files: db.open_tree("peer_files")?,
             peers: db.open_tree("peers")?,
@@ -160,6 +180,19 @@ impl Catalog {
     pub fn flush_blocking(&self) -> Result<(), CatalogError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// The trees named in [`BACKUP_TREES`], in that order, for a backup to read. The caller
+    /// keeps writers out while it reads (see `Directory::with_frozen_catalog`).
+    pub fn backup_trees(&self) -> [(&'static str, &Tree); 5] {
+        let [files, keys, sources, peer_files, peers] = BACKUP_TREES;
+        [
+            (files, &self.files),
+            (keys, &self.keys),
+            (sources, &self.sources),
+            (peer_files, &self.peer_files),
+            (peers, &self.peers),
+        ]
     }
 
     pub fn file_count(&self) -> u64 {

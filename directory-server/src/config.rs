@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ops::{LimitsConfig, LogFormat};
+
 /// Longest connect-back check allowed: well inside the server's 30 s limit on one call.
 pub const MAX_VERIFY_TIMEOUT_MS: u64 = 20_000;
 
@@ -28,6 +30,17 @@ pub struct Config {
     /// How long the connect-back check of an Announce may take (QUIC handshake to the peer's
     /// announced address) before the peer is recorded as unreachable.
     pub verify_timeout_ms: u64,
+    /// PEM certificate chain for TLS on the gRPC port (with `tls_key`; both or neither).
+    /// Re-read on SIGHUP. Without them the port speaks plain HTTP/2.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Where the Prometheus `/metrics` endpoint listens (plain HTTP); off when absent.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `text` (human-readable) or `json` (one object per line, for log shippers).
+    pub log_format: LogFormat,
+    /// Abuse limits: the `[limits]` table.
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -39,6 +52,11 @@ impl Default for Config {
             heartbeat_seconds: 30,
             index_commit_ms: 1000,
             verify_timeout_ms: 3000,
+            tls_cert: None,
+            tls_key: None,
+            metrics_listen: None,
+            log_format: LogFormat::Text,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -91,6 +109,23 @@ impl Config {
         if let Some(v) = env("QUAVER_VERIFY_TIMEOUT_MS") {
             config.verify_timeout_ms = parse("QUAVER_VERIFY_TIMEOUT_MS", v)?;
         }
+        if let Some(v) = env("QUAVER_TLS_CERT") {
+            config.tls_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("QUAVER_TLS_KEY") {
+            config.tls_key = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("QUAVER_METRICS_LISTEN") {
+            config.metrics_listen = Some(parse("QUAVER_METRICS_LISTEN", v)?);
+        }
+        if let Some(v) = env("QUAVER_LOG_FORMAT") {
+            config.log_format = parse("QUAVER_LOG_FORMAT", v)?;
+        }
+        config.limits.apply_env(&env).map_err(|(name, value, reason)| ConfigError::Env {
+            name,
+            value,
+            reason,
+        })?;
         Ok(config)
     }
 
@@ -114,6 +149,12 @@ impl Config {
                 self.verify_timeout_ms
             )));
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key go together: give both (TLS) or neither (plain HTTP/2)".into(),
+            ));
+        }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -150,6 +191,26 @@ mod tests {
         assert_eq!(c.lease_seconds, 45);
         assert_eq!(c.heartbeat_seconds, 30);
         c.validate().unwrap();
+
+        std::fs::write(
+            &file,
+            "tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\nlog_format = \"json\"\n\
+             [limits]\nmax_peers_per_ip = 3\nexempt_loopback = false\n",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "QUAVER_METRICS_LISTEN" => Some("127.0.0.1:9100".to_string()),
+            "QUAVER_LIMITS_MAX_PEERS_PER_IP" => Some("5".to_string()),
+            _ => None,
+        };
+        let c = Config::load(Some(&file), env).unwrap();
+        assert_eq!(c.tls_cert.as_deref(), Some(Path::new("/c.pem")));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(c.limits.max_peers_per_ip, 5);
+        assert!(!c.limits.exempt_loopback);
+        assert_eq!(c.limits.ip_request_burst, LimitsConfig::default().ip_request_burst);
+        c.validate().unwrap();
     }
 
     #[test]
@@ -167,5 +228,9 @@ mod tests {
             let e = Config { verify_timeout_ms, ..Config::default() }.validate().unwrap_err().to_string();
             assert!(e.contains("verify_timeout_ms"), "{e}");
         }
+        let half_tls = Config { tls_cert: Some("/c.pem".into()), ..Config::default() };
+        assert!(half_tls.validate().unwrap_err().to_string().contains("tls_key"));
+        let env = |k: &str| (k == "QUAVER_LOG_FORMAT").then(|| "xml".to_string());
+        assert!(Config::load(None, env).unwrap_err().to_string().contains("QUAVER_LOG_FORMAT"));
     }
 }

@@ -56,6 +56,8 @@ pub struct Directory {
     started: Instant,
     files_total: AtomicU64,
     sources_total: AtomicU64,
+    /// Leases that ran out since start (metrics).
+    leases_expired: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -137,6 +139,7 @@ impl Directory {
         Ok(Self {
             files_total: AtomicU64::new(catalog.file_count()),
             sources_total: AtomicU64::new(catalog.source_count()),
+            leases_expired: AtomicU64::new(0),
             presence: Mutex::new(Presence::new(config.lease())),
             counts: RwLock::new(OnlineCounts::default()),
             membership: Mutex::new(()),
@@ -152,10 +155,21 @@ impl Directory {
         &self.catalog
     }
 
+    /// Runs `f` on the catalog while no request can change it: a consistent backup. Holding
+    /// `membership` stops every writer of the trees a backup carries (publish, withdraw,
+    /// announce, lease expiry) while searches, lookups and heartbeats go on; `storage` is
+    /// taken shared, as for any catalog read (no transaction can be waiting for it).
+    pub fn with_frozen_catalog<T>(&self, f: impl FnOnce(&Catalog) -> T) -> T {
+        let _m = lock(&self.membership);
+        let _storage = shared(&self.storage);
+        f(&self.catalog)
+    }
+
     /// Removes expired leases; their peers' files stop counting as online. Call with the
     /// membership lock held.
     fn sweep(&self, now: Instant) -> Result<usize> {
         let expired = lock(&self.presence).expire(now);
+        self.leases_expired.fetch_add(expired.len() as u64, Ordering::Relaxed);
         for Departed { peer, was_source } in &expired {
             tracing::info!(peer = %peer, "lease expired; peer is offline");
             if *was_source {
@@ -194,6 +208,7 @@ impl Directory {
 
         let _m = lock(&self.membership);
         self.sweep(now)?;
+        self.check_peers_per_ip(&peer, address.ip(), now)?;
         let stored = self.catalog.touch_peer(&peer, &address.to_string())?;
         let outcome =
             lock(&self.presence).announce(peer, address, free_upload_slots, reachable, token.clone(), now);
@@ -213,6 +228,34 @@ impl Directory {
             observed_address: address.to_string(),
             reachable,
         })
+    }
+
+    /// Refuses a peer that would be one too many online from `ip` (`limits.max_peers_per_ip`;
+    /// loopback is exempt while `limits.exempt_loopback`). Checked under `membership`, so
+    /// concurrent Announces cannot slip past it together; a peer already online may re-announce.
+    fn check_peers_per_ip(&self, peer: &PeerId, ip: IpAddr, now: Instant) -> Result<()> {
+        let limits = &self.config.limits;
+        if limits.max_peers_per_ip == 0 || !limits.applies_to(ip) {
+            return Ok(());
+        }
+        let others = lock(&self.presence).live_peers_at(ip, peer, now);
+        if others >= limits.max_peers_per_ip as usize {
+            return Err(DirectoryError::ResourceExhausted(format!(
+                "{others} peers are already online from {ip}; the limit is {} per IP address",
+                limits.max_peers_per_ip
+            )));
+        }
+        Ok(())
+    }
+
+    /// Leases that ran out since the directory started.
+    pub fn leases_expired(&self) -> u64 {
+        self.leases_expired.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the search index on disk.
+    pub fn index_disk_bytes(&self) -> u64 {
+        self.index.disk_bytes()
     }
 
     /// The peer of a live session, and whether it is a source (reachable).
@@ -334,7 +377,7 @@ impl Directory {
                 });
             }
         }
-        Ok(SearchResponse { hits: out, has_more })
+        Ok(SearchResponse { hits: crate::grouping::group_copies(out), has_more })
     }
 
     pub fn locate(

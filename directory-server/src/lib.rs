@@ -5,13 +5,19 @@
 //! `reach` dials an announcing peer back over QUIC) → `directory` (domain logic, locking) → `catalog` (sled), `index` (tantivy), `presence`
 //! (leases), `online` (counts), `ranking` (source order). The inner modules never know about
 //! gRPC or tokio; `presence`, `online` and `ranking` are pure and tested without I/O.
+//! `ops` is what runs around them for operators: TLS, the accept path's connection limits,
+//! request limits, metrics and logs.
 
+pub mod admin;
+pub mod backup;
 pub mod catalog;
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod grouping;
 pub mod index;
 pub mod online;
+pub mod ops;
 pub mod presence;
 pub mod ranking;
 pub mod reach;

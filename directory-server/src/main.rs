@@ -1,28 +1,32 @@
-//! `quaver-directory`: runs the directory server.
+//! `quaver-directory`: runs the directory server; `backup`, `restore` and `health` are the
+//! operator subcommands (`cli`).
 //!
 //! Prints `listening on ADDR` on standard output once it accepts connections, so scripts and
-//! tests can start it on port 0 and read the port back.
+//! tests can start it on port 0 and read the port back; with metrics on, a second line
+//! `metrics on ADDR` follows.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod cli;
+
 use anyhow::Context;
 use clap::Parser;
+use quaver_directory::ops::{LogFormat, logging};
 use quaver_directory::{Config, RunningServer};
-use tracing_subscriber::EnvFilter;
 
 /// Quaver directory server: indexes shared files and tells peers where to find them.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
     /// TOML config file (every key is optional; see deploy/ for a commented example).
-    #[arg(long, env = "QUAVER_CONFIG")]
+    #[arg(long, global = true, env = "QUAVER_CONFIG")]
     config: Option<PathBuf>,
     /// gRPC listen address [default: 0.0.0.0:7700].
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Data directory for the catalog and the search index [default: ./quaver-directory-data].
-    #[arg(long)]
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// Lease length in seconds: a peer silent this long is offline [default: 90].
     #[arg(long)]
@@ -30,14 +34,25 @@ struct Args {
     /// Heartbeat interval told to peers, in seconds [default: 30].
     #[arg(long)]
     heartbeat_seconds: Option<u32>,
+    /// TLS certificate chain (PEM) for the gRPC port; needs --tls-key. Re-read on SIGHUP.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Log format on standard error: text or json [default: text].
+    #[arg(long)]
+    log_format: Option<LogFormat>,
+    /// Without a command: run the server.
+    #[command(subcommand)]
+    command: Option<cli::Command>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
     let mut config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
     if let Some(v) = args.listen {
@@ -52,11 +67,33 @@ async fn main() -> anyhow::Result<()> {
     if let Some(v) = args.heartbeat_seconds {
         config.heartbeat_seconds = v;
     }
+    if let Some(v) = args.tls_cert {
+        config.tls_cert = Some(v);
+    }
+    if let Some(v) = args.tls_key {
+        config.tls_key = Some(v);
+    }
+    if let Some(v) = args.metrics_listen {
+        config.metrics_listen = Some(v);
+    }
+    if let Some(v) = args.log_format {
+        config.log_format = v;
+    }
+    // After the config: the format can come from any layer. Config errors are printed by main.
+    logging::init(config.log_format);
+    // One rustls provider for the process, as insurance (the TLS config names ring itself).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Some(command) = args.command {
+        return cli::run(command, config).await;
+    }
 
     let mut server = RunningServer::start(config.clone())
         .await
         .with_context(|| format!("starting the directory with data in {}", config.data_dir.display()))?;
     println!("listening on {}", server.local_addr);
+    if let Some(addr) = server.metrics_addr {
+        println!("metrics on {addr}");
+    }
 
     tokio::select! {
         result = server.wait() => return result.context("the server stopped"),

@@ -160,6 +160,13 @@ impl Presence {
         self.lease(peer, now).is_some()
     }
 
+    /// Peers other than `except` with a live lease at an address on `ip`. A scan of the table:
+    /// it runs once per Announce, and the table holds one entry per online peer.
+    pub fn live_peers_at(&self, ip: std::net::IpAddr, except: &PeerId, now: Instant) -> usize {
+        let ip = ip.to_canonical();
+        self.by_peer.iter().filter(|(p, l)| *p != except && l.expires > now && l.address.ip() == ip).count()
+    }
+
     /// Peers holding a lease, including ones that ran out but were not swept yet.
     pub fn len(&self) -> usize {
         self.by_peer.len()

@@ -5,6 +5,10 @@
 //! Shutdown order matters: stop accepting and let in-flight calls finish, stop the timers,
 //! index whatever is pending, then flush sled. Nothing acknowledged is lost, and the next start
 //! finds a committed index.
+//!
+//! Around the gRPC services sit the operator's parts (`ops`): the accept path with connection
+//! limits and optional TLS (reloaded on SIGHUP), the request layer (limits, metrics, debug
+//! log) and, when `metrics_listen` is set, the `/metrics` endpoint.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,11 +19,14 @@ use quaver_shared::directory::v1::directory_server::DirectoryServer;
 use quaver_shared::limits::MAX_GRPC_MESSAGE_BYTES;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::DirectoryError;
+use crate::ops::layer::OpsLayer;
+use crate::ops::tls::{CertStore, TlsSetupError};
+use crate::ops::{Limits, Metrics, incoming, metrics_http};
 use crate::reach::ConnectBack;
 use crate::service::DirectoryService;
 
@@ -39,12 +46,18 @@ pub enum ServerError {
     Task(#[from] tokio::task::JoinError),
     #[error("cannot set up the connect-back QUIC endpoint: {0}")]
     ConnectBack(#[from] quaver_shared::tls::TlsError),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
 }
 
 /// A server running on a background task; dropping it does not stop it, `shutdown` does.
 pub struct RunningServer {
     pub local_addr: SocketAddr,
+    /// Where `/metrics` is served, when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub directory: Arc<Directory>,
+    pub metrics: Arc<Metrics>,
+    tls: Option<Arc<CertStore>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
 }
@@ -53,21 +66,41 @@ impl RunningServer {
     /// Opens the data dir, binds `config.listen` and starts serving.
     pub async fn start(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        // A certificate that cannot be used is a start-up error, not a first-handshake one.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(CertStore::open(cert, key)?),
+            _ => None,
+        };
+        let listener = bind(config.listen).await?;
         let local_addr =
             listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let directory = {
             let config = config.clone();
             Arc::new(tokio::task::spawn_blocking(move || Directory::open(config)).await??)
         };
+        let limits = Arc::new(Limits::new(config.limits.clone()));
+        let metrics = Arc::new(Metrics::new(directory.clone(), limits.clone()));
         let (stop, mut stopped) = watch::channel(false);
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        let task = tokio::spawn(serve(directory.clone(), config, listener, shutdown));
-        Ok(Self { local_addr, directory, stop, task })
+        let ops = Ops { tls: tls.clone(), limits, metrics: metrics.clone(), metrics_listener };
+        let task = tokio::spawn(serve(directory.clone(), config, listener, ops, shutdown));
+        Ok(Self { local_addr, metrics_addr, directory, metrics, tls, stop, task })
+    }
+
+    /// Re-reads the TLS certificate and key (what SIGHUP does): new connections get the new
+    /// certificate, open ones keep theirs. `None` without TLS; `Some(false)` if the files were
+    /// unusable, in which case the old certificate stays (the error is logged).
+    pub fn reload_tls(&self) -> Option<bool> {
+        let ok = self.tls.as_ref()?.reload_logged();
+        self.metrics.tls_reload(ok);
+        Some(ok)
     }
 
     /// Graceful stop: in-flight calls finish, the index commits, sled flushes.
@@ -87,11 +120,24 @@ impl RunningServer {
     }
 }
 
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// The operator's parts of one server (see the module doc).
+struct Ops {
+    tls: Option<Arc<CertStore>>,
+    limits: Arc<Limits>,
+    metrics: Arc<Metrics>,
+    metrics_listener: Option<TcpListener>,
+}
+
 /// Serves until `shutdown` completes, then stops gracefully.
-pub async fn serve(
+async fn serve(
     directory: Arc<Directory>,
     config: Config,
     listener: TcpListener,
+    ops: Ops,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     // Index what the catalog holds but the index does not (first start after a crash, or a
@@ -111,27 +157,63 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reach = Arc::new(ConnectBack::bind(config.listen, config.verify_timeout())?);
-    let api = DirectoryServer::new(DirectoryService::new(directory.clone(), reach))
-        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let Ops { tls, limits, metrics, metrics_listener } = ops;
+    let service = DirectoryService::new(directory.clone(), reach, limits.clone(), metrics.clone());
+    let api = DirectoryServer::new(service).max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
     let (stop_timers, timers_stopped) = watch::channel(false);
-    let expiry = tokio::spawn(expire_leases(directory.clone(), lease_tick(&config), timers_stopped.clone()));
-    let indexer = tokio::spawn(index_loop(directory.clone(), config.index_commit_interval(), timers_stopped));
+    let mut background = vec![
+        tokio::spawn(expire_leases(directory.clone(), lease_tick(&config), timers_stopped.clone())),
+        tokio::spawn(index_loop(
+            directory.clone(),
+            metrics.clone(),
+            config.index_commit_interval(),
+            timers_stopped.clone(),
+        )),
+        tokio::spawn(limits.clone().forget_idle_clients(timers_stopped.clone())),
+    ];
+    if let Some(l) = metrics_listener {
+        background.push(tokio::spawn(metrics_http::serve(l, metrics.clone(), timers_stopped.clone())));
+    }
+    if let Some(store) = &tls {
+        let on_reload = {
+            let metrics = metrics.clone();
+            move |ok| metrics.tls_reload(ok)
+        };
+        background.push(tokio::spawn(store.clone().reload_on_sighup(on_reload, timers_stopped)));
+    }
 
-    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving");
-    let served = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(256)
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), scheme, "serving");
+    let streams = config.limits.max_streams_per_connection;
+    let router = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(streams as usize)
+        .max_concurrent_streams(streams)
+        // Headers of a gRPC call are small; a large header block is abuse.
+        .http2_max_header_list_size(64 * 1024)
         .timeout(Duration::from_secs(30))
+        .layer(OpsLayer::new(limits.clone(), metrics.clone()))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(api)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-        .await;
+        .add_service(crate::admin::server(directory.clone(), config.data_dir.clone()))
+        .add_service(api);
+    let served = match tls {
+        Some(store) => {
+            let acceptor = TlsAcceptor::from(store.server_config()?);
+            let timeout = Duration::from_millis(config.limits.tls_handshake_timeout_ms);
+            let incoming = incoming::tls(listener, acceptor, timeout, limits, metrics);
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+        None => {
+            router.serve_with_incoming_shutdown(incoming::plain(listener, limits, metrics), shutdown).await
+        }
+    };
     tracing::info!("stopped accepting requests; finishing up");
 
     let _ = stop_timers.send(true);
-    let _ = expiry.await;
-    let _ = indexer.await;
+    for task in background {
+        let _ = task.await;
+    }
     let d = directory.clone();
     tokio::task::spawn_blocking(move || {
         d.index_all_pending()?;
@@ -165,15 +247,22 @@ async fn expire_leases(directory: Arc<Directory>, tick: Duration, mut stop: watc
 
 /// Commits new catalog entries to the index in batches, one commit per interval at most:
 /// commits are the expensive part of indexing.
-async fn index_loop(directory: Arc<Directory>, interval: Duration, mut stop: watch::Receiver<bool>) {
+async fn index_loop(
+    directory: Arc<Directory>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let d = directory.clone();
+        let started = Instant::now();
         match tokio::task::spawn_blocking(move || d.index_pending()).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => metrics.index_round(n, started),
             Ok(Err(e)) => tracing::error!(error = %e, "indexing failed; will retry"),
             Err(e) => tracing::error!(error = %e, "indexing task failed"),
         }

@@ -4,6 +4,9 @@
 //!
 //! `Announce` is the one async step before the domain call: the connect-back check of the
 //! announced address (`reach`), whose verdict the domain receives as `reachable`.
+//!
+//! The per-peer request rate (`ops::limits`) is checked here, where the peer id or session
+//! token is known: before any domain work, answered RESOURCE_EXHAUSTED.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,17 +17,35 @@ use tonic::{Request, Response, Status};
 
 use crate::directory::{Directory, ValidAnnounce};
 use crate::error::DirectoryError;
+use crate::ops::limits::{Limits, PeerKey};
+use crate::ops::metrics::Metrics;
 use crate::reach::ConnectBack;
 
 #[derive(Clone)]
 pub struct DirectoryService {
     dir: Arc<Directory>,
     reach: Arc<ConnectBack>,
+    limits: Arc<Limits>,
+    metrics: Arc<Metrics>,
 }
 
 impl DirectoryService {
-    pub fn new(dir: Arc<Directory>, reach: Arc<ConnectBack>) -> Self {
-        Self { dir, reach }
+    pub fn new(
+        dir: Arc<Directory>,
+        reach: Arc<ConnectBack>,
+        limits: Arc<Limits>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { dir, reach, limits, metrics }
+    }
+
+    /// Counts a call of one peer against its rate.
+    fn admit<T>(&self, request: &Request<T>, key: PeerKey) -> Result<(), Status> {
+        let ip = request.remote_addr().map(|a| a.ip());
+        self.limits.admit_peer(ip, key).map_err(|refusal| {
+            self.metrics.rate_limited(refusal.label());
+            Status::resource_exhausted(refusal.to_string())
+        })
     }
 
     /// Runs a domain call on the blocking pool.
@@ -67,11 +88,18 @@ impl DirectoryApi for DirectoryService {
             Status::failed_precondition("the directory cannot see this connection's address")
         })?;
         let announce = ValidAnnounce::new(request.get_ref(), remote).map_err(Status::from)?;
+        self.admit(&request, PeerKey::Peer(announce.peer.to_vec()))?;
         let reachable = self.reach.reachable(announce.peer, announce.address).await;
-        self.run_durable(move |d| d.announce(announce, reachable, Instant::now())).await.map(Response::new)
+        self.metrics.connect_back(reachable);
+        let answer = self.run_durable(move |d| d.announce(announce, reachable, Instant::now())).await;
+        if answer.as_ref().is_err_and(|s| s.code() == tonic::Code::ResourceExhausted) {
+            self.metrics.rate_limited("peers_per_ip");
+        }
+        answer.map(Response::new)
     }
 
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
+        self.admit(&request, PeerKey::Token(request.get_ref().session_token.clone()))?;
         let req = request.into_inner();
         self.run_durable(move |d| d.publish(req, Instant::now())).await.map(Response::new)
     }
@@ -80,6 +108,7 @@ impl DirectoryApi for DirectoryService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.admit(&request, PeerKey::Token(request.get_ref().session_token.clone()))?;
         // Memory only and short: no need for the blocking pool.
         self.dir.heartbeat(request.into_inner(), Instant::now()).map(Response::new).map_err(Status::from)
     }
@@ -88,6 +117,7 @@ impl DirectoryApi for DirectoryService {
         &self,
         request: Request<WithdrawRequest>,
     ) -> Result<Response<WithdrawResponse>, Status> {
+        self.admit(&request, PeerKey::Token(request.get_ref().session_token.clone()))?;
         let req = request.into_inner();
         self.run_durable(move |d| d.withdraw(req, Instant::now())).await.map(Response::new)
     }

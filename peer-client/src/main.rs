@@ -24,6 +24,10 @@ struct Args {
     /// The directory server's URL.
     #[arg(long, global = true, env = "QUAVER_DIRECTORY", default_value = "http://127.0.0.1:7700")]
     directory: String,
+    /// CA certificate(s), PEM, to verify an https:// directory with (default: the system's
+    /// root certificates).
+    #[arg(long, global = true, env = "QUAVER_DIRECTORY_CA")]
+    directory_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,6 +103,7 @@ fn main() -> std::process::ExitCode {
                 let daemon = cli::daemon::DaemonArgs {
                     data_dir,
                     directory: args.directory,
+                    directory_ca: args.directory_ca,
                     listen,
                     download_dir,
                     upload_slots,

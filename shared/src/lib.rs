@@ -24,6 +24,14 @@ pub mod directory {
     }
 }
 
-/// The encoded `FileDescriptorSet` of the directory API, for gRPC reflection.
+/// Generated code for `proto/admin.proto` (package `quaver.admin.v1`): the directory's
+/// loopback-only operator API (backup).
+pub mod admin {
+    pub mod v1 {
+        tonic::include_proto!("quaver.admin.v1");
+    }
+}
+
+/// The encoded `FileDescriptorSet` of the directory and admin APIs, for gRPC reflection.
 pub const DIRECTORY_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/directory_descriptor.bin"));

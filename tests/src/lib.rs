@@ -40,6 +40,7 @@ impl TestDirectory {
             heartbeat_seconds: (lease_seconds / 3).max(1),
             index_commit_ms: 20,
             verify_timeout_ms,
+            ..Config::default()
         };
         let server = RunningServer::start(config).await?;
         Ok(Self { server, data })

@@ -92,6 +92,10 @@ impl Columns {
     /// The document's key if it passes every filter.
     fn admit(&self, doc: u32, f: &IndexFilters) -> Option<u64> {
         let key = self.key.first(doc)?;
+        if f.is_empty() {
+            // The common case: no column but the key is read.
+            return Some(key);
+        }
         if f.media_kind != 0 && self.media_kind.first(doc) != Some(i64::from(f.media_kind)) {
             return None;
         }

@@ -16,16 +16,12 @@
 mod analyzer;
 mod collect;
 mod query;
+mod query_parse;
 mod romanize;
 mod schema;
 #[cfg(test)]
-mod song_data;
-#[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_quality;
-#[cfg(test)]
-mod tests_songs;
+mod typo;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -33,6 +29,25 @@ use std::sync::{Mutex, MutexGuard};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use schema::Fields;
+
+pub use analyzer::is_cjk;
+pub use romanize::spell as pinyin_spelling;
+
+/// `text` folded the way the index folds it before matching (full width to ASCII, traditional
+/// to simplified Chinese): two texts that fold alike are the same to search.
+pub fn fold(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    analyzer::fold_into(text, &mut out);
+    out
+}
+
+/// The pinyin terms the index keeps for `text` (full pinyin and initials of its Chinese runs
+/// and words), so `qingtian` and `qt` find 晴天.
+pub fn pinyin_terms(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    romanize::terms(text, &mut out);
+    out
+}
 
 /// Memory the index writer may use for buffered documents before it flushes a segment.
 const WRITER_MEMORY_BYTES: usize = 50_000_000;
@@ -62,6 +77,18 @@ pub struct IndexFilters {
     pub min_duration_ms: u32,
     pub max_duration_ms: u32,
     pub min_bitrate_kbps: u32,
+}
+
+impl IndexFilters {
+    /// True when no filter is set.
+    pub fn is_empty(&self) -> bool {
+        self.media_kind == 0
+            && self.min_size == 0
+            && self.max_size == 0
+            && self.min_duration_ms == 0
+            && self.max_duration_ms == 0
+            && self.min_bitrate_kbps == 0
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,11 +221,11 @@ impl SearchIndex {
         limit: usize,
         weight: &(dyn Fn(u64) -> Option<f32> + Sync),
     ) -> Result<Vec<(u64, f32)>, IndexError> {
-        let plan = query::plan(&self.fields, query)?;
+        let searcher = self.reader.searcher();
+        let plan = query::plan(&self.fields, &searcher, query)?;
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let searcher = self.reader.searcher();
         let n = offset.saturating_add(limit);
         let mut found = collect::top(&searcher, plan.strict.as_ref(), filters, n, weight)?;
         if found.admitted == 0

@@ -83,12 +83,19 @@ fn latin_is_case_insensitive_prefix_and_width_folded() {
 }
 
 #[test]
-fn fuzzy_matches_rank_below_exact_ones() {
+fn typos_match_only_words_the_index_does_not_know() {
     let idx = fixture();
     idx.upsert(&[song(20, "Hallo", "Someone")]).unwrap();
     idx.commit().unwrap();
-    // "hello" is exact for 9, one edit away for 20; both are returned, exact first.
-    assert_eq!(keys(&idx, "hello"), [9, 20]);
+    // "hello" is a word of 9: it is not taken for a typo of "hallo".
+    assert_eq!(keys(&idx, "hello"), [9]);
+    // "hellp" is no word: one edit finds "hello" (two would be needed for "hallo").
+    assert_eq!(keys(&idx, "hellp"), [9]);
+    // Eight letters and more allow two edits: "rhapsodie" is two from "rhapsody".
+    assert_eq!(keys(&idx, "rhapsodie"), [4]);
+    assert!(keys(&idx, "rhapsodiee").is_empty(), "three edits");
+    // Three letters are too short to guess at.
+    assert!(keys(&idx, "hel").iter().all(|k| [9].contains(k)), "prefix only");
 }
 
 #[test]
@@ -356,4 +363,21 @@ fn traditional_and_simplified_find_each_other() {
         assert_eq!(keys(&idx, q).first(), Some(&want), "query {q}");
     }
     assert!(!keys(&idx, "张学友").contains(&2));
+}
+
+#[test]
+fn field_queries_match_in_their_field_only() {
+    let idx = fixture();
+    let mut artist = keys(&idx, "artist:周杰伦");
+    artist.sort();
+    // Not 10, whose file name alone says 周杰伦.
+    assert_eq!(artist, [1, 2, 3, 8]);
+    let mut title = keys(&idx, "title:晴天");
+    title.sort();
+    assert_eq!(title, [1, 7]);
+    assert_eq!(keys(&idx, "artist:queen bohemian"), [4]);
+    assert!(keys(&idx, "title:queen").is_empty());
+    // An unknown field is plain text: `foo:晴天` finds what `foo 晴天` finds (nothing has "foo",
+    // so any word may match).
+    assert_eq!(keys(&idx, "foo:晴天"), keys(&idx, "foo 晴天"));
 }

@@ -17,6 +17,7 @@ use super::Exit;
 pub struct DaemonArgs {
     pub data_dir: PathBuf,
     pub directory: String,
+    pub directory_ca: Option<PathBuf>,
     pub listen: SocketAddr,
     pub download_dir: Option<PathBuf>,
     pub upload_slots: usize,
@@ -47,6 +48,7 @@ async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
         anyhow::bail!("--max-upload-rate must be at least 1 byte per second (omit it for no cap)");
     }
     let mut config = NodeConfig::new(args.data_dir, args.directory);
+    config.directory_ca = args.directory_ca;
     config.listen = args.listen;
     if let Some(dir) = args.download_dir {
         config.download_dir = std::path::absolute(dir)?;

@@ -11,9 +11,10 @@ use std::time::Duration;
 use quaver_shared::directory::v1::directory_client::DirectoryClient;
 use quaver_shared::directory::v1::{FileInfo, GetFileRequest, LocateRequest, SearchHit, SearchRequest};
 use quaver_shared::{ContentId, PeerId};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::NodeError;
+use crate::directory_endpoint::directory_endpoint;
 use crate::fetch::download::SourceAddr;
 
 /// Longest wait for one directory call.
@@ -50,8 +51,10 @@ pub struct DirectoryLink {
 }
 
 impl DirectoryLink {
-    pub fn new(url: &str) -> Result<Self, NodeError> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
+    /// A link to the directory at `url`; an `https://` one is verified against `ca` (PEM) or
+    /// the system roots.
+    pub fn new(url: &str, ca: Option<&std::path::Path>) -> Result<Self, NodeError> {
+        let endpoint = directory_endpoint(url, ca)
             .map_err(|e| NodeError::DirectoryUrl { url: url.to_owned(), reason: e.to_string() })?
             .connect_timeout(Duration::from_secs(5))
             .timeout(CALL_TIMEOUT);

@@ -44,6 +44,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The directory's gRPC URL, e.g. `http://127.0.0.1:7700`.
     pub directory_url: String,
+    /// CA certificates (PEM) an `https://` directory is verified against (`--directory-ca`);
+    /// the system roots when `None`.
+    pub directory_ca: Option<PathBuf>,
     /// Where the QUIC endpoint listens (port 0: any free port).
     pub listen: SocketAddr,
     /// Where finished downloads go unless a `get` says otherwise.
@@ -58,6 +61,7 @@ impl NodeConfig {
         Self {
             data_dir,
             directory_url,
+            directory_ca: None,
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             download_dir,
             serve: ServeConfig::default(),
@@ -134,16 +138,14 @@ impl Node {
         let endpoint = crate::tls::endpoint(config.listen, &key)?;
         let quic_port = endpoint.local_addr().map_err(crate::tls::TlsError::Bind)?.port();
         let server = Mutex::new(Some(Server::spawn(endpoint.clone(), store.clone(), config.serve.clone())));
-        let directory = DirectoryLink::new(&config.directory_url)?;
+        let directory = DirectoryLink::new(&config.directory_url, config.directory_ca.as_deref())?;
         let (free_slots, slots_rx) =
             watch::channel(u32::try_from(config.serve.upload_slots).unwrap_or(u32::MAX));
-        let session = Session::spawn(
-            SessionConfig::new(config.directory_url.clone()),
-            store.clone(),
-            peer_id,
-            quic_port,
-            slots_rx,
-        );
+        let session_config = SessionConfig {
+            directory_ca: config.directory_ca.clone(),
+            ..SessionConfig::new(config.directory_url.clone())
+        };
+        let session = Session::spawn(session_config, store.clone(), peer_id, quic_port, slots_rx);
         let downloads = Downloads::new(endpoint.clone(), crate::fetch::download::default_work_dir(&data_dir));
         let node = Arc::new(Node {
             config,

@@ -50,6 +50,9 @@ pub const AGENT: &str = concat!("quaver/", env!("CARGO_PKG_VERSION"));
 pub struct SessionConfig {
     /// The directory's gRPC address, e.g. `http://127.0.0.1:7700`.
     pub directory_url: String,
+    /// CA certificates (PEM) an `https://` directory is verified against; the system roots
+    /// when `None`.
+    pub directory_ca: Option<std::path::PathBuf>,
     /// Bound on opening the connection to the directory. Default 5 s.
     pub connect_timeout: Duration,
     /// Bound on every call but the final `Withdraw`. Default 10 s.
@@ -67,6 +70,7 @@ impl SessionConfig {
     pub fn new(directory_url: impl Into<String>) -> Self {
         Self {
             directory_url: directory_url.into(),
+            directory_ca: None,
             connect_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(10),
             withdraw_timeout: Duration::from_secs(2),
@@ -99,12 +103,8 @@ pub struct SessionState {
 /// Why one attempt to talk to the directory failed. The session retries every one of them.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("directory url {url:?} is invalid: {source}")]
-    BadUrl {
-        url: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    #[error(transparent)]
+    BadUrl(#[from] crate::directory_endpoint::EndpointError),
     #[error("cannot connect to the directory: {0}")]
     Connect(#[source] tonic::transport::Error),
     #[error("{call} timed out after {after:?}")]

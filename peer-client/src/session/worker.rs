@@ -10,9 +10,10 @@ use quaver_shared::directory::v1::{AnnounceRequest, HeartbeatRequest, WithdrawRe
 use quaver_shared::limits::MAX_GRPC_MESSAGE_BYTES;
 use quaver_shared::{PeerId, ShareDigest};
 use tokio::sync::{Notify, watch};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{AGENT, Backoff, SessionConfig, SessionError, SessionState};
+use crate::directory_endpoint::directory_endpoint;
 use crate::store::{Published, Store};
 
 pub(super) type Client = DirectoryClient<Channel>;
@@ -211,9 +212,8 @@ impl Worker {
     }
 
     async fn connect(&self) -> Result<Client, SessionError> {
-        let url = self.config.directory_url.clone();
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|source| SessionError::BadUrl { url, source })?
+        let config = &self.config;
+        let endpoint = directory_endpoint(&config.directory_url, config.directory_ca.as_deref())?
             .connect_timeout(self.config.connect_timeout)
             .timeout(self.config.call_timeout)
             .tcp_nodelay(true);
