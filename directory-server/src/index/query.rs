@@ -150,12 +150,13 @@ impl Builder<'_> {
 
     /// The CJK character fields a scope searches, with their boosts.
     fn cjk_fields(&self, scope: Scope) -> Vec<(Field, f32)> {
-        let [title, artist, other] = self.fields.cjk_fields();
+        let [title, artist, album, file_name] = self.fields.cjk_fields();
         match scope {
-            Scope::Any => vec![title, artist, other],
+            Scope::Any => vec![title, artist, album, file_name],
             Scope::Title => vec![title],
             Scope::Artist => vec![artist],
-            Scope::Album | Scope::FileName => vec![other],
+            Scope::Album => vec![album],
+            Scope::FileName => vec![file_name],
         }
     }
 

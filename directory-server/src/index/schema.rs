@@ -44,8 +44,8 @@ pub struct Fields {
     /// CJK single-character fields (with positions, for fragment phrases).
     pub title_cjk: Field,
     pub artist_cjk: Field,
-    /// album and file name, as two values of one field.
-    pub other_cjk: Field,
+    pub album_cjk: Field,
+    pub file_cjk: Field,
     /// Pinyin terms (one value per term, untokenized) of title and artist.
     pub pinyin: Field,
 }
@@ -62,11 +62,12 @@ impl Fields {
     }
 
     /// The CJK character fields with their boosts, most important first.
-    pub fn cjk_fields(&self) -> [(Field, f32); 3] {
+    pub fn cjk_fields(&self) -> [(Field, f32); 4] {
         [
             (self.title_cjk, TITLE_BOOST * 0.6),
             (self.artist_cjk, ARTIST_BOOST * 0.6),
-            (self.other_cjk, FILE_NAME_BOOST * 0.6),
+            (self.album_cjk, FILE_NAME_BOOST * 0.6),
+            (self.file_cjk, FILE_NAME_BOOST * 0.6),
         ]
     }
 
@@ -84,8 +85,8 @@ impl Fields {
         d.add_text(self.file_name, doc.file_name);
         d.add_text(self.title_cjk, doc.title);
         d.add_text(self.artist_cjk, doc.artist);
-        d.add_text(self.other_cjk, doc.album);
-        d.add_text(self.other_cjk, doc.file_name);
+        d.add_text(self.album_cjk, doc.album);
+        d.add_text(self.file_cjk, doc.file_name);
         let mut pinyin = Vec::new();
         romanize::terms(doc.title, &mut pinyin);
         romanize::terms(doc.artist, &mut pinyin);
@@ -124,7 +125,8 @@ pub fn build() -> (Schema, Fields) {
         file_name: b.add_text_field("file_name", words),
         title_cjk: b.add_text_field("title_cjk", cjk.clone()),
         artist_cjk: b.add_text_field("artist_cjk", cjk.clone()),
-        other_cjk: b.add_text_field("other_cjk", cjk),
+        album_cjk: b.add_text_field("album_cjk", cjk.clone()),
+        file_cjk: b.add_text_field("file_cjk", cjk),
         pinyin: b.add_text_field("pinyin", pinyin),
     };
     (b.build(), fields)
