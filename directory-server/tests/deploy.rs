@@ -51,8 +51,13 @@ fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
 
 /// The binaries built from this source: `quaver-directory` by cargo for this test, `quaver`
 /// beside it (cargo builds it for the peer crate's tests in `cargo test --workspace`).
+/// `QUAVER_DEPLOY_BIN_DIR` points at other builds instead: `deploy/check-release.sh` builds the
+/// release binaries exactly as the Dockerfile does and runs these checks on them.
 fn binaries() -> (PathBuf, PathBuf) {
-    let directory = PathBuf::from(env!("CARGO_BIN_EXE_quaver-directory"));
+    let directory = match std::env::var_os("QUAVER_DEPLOY_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir).join("quaver-directory"),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_quaver-directory")),
+    };
     let quaver = directory.with_file_name("quaver");
     assert!(
         quaver.exists(),
