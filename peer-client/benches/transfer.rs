@@ -1,7 +1,7 @@
 //! Transfer benchmark: one file downloaded over loopback QUIC from K sources, with the real
 //! `quaver` daemons and a real directory.
 //!
-//! Run: `cargo bench -p quaver-peer --bench transfer` (release). Environment:
+//! Run: `cargo bench --workspace --bench transfer` (release). Environment:
 //! `QUAVER_BENCH_SIZE` (bytes, default 1 GiB) and `QUAVER_BENCH_SOURCES` (comma-separated
 //! source counts, default `1,4`). It measures, it does not judge.
 //!
@@ -10,93 +10,14 @@
 //! downloader daemon's CPU seconds (user + system, from /proc) and peak RSS (VmHWM), and the
 //! sources' CPU seconds summed. Hashing speed of `share` (the first source) is reported too.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use quaver_directory::{Config, RunningServer};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-const QUAVER: &str = env!("CARGO_BIN_EXE_quaver");
-const LIMIT: Duration = Duration::from_secs(600);
-
-struct Daemon {
-    child: Child,
-    data: PathBuf,
-}
-
-impl Daemon {
-    async fn start(data: PathBuf, directory: &str) -> anyhow::Result<Daemon> {
-        let mut child = Command::new(QUAVER)
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--directory", directory, "daemon", "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await?.context("daemon exited")?;
-        Ok(Daemon { child, data })
-    }
-
-    async fn cli(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        let out = tokio::time::timeout(
-            LIMIT,
-            Command::new(QUAVER).arg("--data-dir").arg(&self.data).args(args).output(),
-        )
-        .await??;
-        if !out.status.success() {
-            bail!("quaver {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(serde_json::from_slice(&out.stdout)?)
-    }
-
-    fn pid(&self) -> anyhow::Result<u32> {
-        self.child.id().context("daemon gone")
-    }
-}
-
-/// User + system CPU seconds of a process, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("odd stat")?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0) // USER_HZ is 100 on Linux
-}
-
-/// Peak resident set of a process in MiB (VmHWM).
-fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
-    let kib: f64 = line.split_whitespace().nth(1).context("odd VmHWM")?.parse()?;
-    Ok(kib / 1024.0)
-}
-
-fn make_file(path: &Path, size: u64) -> anyhow::Result<()> {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut block = vec![0u8; 1 << 20];
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut written = 0;
-    while written < size {
-        for chunk in block.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
-        }
-        let n = (size - written).min(block.len() as u64) as usize;
-        file.write_all(&block[..n])?;
-        written += n as u64;
-    }
-    file.flush()?;
-    Ok(())
-}
+mod support;
+use support::{Daemon, cpu_seconds, make_file, peak_rss_mib, wait_for_sources};
 
 async fn case(root: &Path, size: u64, sources: usize, rows: &mut Vec<String>) -> anyhow::Result<()> {
     let dir_data = root.join(format!("directory-{sources}"));
@@ -111,11 +32,10 @@ async fn case(root: &Path, size: u64, sources: usize, rows: &mut Vec<String>) ->
     let music = root.join("music");
 
     let mut daemons = Vec::new();
-    let mut id = String::new();
     for i in 0..sources {
         let d = Daemon::start(root.join(format!("k{sources}-src{i}")), &url).await?;
         let started = Instant::now();
-        d.cli(&["share", music.to_str().context("path")?, "--json"]).await?;
+        d.share(&music).await?;
         if i == 0 {
             let secs = started.elapsed().as_secs_f64();
             println!(
@@ -127,19 +47,7 @@ async fn case(root: &Path, size: u64, sources: usize, rows: &mut Vec<String>) ->
     }
     // The content id, from a search by file name (the directory indexes in the background).
     let getter = Daemon::start(root.join(format!("k{sources}-get")), &url).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while id.is_empty() {
-        let hits = getter.cli(&["search", "benchfile", "--json"]).await?;
-        if let Some(h) = hits.as_array().and_then(|a| a.first())
-            && h["online_sources"].as_u64() == Some(sources as u64)
-        {
-            id = h["content_id"].as_str().unwrap_or_default().to_owned();
-        }
-        if Instant::now() > deadline {
-            bail!("the file never showed {sources} online sources");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let id = wait_for_sources(&getter, "benchfile", sources, Duration::from_secs(30)).await?;
     let src_cpu_before: f64 =
         daemons.iter().map(|d| d.pid().and_then(cpu_seconds)).sum::<anyhow::Result<f64>>()?;
     let get_cpu_before = cpu_seconds(getter.pid()?)?;
