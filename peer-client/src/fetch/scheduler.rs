@@ -134,6 +134,7 @@ impl<S: SourceKey> Scheduler<S> {
             // Normally its request was already dropped when the first copy won; make sure.
             if let Some(i) = self.index(id) {
                 self.sources[i].take(block);
+                self.sources[i].answered += 1;
             }
             return Verified::Late;
         }
@@ -142,6 +143,7 @@ impl<S: SourceKey> Scheduler<S> {
         for src in &mut self.sources {
             let req = src.take(block);
             if src.id == id {
+                src.answered += 1;
                 if let Some(req) = req {
                     src.record_success(req, bytes, elapsed, &self.cfg);
                 }
@@ -173,6 +175,7 @@ impl<S: SourceKey> Scheduler<S> {
         if self.sources[i].take(block).is_none() {
             return;
         }
+        self.sources[i].answered += 1;
         self.blocks.release(block);
         self.sources[i].record_busy(retry_after, &self.cfg);
     }
@@ -189,6 +192,7 @@ impl<S: SourceKey> Scheduler<S> {
         if self.sources[i].take(block).is_none() {
             return; // Not in flight there (cancelled, or settled already): nothing to undo.
         }
+        self.sources[i].answered += 1;
         self.blocks.release(block);
         // A retired source keeps its other requests: they may still arrive, and if they fail
         // they come back here one by one. Only `remove_source` takes them all back at once.
@@ -204,6 +208,7 @@ impl<S: SourceKey> Scheduler<S> {
         }
         for src in &mut self.sources {
             src.start_backoff(&self.cfg, now);
+            src.note_progress(now);
         }
         let order = self.by_speed();
         let block_size = self.blocks.block_size();
@@ -221,7 +226,7 @@ impl<S: SourceKey> Scheduler<S> {
             .filter(|&i| self.sources[i].free_slots(&self.cfg, block_size, now) > 0)
             .collect();
         if let Some(bar) = idle.iter().map(|&i| self.copy_time(i)).min_by(f64::total_cmp) {
-            let mut candidates = self.duplicate_candidates(bar * self.cfg.dup_advantage);
+            let mut candidates = self.duplicate_candidates(bar * self.cfg.dup_advantage, now);
             for i in idle {
                 self.duplicate_into(i, &mut candidates, now, &mut out);
             }
@@ -229,23 +234,28 @@ impl<S: SourceKey> Scheduler<S> {
         out
     }
 
-    /// When to poll again even without an event: the end of the earliest failure backoff.
+    /// When to poll again even without an event: the end of the earliest failure backoff, or
+    /// the moment a silent source would count as stalled.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let block_size = self.blocks.block_size();
         let active = self.sources.iter().filter(|s| s.status == SourceStatus::Active);
-        active.filter_map(|s| s.retry_at).min()
+        active.flat_map(|s| [s.retry_at, s.stall_deadline(&self.cfg, block_size)]).flatten().min()
     }
 
     /// Blocks that may take one more holder, with when their quickest holder should finish
     /// them, latest first. Finish times assume a source works through its requests in order at
     /// its measured rate. Built once per poll: every idle source then looks at its head only.
     /// Blocks due within `bar` seconds are left out: no idle source would beat them by enough.
-    fn duplicate_candidates(&self, bar: f64) -> Vec<(f64, Block)> {
+    /// A stalled holder's blocks are due never: any idle source beats it.
+    fn duplicate_candidates(&self, bar: f64, now: Instant) -> Vec<(f64, Block)> {
         let block_size = self.blocks.block_size() as f64;
         let mut all: Vec<(Block, f64)> = Vec::new();
         for holder in &self.sources {
             let rate = holder.rate(&self.cfg);
+            let stalled =
+                holder.stall_deadline(&self.cfg, self.blocks.block_size()).is_some_and(|t| now >= t);
             for (pos, req) in holder.in_flight.iter().enumerate() {
-                let due = (pos as f64 + 0.5) * block_size / rate;
+                let due = if stalled { f64::INFINITY } else { (pos as f64 + 0.5) * block_size / rate };
                 let holders = self.blocks.holders(req.block);
                 // A block at one source is judged here; one at several only after we know its
                 // earliest finish (below).

@@ -50,6 +50,11 @@ pub(super) struct Source<S> {
     /// one per verified block (additive increase) until it no longer limits the window.
     pub(super) busy_cap: Option<usize>,
     pub(super) status: SourceStatus,
+    /// Requests answered so far (any outcome), and since when that count has not moved while
+    /// requests were in flight (set at polls: events carry no time). A source that answers
+    /// nothing for long is stalled: most likely dead without having closed its connection.
+    pub(super) answered: u64,
+    pub(super) quiet_since: Option<(u64, Instant)>,
 }
 
 impl<S> Source<S> {
@@ -67,6 +72,8 @@ impl<S> Source<S> {
             busy_pending: None,
             busy_cap: None,
             status: SourceStatus::Active,
+            answered: 0,
+            quiet_since: None,
         }
     }
 
@@ -117,6 +124,24 @@ impl<S> Source<S> {
     pub(super) fn take(&mut self, b: Block) -> Option<InFlight> {
         let pos = self.in_flight.iter().position(|f| f.block == b)?;
         self.in_flight.remove(pos)
+    }
+
+    /// Notes at a poll whether the source answered anything since the last one.
+    pub(super) fn note_progress(&mut self, now: Instant) {
+        if self.in_flight.is_empty() {
+            self.quiet_since = None;
+        } else if self.quiet_since.is_none_or(|(n, _)| n != self.answered) {
+            self.quiet_since = Some((self.answered, now));
+        }
+    }
+
+    /// When this source counts as stalled if it stays silent: `stall_after`, or four times
+    /// what one block should take at its measured rate if that is longer (a slow but live
+    /// source is not stalled).
+    pub(super) fn stall_deadline(&self, cfg: &SchedulerConfig, block_size: u64) -> Option<Instant> {
+        let (_, since) = self.quiet_since?;
+        let per_block = Duration::from_secs_f64((4.0 * block_size as f64 / self.rate(cfg)).min(3600.0));
+        Some(since + cfg.stall_after.max(per_block))
     }
 
     /// A block arrived and verified `elapsed` after it was requested.

@@ -209,7 +209,10 @@ fn transient_failures_back_off_then_retire_the_source() {
     assert_eq!(s.next_requests(t0 + 499 * MS), vec![]);
     // Window halved to 1, and block 1 still in flight: nothing more yet.
     assert_eq!(s.next_requests(t0 + 500 * MS), vec![]);
-    assert_eq!(s.poll_timeout(), None);
+    // Only the stall check of block 1 is left: four block times at the unmeasured rate.
+    let cfg = SchedulerConfig::default();
+    let stall = Duration::from_secs_f64(4.0 * B as f64 / cfg.unknown_bandwidth).max(cfg.stall_after);
+    assert_eq!(s.poll_timeout(), Some(t0 + stall));
     done(&mut s, 1, 1, 10_000); // slow: the window stays at 2
     assert_eq!(s.next_requests(t0 + 600 * MS), vec![(1, 0), (1, 2)]);
     let t1 = t0 + 600 * MS;
@@ -330,4 +333,42 @@ fn busy_is_backpressure_not_failure() {
         assert_eq!(s.progress().sources[0].failures, 0);
         now += 60 * MS;
     }
+}
+
+#[test]
+fn a_silent_source_stalls_and_idle_sources_copy_its_blocks() {
+    let mut s = sched(6);
+    s.add_source(1);
+    s.add_source(2);
+    let t0 = Instant::now();
+    let first = s.next_requests(t0);
+    // Both prove fast on their first blocks.
+    for (src, b) in first {
+        done(&mut s, src, b, 10);
+    }
+    let t1 = t0 + 20 * MS;
+    let second = s.next_requests(t1);
+    let at_one = blocks_of(&second, 1);
+    assert!(!at_one.is_empty(), "{second:?}");
+    // Source 1 now answers nothing. A poll notes the silence and says when to look again.
+    let quiet_from = t1 + 10 * MS;
+    let mut copied = blocks_of(&second, 2);
+    copied.extend(blocks_of(&s.next_requests(quiet_from), 2));
+    let deadline = s.poll_timeout().expect("a wake-up for the stall check");
+    assert!(deadline <= quiet_from + SchedulerConfig::default().stall_after, "{:?}", deadline - quiet_from);
+    // Fast and measured, source 1's blocks looked due at once: before the stall, block 4 was
+    // not worth a copy.
+    assert!(!copied.contains(&at_one[0]), "copied before any stall: {copied:?}");
+    // Past the deadline source 1 is stalled: source 2 copies everything it holds.
+    copied.extend(blocks_of(&s.next_requests(deadline + MS), 2));
+    for b in &at_one {
+        assert!(copied.contains(b), "block {b} of the silent source not copied: {copied:?}");
+    }
+    // The copies complete the file; source 1's requests are the ones cancelled.
+    for b in at_one {
+        if let Verified::Accepted { cancel } = done(&mut s, 2, b, 10) {
+            assert_eq!(cancel, vec![1]);
+        }
+    }
+    assert!(s.is_complete());
 }

@@ -41,6 +41,11 @@ pub struct SchedulerConfig {
     pub unknown_bandwidth: f64,
     /// Weight of a new sample in the smoothed bandwidth (0..=1).
     pub ewma_weight: f64,
+    /// A source with requests in flight that answers none of them for this long (or for four
+    /// block times at its measured rate, if longer) is stalled: idle sources copy its blocks.
+    /// A killed peer's connection only times out after the QUIC idle timeout; this is what
+    /// keeps a download from waiting for that.
+    pub stall_after: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -57,6 +62,7 @@ impl Default for SchedulerConfig {
             dup_advantage: 2.0,
             unknown_bandwidth: 64.0 * 1024.0,
             ewma_weight: 0.3,
+            stall_after: Duration::from_secs(2),
         }
     }
 }
