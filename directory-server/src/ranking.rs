@@ -40,7 +40,7 @@ fn closeness(asker: Option<IpAddr>, ip: IpAddr) -> u8 {
 
 /// Orders candidates best first and keeps at most `max`.
 pub fn rank(asker: Option<IpAddr>, mut candidates: Vec<Candidate>, max: usize) -> Vec<Candidate> {
-    candidates.sort_by_key(|c| {
+    let key = |c: &Candidate| {
         (
             Reverse(closeness(asker, c.ip)),
             Reverse(c.complete),
@@ -48,8 +48,14 @@ pub fn rank(asker: Option<IpAddr>, mut candidates: Vec<Candidate>, max: usize) -
             c.since_last_seen,
             c.peer,
         )
-    });
-    candidates.truncate(max);
+    };
+    // A popular file has thousands of sources and an answer holds a few dozen: pick the best
+    // `max` in linear time, then sort only those, computing each key once.
+    if candidates.len() > max {
+        candidates.select_nth_unstable_by_key(max, key);
+        candidates.truncate(max);
+    }
+    candidates.sort_by_cached_key(key);
     candidates
 }
 
