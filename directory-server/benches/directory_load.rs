@@ -1,6 +1,6 @@
 //! Load benchmark of the directory server on real song metadata (`../shared/data/songs`).
 //!
-//! Run: `cargo bench -p quaver-directory --bench directory_load` (release profile, about a
+//! Run: `cargo bench --workspace --bench directory_load` (release profile, about a
 //! minute). It measures, it does not judge: nothing is asserted about speed. Every figure comes
 //! from the raw samples of this one run, and the report ends with a Markdown table.
 //!

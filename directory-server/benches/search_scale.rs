@@ -3,9 +3,9 @@
 //! harness (`tests/quality`) is run and its latency measured.
 //!
 //! ```sh
-//! cargo bench -p quaver-directory --bench search_scale              # 1M documents
-//! QUAVER_BENCH_DOCS=200000 cargo bench -p quaver-directory --bench search_scale
-//! QUAVER_BENCH_ONLY=typo cargo bench -p quaver-directory --bench search_scale   # one category
+//! cargo bench --workspace --bench search_scale              # 1M documents
+//! QUAVER_BENCH_DOCS=200000 cargo bench --workspace --bench search_scale
+//! QUAVER_BENCH_ONLY=typo cargo bench --workspace --bench search_scale   # one category
 //! ```
 //!
 //! Prints the index build rate, then p50/p99/max latency per query category and overall, and
