@@ -128,14 +128,7 @@ fn joined_pinyin(units: &[Unit]) -> Option<(String, bool)> {
 impl Builder<'_> {
     /// The word fields a scope searches, with their boosts.
     fn word_fields(&self, scope: Scope) -> Vec<(Field, f32)> {
-        let [title, artist, album, file_name] = self.fields.word_fields();
-        match scope {
-            Scope::Any => vec![title, artist, album, file_name],
-            Scope::Title => vec![title],
-            Scope::Artist => vec![artist],
-            Scope::Album => vec![album],
-            Scope::FileName => vec![file_name],
-        }
+        in_scope(scope, self.fields.word_fields())
     }
 
     /// The fields where prefix and typo matches are tried: the ones people type from memory.
@@ -150,14 +143,7 @@ impl Builder<'_> {
 
     /// The CJK character fields a scope searches, with their boosts.
     fn cjk_fields(&self, scope: Scope) -> Vec<(Field, f32)> {
-        let [title, artist, album, file_name] = self.fields.cjk_fields();
-        match scope {
-            Scope::Any => vec![title, artist, album, file_name],
-            Scope::Title => vec![title],
-            Scope::Artist => vec![artist],
-            Scope::Album => vec![album],
-            Scope::FileName => vec![file_name],
-        }
+        in_scope(scope, self.fields.cjk_fields())
     }
 
     /// Whether any document has `word` as a term of one of these fields.
@@ -250,6 +236,17 @@ impl Builder<'_> {
             .map(|(f, b)| (Occur::Should, fragment_in(f, chars, b * boost)))
             .collect();
         Some(Box::new(BooleanQuery::new(should)))
+    }
+}
+
+/// Of one field per kind (title, artist, album, file name), the ones `scope` searches.
+fn in_scope(scope: Scope, [title, artist, album, file_name]: [(Field, f32); 4]) -> Vec<(Field, f32)> {
+    match scope {
+        Scope::Any => vec![title, artist, album, file_name],
+        Scope::Title => vec![title],
+        Scope::Artist => vec![artist],
+        Scope::Album => vec![album],
+        Scope::FileName => vec![file_name],
     }
 }
 
