@@ -1,27 +1,53 @@
-//! Load benchmark of the directory server on real song metadata (`../shared/data/songs`).
+//! Load benchmark of the directory server (issue 5, "directory load"): P simulated peers share F
+//! files whose titles and artists are the real songs of `../shared/data/songs`, then a mixed
+//! workload of heartbeats, searches and locates runs over gRPC.
 //!
-//! Run: `cargo bench --workspace --bench directory_load` (release profile, about a
-//! minute). It measures, it does not judge: nothing is asserted about speed. Every figure comes
-//! from the raw samples of this one run, and the report ends with a Markdown table.
+//! ```text
+//! cargo bench --workspace --bench directory_load                  # 10,000 peers, 1,000,000 files
+//! QUAVER_BENCH_PEERS=1000 QUAVER_BENCH_FILES=38552 cargo bench --workspace --bench directory_load
+//! ```
+//!
+//! It measures, it does not judge: nothing is asserted about speed. Every figure comes from the
+//! raw samples of this one run, and the report ends with a Markdown table. Settings (env):
+//! `QUAVER_BENCH_PEERS` (P, default 10,000), `QUAVER_BENCH_FILES` (F, default 1,000,000),
+//! `QUAVER_BENCH_MIX_SECONDS` (default 20), `QUAVER_BENCH_MIX_CLIENTS` (default 32),
+//! `DIRECTORY_LOAD_TASKS` (announce concurrency, default 16).
+//!
+//! The files: file `f` is a copy of song `f mod n` (n = 38,552 songs). Copy 0 is the song as
+//! before (`{artist} - {title}.mp3`); copies 1, 2, ... are other rips of it: their own content
+//! id, another encoding (MP3 at 128-320 kbps, FLAC, AAC, Vorbis, Opus), another file-name style,
+//! a duration a second or so off, and a size that follows from bitrate and duration. With F < n
+//! only the first F songs are used.
+//!
+//! The shares: peer `i` shares files i, i+P, i+2P, ... (so every file is shared, F/P per peer on
+//! average) plus a quarter as many extra picks skewed towards popular songs (the list is sorted
+//! by popularity; a pick is song ⌊n·u³⌋, any of its copies), so popular songs have many sources.
 //!
 //! 1. Index build: all songs upserted into a fresh on-disk `SearchIndex` and committed
 //!    (median of 3 runs).
 //! 2. The real `quaver-directory` binary, started as a child process on 127.0.0.1:0.
-//! 3. Announce + Publish by 1,000 simulated peers on 16 concurrent tasks (4 channels). Each
-//!    peer has its own node key and a live QUIC endpoint on 127.0.0.1, so the directory's
-//!    connect-back check of every Announce passes (its handshake is part of the measured time).
-//!    Peer i shares songs i, i+1000, i+2000, ... (so every song is shared) plus 60 LCG picks.
-//!    `DIRECTORY_LOAD_TASKS=n` changes the concurrency.
-//! 4. How long the index takes to make every song searchable after the last Publish.
+//! 3. Announce + Publish by the P peers on `DIRECTORY_LOAD_TASKS` concurrent tasks (4 channels).
+//!    Each peer has its own node key and a live QUIC endpoint on 127.0.0.1, so the directory's
+//!    connect-back check of its Announce passes (the handshake is part of the measured time).
+//!    The directory dials a peer back only at Announce, so the endpoint is closed once the
+//!    Announce answered `reachable`: at most one endpoint per task is open at a time, which keeps
+//!    the process far below `RLIMIT_NOFILE` even for 100k peers. Locate still hands out those
+//!    addresses (nobody dials them here).
+//! 4. How long the index takes to make every catalog file searchable after the last Publish.
 //! 5. Search latency (sequential), throughput (8 clients) and recall@10, for queries derived
 //!    from every 97th song: its exact title, its first artist, a 2-character CJK fragment.
-//! 6. Locate latency over 2,000 content ids; Heartbeat throughput (16 clients).
-//! 7. Server memory (VmRSS, VmHWM), SIGTERM-to-exit time, and restart-to-serving time.
+//! 6. Locate latency (sequential) and throughput (16 clients) over 2,000 content ids spread over
+//!    all F files; Heartbeat throughput (16 clients).
+//! 7. The mixed workload: `QUAVER_BENCH_MIX_CLIENTS` closed-loop clients (one connection each)
+//!    for `QUAVER_BENCH_MIX_SECONDS`, each call drawn 70 % Heartbeat, 15 % Search, 15 % Locate;
+//!    requests/s and p50/p99 per kind.
+//! 8. Server memory (VmRSS, VmHWM), SIGTERM-to-exit time, and restart-to-serving time on the
+//!    same data dir.
 //!
-//! Every call is bounded: a server that stops answering ends the run with an error, after the
-//! table of what was measured so far.
+//! Every call and every loop is bounded: a server that stops answering ends the run with an
+//! error, after the table of what was measured so far.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -43,25 +69,46 @@ use tonic::transport::Channel;
 const SONGS_TSV: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/songs/songs.tsv");
 const HEADER: &str = "song_id\ttitle\tartists\tpopularity\tplaylist_count";
 const INDEX_RUNS: usize = 3;
-const PEERS: usize = 1000;
-const EXTRA_PICKS: usize = 60;
+const DEFAULT_PEERS: usize = 10_000;
+const DEFAULT_FILES: usize = 1_000_000;
+/// Extra (popular) picks per peer, as a fraction of its F/P stride files.
+const EXTRA_DIVISOR: usize = 4;
 const CHANNELS: usize = 4;
 const QUERY_STRIDE: usize = 97;
 const SEARCH_ROUNDS: usize = 3;
 const SEARCH_CLIENTS: usize = 8;
 const LOCATE_IDS: usize = 2000;
+const LOCATE_CLIENTS: usize = 16;
 const HEARTBEAT_CLIENTS: usize = 16;
+/// The mixed workload: percent of Heartbeat and Search calls (the rest are Locates).
+const MIX_HEARTBEAT: u64 = 70;
+const MIX_SEARCH: u64 = 15;
+const MIX_LOCATE_IDS: usize = 20_000;
 /// Bounds: one call, one throughput worker, starting peers, the index catch-up, the server part.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-const CALLS_PER_WORKER: usize = 200_000;
-const ANNOUNCE_LIMIT: Duration = Duration::from_secs(60);
-const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
-const SERVER_LIMIT: Duration = Duration::from_secs(270);
+const CALLS_PER_WORKER: usize = 2_000_000;
+const ANNOUNCE_LIMIT: Duration = Duration::from_secs(1800);
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(600);
+const SERVER_LIMIT: Duration = Duration::from_secs(3000);
+const MAX_MIX_SECONDS: u64 = 300;
 
 type Client = DirectoryClient<Channel>;
 type Report = Vec<(String, String)>;
 
+/// What one run simulates.
+#[derive(Clone, Copy)]
+struct Scale {
+    /// P: simulated peers.
+    peers: usize,
+    /// F: distinct files in the catalog.
+    files: usize,
+    /// n: the real songs (titles and artists of every file).
+    songs: usize,
+}
+
 struct Song {
+    /// The song id of the TSV, seed of every copy's content id.
+    id: String,
     first_artist: String,
     cid: ContentId,
     /// Title, artists joined by " / ", file name "{artist} - {title}.mp3", and deterministic,
@@ -69,10 +116,14 @@ struct Song {
     info: FileInfo,
 }
 
+fn low_u64(cid: &ContentId) -> u64 {
+    let b = cid.as_bytes();
+    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
 fn song(id: &str, title: &str, artists: &str) -> Song {
     let cid = ContentId::of_bytes(id.as_bytes());
-    let b = cid.as_bytes();
-    let h = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let h = low_u64(&cid);
     let artist = artists.replace('|', " / ");
     let info = FileInfo {
         content_id: cid.to_vec(),
@@ -85,7 +136,8 @@ fn song(id: &str, title: &str, artists: &str) -> Song {
         bitrate_kbps: [128, 192, 256, 320][(h >> 56) as usize % 4],
         media_kind: MediaKind::Audio as i32,
     };
-    Song { first_artist: artists.split('|').next().unwrap_or_default().to_owned(), cid, info }
+    let first_artist = artists.split('|').next().unwrap_or_default().to_owned();
+    Song { id: id.to_owned(), first_artist, cid, info }
 }
 
 fn load_songs(path: &Path) -> anyhow::Result<Vec<Song>> {
@@ -100,6 +152,86 @@ fn load_songs(path: &Path) -> anyhow::Result<Vec<Song>> {
         }
     };
     lines.enumerate().map(parse).collect()
+}
+
+/// Encodings of the copies: extension and nominal bitrate (FLAC's varies around it).
+const ENCODINGS: [(&str, u32); 8] = [
+    ("mp3", 128),
+    ("mp3", 192),
+    ("mp3", 256),
+    ("mp3", 320),
+    ("flac", 900),
+    ("m4a", 256),
+    ("ogg", 160),
+    ("opus", 128),
+];
+
+/// File `f`'s content id: song `f mod n`'s for copy 0, a new one for every other copy.
+fn file_cid(songs: &[Song], f: usize) -> ContentId {
+    let (song, copy) = (&songs[f % songs.len()], f / songs.len());
+    if copy == 0 { song.cid } else { ContentId::of_bytes(format!("{}#{copy}", song.id).as_bytes()) }
+}
+
+/// File `f`: copy `f / n` of song `f mod n` (see the module comment).
+fn file_info(songs: &[Song], f: usize) -> FileInfo {
+    let (song, copy) = (&songs[f % songs.len()], f / songs.len());
+    if copy == 0 {
+        return song.info.clone();
+    }
+    let cid = file_cid(songs, f);
+    let h = low_u64(&cid);
+    let (ext, nominal) = ENCODINGS[h as usize % ENCODINGS.len()];
+    let kbps = if ext == "flac" { 700 + (h >> 8) as u32 % 400 } else { nominal };
+    let duration_ms = (song.info.duration_ms + (h >> 20) as u32 % 3000).saturating_sub(1500);
+    let (title, artist) = (&song.info.title, &song.info.artist);
+    let file_name = match (h >> 32) % 5 {
+        0 => format!("{artist} - {title}.{ext}"),
+        1 => format!("{title}.{ext}"),
+        2 => format!("{:02} {title}.{ext}", 1 + (h >> 40) % 20),
+        3 => format!("{artist} - {title} ({kbps} kbps).{ext}"),
+        _ => format!("{artist} - {title}.{ext}").replace(' ', "_"),
+    };
+    FileInfo {
+        content_id: cid.to_vec(),
+        size: u64::from(kbps) * 125 * u64::from(duration_ms) / 1000 + 4096 + (h >> 48) % 65_536,
+        file_name,
+        title: title.clone(),
+        artist: artist.clone(),
+        album: String::new(),
+        duration_ms,
+        bitrate_kbps: kbps,
+        media_kind: MediaKind::Audio as i32,
+    }
+}
+
+/// A 64-bit LCG step (Knuth's MMIX constants).
+fn lcg(x: &mut u64) -> u64 {
+    *x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    *x
+}
+
+/// A file of a popular song: song ⌊n·u³⌋ (the TSV is sorted by popularity), any of its copies.
+fn popular_file(scale: Scale, x: &mut u64) -> usize {
+    let songs = scale.songs.min(scale.files);
+    let u = (lcg(x) >> 11) as f64 / (1u64 << 53) as f64;
+    let song = ((u * u * u * songs as f64) as usize).min(songs - 1);
+    let copies = (scale.files - 1 - song) / scale.songs + 1;
+    song + (lcg(x) >> 33) as usize % copies * scale.songs
+}
+
+/// Peer `i`'s share list: files i, i+P, i+2P, ... plus a quarter as many popular picks.
+fn peer_files(scale: Scale, i: usize) -> Vec<usize> {
+    let mut picks: BTreeSet<usize> = (i..scale.files).step_by(scale.peers).collect();
+    let extra = (scale.files / scale.peers / EXTRA_DIVISOR).max(1);
+    let target = (picks.len() + extra).min(scale.files);
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED;
+    for _ in 0..20 * extra + 100 {
+        if picks.len() >= target {
+            break;
+        }
+        picks.insert(popular_file(scale, &mut x));
+    }
+    picks.into_iter().collect()
 }
 
 /// Prints a measurement and keeps it for the final table.
@@ -166,9 +298,10 @@ struct Server {
 }
 
 impl Server {
+    /// Leases outlast the longest announce phase (100k peers), so no peer expires mid-run.
     async fn spawn(data: &Path) -> anyhow::Result<Server> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_quaver-directory"))
-            .args(["--listen", "127.0.0.1:0", "--lease-seconds", "900", "--heartbeat-seconds", "300"])
+            .args(["--listen", "127.0.0.1:0", "--lease-seconds", "7200", "--heartbeat-seconds", "300"])
             .arg("--data-dir")
             .arg(data)
             .env("RUST_LOG", "warn")
@@ -206,23 +339,10 @@ async fn call<T>(f: impl Future<Output = Result<tonic::Response<T>, tonic::Statu
     }
 }
 
-/// Peer `i`'s share list: songs i, i+1000, i+2000, ... plus `EXTRA_PICKS` LCG picks.
-fn peer_songs(i: usize, n: usize) -> Vec<usize> {
-    let mut picks: BTreeSet<usize> = (i..n).step_by(PEERS).collect();
-    let target = (picks.len() + EXTRA_PICKS).min(n);
-    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED;
-    while picks.len() < target {
-        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        picks.insert((x >> 33) as usize % n);
-    }
-    picks.into_iter().collect()
-}
-
 #[derive(Default)]
 struct PeerWork {
-    /// The peers' QUIC endpoints, kept open until the end of the run.
-    endpoints: Vec<quinn::Endpoint>,
     tokens: Vec<String>,
+    announce_latency: Vec<Duration>,
     publish_latency: Vec<Duration>,
     files: usize,
     started: usize,
@@ -235,50 +355,73 @@ fn serve(key: &NodeKey) -> anyhow::Result<quinn::Endpoint> {
     Ok(quaver_shared::tls::identity_only_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), key)?)
 }
 
-/// One peer: start its endpoint, Announce (the directory dials it back), then Publish its
-/// whole list in batches of at most 1,000.
-async fn run_peer(c: &mut Client, i: usize, songs: &[Song], work: &mut PeerWork) -> anyhow::Result<()> {
-    let picks = peer_songs(i, songs.len());
-    let digest = ShareDigest::of(picks.iter().map(|&s| &songs[s].cid));
-    let key = NodeKey::generate()?;
-    let endpoint = serve(&key).context("peer endpoint")?;
-    let quic_port = u32::from(endpoint.local_addr()?.port());
-    work.endpoints.push(endpoint);
+/// Announces `key` from a fresh endpoint (the directory dials it back), then closes the endpoint:
+/// nothing dials a peer after its Announce.
+async fn announce(
+    c: &mut Client,
+    key: &NodeKey,
+    digest: &ShareDigest,
+    count: usize,
+) -> anyhow::Result<String> {
+    let endpoint = serve(key).context("peer endpoint")?;
     let announce = AnnounceRequest {
         peer_id: key.peer_id().to_vec(),
-        quic_port,
+        quic_port: u32::from(endpoint.local_addr()?.port()),
         share_digest: digest.as_bytes().to_vec(),
-        share_count: picks.len() as u64,
+        share_count: count as u64,
         free_upload_slots: 4,
         agent: "directory_load".into(),
     };
-    let answer = call(c.announce(announce)).await.context("announce")?;
+    let answer = call(c.announce(announce)).await;
+    endpoint.close(quinn::VarInt::from_u32(0), b"announced");
+    let answer = answer.context("announce")?;
     anyhow::ensure!(answer.reachable, "the directory could not reach the peer's endpoint");
-    let token = answer.session_token;
+    Ok(answer.session_token)
+}
+
+/// One peer: Announce, then Publish its whole list in batches of at most 1,000.
+async fn run_peer(
+    c: &mut Client,
+    i: usize,
+    scale: Scale,
+    songs: &[Song],
+    work: &mut PeerWork,
+) -> anyhow::Result<()> {
+    let picks = peer_files(scale, i);
+    let digest = ShareDigest::of(picks.iter().map(|&f| file_cid(songs, f)).collect::<Vec<_>>().iter());
+    let key = NodeKey::generate()?;
+    let start = Instant::now();
+    let token = announce(c, &key, &digest, picks.len()).await?;
+    work.announce_latency.push(start.elapsed());
     work.tokens.push(token.clone());
-    let files: Vec<SharedFile> =
-        picks.iter().map(|&s| SharedFile { info: Some(songs[s].info.clone()), complete: true }).collect();
     let mut known = Vec::new();
-    for (batch, chunk) in files.chunks(MAX_BATCH_FILES).enumerate() {
-        let (session_token, added) = (token.clone(), chunk.to_vec());
-        let req = PublishRequest { session_token, reset: batch == 0, added, removed: vec![] };
+    for (batch, chunk) in picks.chunks(MAX_BATCH_FILES).enumerate() {
+        let added =
+            chunk.iter().map(|&f| SharedFile { info: Some(file_info(songs, f)), complete: true }).collect();
+        let req = PublishRequest { session_token: token.clone(), reset: batch == 0, added, removed: vec![] };
         let start = Instant::now();
         known = call(c.publish(req)).await.context("publish")?.known_digest;
         work.publish_latency.push(start.elapsed());
     }
     anyhow::ensure!(known == digest.as_bytes(), "digest after publish differs");
-    work.files += files.len();
+    work.files += picks.len();
     Ok(())
 }
 
 /// All peers on `tasks` concurrent tasks; a failed peer is recorded, not fatal, and no peer
 /// starts after `ANNOUNCE_LIMIT`.
-async fn announce_peers(url: &str, songs: Arc<Vec<Song>>, tasks: usize) -> anyhow::Result<PeerWork> {
+async fn announce_peers(
+    url: &str,
+    scale: Scale,
+    songs: Arc<Vec<Song>>,
+    tasks: usize,
+) -> anyhow::Result<PeerWork> {
     let mut channels = Vec::new();
     for _ in 0..CHANNELS {
         channels.push(Channel::from_shared(url.to_owned())?.connect().await?);
     }
     let (next, start) = (Arc::new(AtomicUsize::new(0)), Instant::now());
+    let progress = (scale.peers / 10).max(1);
     let handles: Vec<_> = (0..tasks)
         .map(|t| {
             let (mut c, next, songs) =
@@ -286,9 +429,12 @@ async fn announce_peers(url: &str, songs: Arc<Vec<Song>>, tasks: usize) -> anyho
             tokio::spawn(async move {
                 let mut work = PeerWork::default();
                 let peers = std::iter::repeat_with(|| next.fetch_add(1, Ordering::Relaxed));
-                for i in peers.take_while(|&i| i < PEERS && start.elapsed() < ANNOUNCE_LIMIT) {
+                for i in peers.take_while(|&i| i < scale.peers && start.elapsed() < ANNOUNCE_LIMIT) {
+                    if i > 0 && i % progress == 0 {
+                        println!("  {i} peers started after {:.1} s", start.elapsed().as_secs_f64());
+                    }
                     work.started += 1;
-                    if let Err(e) = run_peer(&mut c, i, &songs, &mut work).await {
+                    if let Err(e) = run_peer(&mut c, i, scale, &songs, &mut work).await {
                         work.failures.push(format!("peer {i}: {e:#}"));
                     }
                 }
@@ -299,8 +445,8 @@ async fn announce_peers(url: &str, songs: Arc<Vec<Song>>, tasks: usize) -> anyho
     let mut all = PeerWork::default();
     for handle in handles {
         let work = handle.await?;
-        all.endpoints.extend(work.endpoints);
         all.tokens.extend(work.tokens);
+        all.announce_latency.extend(work.announce_latency);
         all.publish_latency.extend(work.publish_latency);
         all.failures.extend(work.failures);
         all.files += work.files;
@@ -309,17 +455,20 @@ async fn announce_peers(url: &str, songs: Arc<Vec<Song>>, tasks: usize) -> anyho
     Ok(all)
 }
 
-/// Waits until every song in the catalog is searchable (all `unique` of them unless peers failed).
-async fn catch_up(c: &mut Client, unique: u64) -> anyhow::Result<String> {
+/// Waits until every file in the catalog is searchable.
+async fn catch_up(c: &mut Client) -> anyhow::Result<String> {
     let start = Instant::now();
     loop {
         let stats = call(c.stats(StatsRequest {})).await.context("Stats: the server stopped answering")?;
         let (indexed, took) = (stats.indexed_documents, start.elapsed().as_secs_f64());
-        if indexed >= unique.min(stats.files) {
-            return Ok(format!("{took:.2} s until {indexed} of {unique} songs were searchable"));
+        if indexed >= stats.files {
+            return Ok(format!(
+                "{took:.2} s until {indexed} of {} catalog files were searchable",
+                stats.files
+            ));
         }
         if start.elapsed() > CATCH_UP_LIMIT {
-            return Ok(format!("not reached within {took:.0} s ({indexed} of {unique} indexed)"));
+            return Ok(format!("not reached within {took:.0} s ({indexed} of {} indexed)", stats.files));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -348,9 +497,10 @@ fn cjk_fragment(title: &str) -> Option<String> {
         .map(|i| chars[i..i + 2].iter().collect())
 }
 
-fn build_queries(songs: &[Song]) -> Vec<Query> {
+/// Queries from every 97th song that is in the catalog (the first `in_catalog` songs).
+fn build_queries(songs: &[Song], in_catalog: usize) -> Vec<Query> {
     let mut out = Vec::new();
-    for (song, s) in songs.iter().enumerate().step_by(QUERY_STRIDE) {
+    for (song, s) in songs.iter().enumerate().take(in_catalog).step_by(QUERY_STRIDE) {
         let texts = [Some(s.info.title.clone()), Some(s.first_artist.clone()), cjk_fragment(&s.info.title)];
         for (kind, text) in texts.into_iter().enumerate() {
             if let Some(text) = text.filter(|t| !t.trim().is_empty() && t.len() <= MAX_QUERY_BYTES) {
@@ -365,12 +515,13 @@ fn search_request(query: &str) -> SearchRequest {
     SearchRequest { query: query.into(), page_size: 10, ..Default::default() }
 }
 
-/// Hit: the query's song is among the hits, or (title queries) a hit has the same title.
+/// Hit: a copy of the query's song (same title and artist) is among the hits, or (title
+/// queries) a hit has the same title.
 fn found(q: &Query, songs: &[Song], hits: &[SearchHit]) -> bool {
     let s = &songs[q.song].info;
     hits.iter()
         .filter_map(|h| h.file.as_ref())
-        .any(|f| f.content_id == s.content_id || (q.kind == 0 && f.title == s.title))
+        .any(|f| f.title == s.title && (q.kind == 0 || f.artist == s.artist))
 }
 
 /// Calls per second of `workers` clients (one connection each) running `op` for `window`.
@@ -408,10 +559,17 @@ where
     Ok(format!("{:.0}/s ({ok} calls in {:.1} s, {failed} failed)", per_sec(ok, took), took.as_secs_f64()))
 }
 
-async fn bench_search(c: &mut Client, url: &str, songs: &[Song], report: &mut Report) -> anyhow::Result<()> {
+/// Runs the recall pass and returns the query texts that answered.
+async fn bench_search(
+    c: &mut Client,
+    url: &str,
+    songs: &[Song],
+    scale: Scale,
+    report: &mut Report,
+) -> anyhow::Result<Vec<String>> {
     println!("\n## 5. Search");
     let (mut queries, mut rejected, mut recall) = (Vec::new(), 0, [(0, 0); 3]);
-    for q in build_queries(songs) {
+    for q in build_queries(songs, scale.files.min(songs.len())) {
         match call(c.search(search_request(&q.text))).await {
             Ok(answer) => {
                 let hit = found(&q, songs, &answer.hits);
@@ -431,43 +589,155 @@ async fn bench_search(c: &mut Client, url: &str, songs: &[Song], report: &mut Re
     }
     add(report, "Search latency, sequential (page of 10)", latencies(samples));
     let texts: Arc<Vec<String>> = Arc::new(queries.into_iter().map(|q| q.text).collect());
+    let shared = texts.clone();
     let rate = throughput(url, SEARCH_CLIENTS, Duration::from_secs(10), move |mut c, seq| {
-        let query = search_request(&texts[seq % texts.len()]);
+        let query = search_request(&shared[seq % shared.len()]);
         async move { c.search(query).await.map(|_| ()) }
     });
     add(report, format!("Search throughput, {SEARCH_CLIENTS} clients"), rate.await?);
     let recall = (KINDS.iter().zip(recall))
         .map(|(kind, (hit, n))| format!("{kind} {:.1}% ({hit}/{n})", 100.0 * hit as f64 / n.max(1) as f64));
-    add(report, "Search recall@10", recall.collect::<Vec<_>>().join(" · "));
-    Ok(())
+    add(report, "Search recall@10 (any copy of the song)", recall.collect::<Vec<_>>().join(" · "));
+    Ok(Arc::unwrap_or_clone(texts))
+}
+
+/// `count` content ids spread evenly over all F files.
+fn spread_ids(songs: &[Song], scale: Scale, count: usize) -> Vec<Vec<u8>> {
+    let step = (scale.files / count).max(1);
+    (0..scale.files).step_by(step).take(count).map(|f| file_cid(songs, f).to_vec()).collect()
 }
 
 async fn bench_locate_heartbeat(
     c: &mut Client,
     url: &str,
     songs: &[Song],
-    tokens: Vec<String>,
+    scale: Scale,
+    tokens: Arc<Vec<String>>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     println!("\n## 6. Locate and Heartbeat");
+    let ids = spread_ids(songs, scale, LOCATE_IDS);
     let (mut samples, mut sources) = (Vec::new(), 0);
-    for s in songs.iter().step_by((songs.len() / LOCATE_IDS).max(1)).take(LOCATE_IDS) {
+    for id in &ids {
         let start = Instant::now();
-        let answer =
-            call(c.locate(LocateRequest { content_id: s.cid.to_vec(), ..Default::default() })).await?;
+        let answer = call(c.locate(LocateRequest { content_id: id.clone(), ..Default::default() })).await?;
         samples.push(start.elapsed());
         sources += answer.sources.len();
     }
     println!("  {:.1} sources per answer on average", sources as f64 / samples.len().max(1) as f64);
     add(report, "Locate latency, sequential", latencies(samples));
+    let ids = Arc::new(ids);
+    let rate = throughput(url, LOCATE_CLIENTS, Duration::from_secs(5), move |mut c, seq| {
+        let req = LocateRequest { content_id: ids[seq % ids.len()].clone(), ..Default::default() };
+        async move { c.locate(req).await.map(|_| ()) }
+    });
+    add(report, format!("Locate throughput, {LOCATE_CLIENTS} clients"), rate.await?);
     anyhow::ensure!(!tokens.is_empty(), "no session tokens");
-    let tokens = Arc::new(tokens);
     let rate = throughput(url, HEARTBEAT_CLIENTS, Duration::from_secs(5), move |mut c, seq| {
         let req =
             HeartbeatRequest { session_token: tokens[seq % tokens.len()].clone(), free_upload_slots: 4 };
         async move { c.heartbeat(req).await.map(|_| ()) }
     });
     add(report, format!("Heartbeat throughput, {HEARTBEAT_CLIENTS} clients"), rate.await?);
+    Ok(())
+}
+
+const MIX_KINDS: [&str; 3] = ["Heartbeat", "Search", "Locate"];
+
+/// What the mixed workload calls: session tokens, search texts, content ids.
+struct MixInputs {
+    tokens: Arc<Vec<String>>,
+    queries: Vec<String>,
+    ids: Vec<Vec<u8>>,
+}
+
+/// Per kind: latencies of the calls that succeeded, and the failures.
+type MixSamples = [(Vec<Duration>, usize); 3];
+
+/// One closed-loop client of the mix: draws each call's kind (70/15/15) and argument from its
+/// own LCG, until `window` has passed or `CALLS_PER_WORKER` calls were made.
+async fn mix_worker(
+    mut c: Client,
+    w: usize,
+    inputs: Arc<MixInputs>,
+    start: Instant,
+    window: Duration,
+) -> MixSamples {
+    let mut out: MixSamples = Default::default();
+    let mut x = (w as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D);
+    for _ in (0..CALLS_PER_WORKER).take_while(|_| start.elapsed() < window) {
+        let (roll, pick) = (lcg(&mut x) >> 33, (lcg(&mut x) >> 17) as usize);
+        let kind = if roll % 100 < MIX_HEARTBEAT {
+            0
+        } else if roll % 100 < MIX_HEARTBEAT + MIX_SEARCH {
+            1
+        } else {
+            2
+        };
+        let began = Instant::now();
+        let ok = match kind {
+            0 => {
+                let session_token = inputs.tokens[pick % inputs.tokens.len()].clone();
+                call(c.heartbeat(HeartbeatRequest { session_token, free_upload_slots: 4 })).await.is_ok()
+            }
+            1 => call(c.search(search_request(&inputs.queries[pick % inputs.queries.len()]))).await.is_ok(),
+            _ => {
+                let content_id = inputs.ids[pick % inputs.ids.len()].clone();
+                call(c.locate(LocateRequest { content_id, ..Default::default() })).await.is_ok()
+            }
+        };
+        if ok {
+            out[kind].0.push(began.elapsed());
+        } else {
+            out[kind].1 += 1;
+        }
+    }
+    out
+}
+
+async fn bench_mixed(
+    url: &str,
+    inputs: MixInputs,
+    clients: usize,
+    window: Duration,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    println!(
+        "\n## 7. Mixed workload: {clients} clients for {} s, {MIX_HEARTBEAT}% Heartbeat, {MIX_SEARCH}% Search, {}% Locate",
+        window.as_secs(),
+        100 - MIX_HEARTBEAT - MIX_SEARCH
+    );
+    anyhow::ensure!(
+        !inputs.tokens.is_empty() && !inputs.queries.is_empty() && !inputs.ids.is_empty(),
+        "nothing to call"
+    );
+    let inputs = Arc::new(inputs);
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(connect(url).await?);
+    }
+    let start = Instant::now();
+    let handles: Vec<_> = (conns.into_iter().enumerate())
+        .map(|(w, c)| tokio::spawn(mix_worker(c, w, inputs.clone(), start, window)))
+        .collect();
+    let mut all: MixSamples = Default::default();
+    for handle in handles {
+        for (kind, (samples, failed)) in handle.await?.into_iter().enumerate() {
+            all[kind].0.extend(samples);
+            all[kind].1 += failed;
+        }
+    }
+    let took = start.elapsed();
+    let total: usize = all.iter().map(|(s, _)| s.len()).sum();
+    for (name, (samples, failed)) in MIX_KINDS.iter().zip(all) {
+        let rate = format!("{:.0}/s, {failed} failed · ", per_sec(samples.len(), took));
+        add(report, format!("Mixed: {name}"), rate + &latencies(samples));
+    }
+    add(
+        report,
+        "Mixed: all calls",
+        format!("{:.0}/s over {:.1} s", per_sec(total, took), took.as_secs_f64()),
+    );
     Ok(())
 }
 
@@ -495,49 +765,83 @@ async fn restart_to_serving(data: &Path, title: &str) -> anyhow::Result<(Server,
         {
             return Ok((server, listening, start.elapsed()));
         }
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "no search answer within 60 s");
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(120), "no search answer within 120 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-async fn bench_server(songs: Arc<Vec<Song>>, tasks: usize, report: &mut Report) -> anyhow::Result<()> {
+/// What `main` read from the environment.
+struct Settings {
+    scale: Scale,
+    tasks: usize,
+    mix_clients: usize,
+    mix_window: Duration,
+}
+
+async fn bench_server(songs: Arc<Vec<Song>>, settings: Settings, report: &mut Report) -> anyhow::Result<()> {
+    let (scale, tasks) = (settings.scale, settings.tasks);
     let data = tempfile::tempdir()?;
     println!("\n## 2. Server: {}", env!("CARGO_BIN_EXE_quaver-directory"));
     let server = Server::spawn(data.path()).await?;
     println!("  listening at {}", server.url);
     let mut c = connect(&server.url).await?;
 
-    println!("\n## 3. Announce + Publish ({PEERS} peers, {tasks} tasks over {CHANNELS} channels)");
+    let (peers, files) = (scale.peers, scale.files);
+    println!(
+        "\n## 3. Announce + Publish ({peers} peers, {files} files, {tasks} tasks over {CHANNELS} channels)"
+    );
     let start = Instant::now();
-    let work = announce_peers(&server.url, songs.clone(), tasks).await?;
-    let (took, files, ok) = (start.elapsed(), work.files, work.started - work.failures.len());
-    let rates = format!("{:.0} files/s · {:.0} peers/s", per_sec(files, took), per_sec(ok, took));
+    let work = announce_peers(&server.url, scale, songs.clone(), tasks).await?;
+    let (took, shared, ok) = (start.elapsed(), work.files, work.started - work.failures.len());
+    let rates = format!("{:.0} shares/s · {:.0} peers/s", per_sec(shared, took), per_sec(ok, took));
     add(
         report,
-        format!("Announce + Publish, {ok} of {PEERS} peers, {files} files"),
-        format!("{:.2} s · {rates}", took.as_secs_f64()),
+        format!("Announce + Publish, {ok} of {peers} peers, {shared} shares of {files} files"),
+        format!("{:.1} s · {rates}", took.as_secs_f64()),
     );
+    add(report, "Announce latency (with connect-back)", latencies(work.announce_latency));
     add(report, "Publish latency (one batch ≤ 1,000 files)", latencies(work.publish_latency));
     let first = work.failures.first().map(|f| format!("; first: {f}")).unwrap_or_default();
-    let failed = format!("{} of {PEERS}, {} not started{first}", work.failures.len(), PEERS - work.started);
+    let failed = format!("{} of {peers}, {} not started{first}", work.failures.len(), peers - work.started);
     add(report, "Failed peers", failed);
+    add(report, "Server memory after Publish", memory_mib(server.child.id().context("server exited")?)?);
 
     println!("\n## 4. Index catch-up");
-    let unique = songs.iter().map(|s| s.cid).collect::<HashSet<_>>().len() as u64;
-    add(report, "Index catch-up after the last Publish", catch_up(&mut c, unique).await?);
-    bench_search(&mut c, &server.url, &songs, report).await?;
-    bench_locate_heartbeat(&mut c, &server.url, &songs, work.tokens, report).await?;
+    add(report, "Index catch-up after the last Publish", catch_up(&mut c).await?);
+    let stats = call(c.stats(StatsRequest {})).await?;
+    println!(
+        "  stats: {} files, {} online peers, {} sources, {} indexed",
+        stats.files, stats.online_peers, stats.sources, stats.indexed_documents
+    );
+    let queries = bench_search(&mut c, &server.url, &songs, scale, report).await?;
+    let tokens = Arc::new(work.tokens);
+    bench_locate_heartbeat(&mut c, &server.url, &songs, scale, tokens.clone(), report).await?;
+    let ids = spread_ids(&songs, scale, MIX_LOCATE_IDS);
+    let inputs = MixInputs { tokens, queries, ids };
+    bench_mixed(&server.url, inputs, settings.mix_clients, settings.mix_window, report).await?;
 
-    println!("\n## 7. Memory, shutdown, restart");
+    println!("\n## 8. Memory, shutdown, restart");
     add(report, "Server memory after the load", memory_mib(server.child.id().context("server exited")?)?);
     let stopped = server.terminate().await?;
     add(report, "Graceful shutdown (SIGTERM → exit)", format!("{:.2} s", stopped.as_secs_f64()));
     let title = &songs.first().context("no songs")?.info.title;
     let (server, listening, serving) = restart_to_serving(data.path(), title).await?;
     let times = format!("{:.2} s (listening after {:.2} s)", serving.as_secs_f64(), listening.as_secs_f64());
-    add(report, "Restart to serving (spawn → first Search answer)", times);
+    add(report, format!("Restart to serving, {} files (spawn → first Search answer)", stats.files), times);
+    add(report, "Server memory after the restart", memory_mib(server.child.id().context("server exited")?)?);
     server.terminate().await?;
     Ok(())
+}
+
+/// A positive integer from `name`, or `default` when it is unset.
+fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => match v.trim().replace('_', "").parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => anyhow::bail!("{name}={v:?}: expected a positive integer"),
+        },
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -546,13 +850,31 @@ fn main() -> anyhow::Result<()> {
         println!("skipping: ../shared/data/songs not found");
         return Ok(());
     }
-    let tasks = std::env::var("DIRECTORY_LOAD_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
     let songs = load_songs(path)?;
-    println!("# Quaver directory load bench: {} songs from {}", songs.len(), path.display());
+    anyhow::ensure!(!songs.is_empty(), "{}: no songs", path.display());
+    let scale = Scale {
+        peers: env_usize("QUAVER_BENCH_PEERS", DEFAULT_PEERS)?,
+        files: env_usize("QUAVER_BENCH_FILES", DEFAULT_FILES)?,
+        songs: songs.len(),
+    };
+    let mix_seconds = env_usize("QUAVER_BENCH_MIX_SECONDS", 20)?.min(MAX_MIX_SECONDS as usize) as u64;
+    let settings = Settings {
+        scale,
+        tasks: env_usize("DIRECTORY_LOAD_TASKS", 16)?,
+        mix_clients: env_usize("QUAVER_BENCH_MIX_CLIENTS", 32)?,
+        mix_window: Duration::from_secs(mix_seconds),
+    };
+    println!(
+        "# Quaver directory load bench: {} peers sharing {} files (titles from {} songs in {})",
+        scale.peers,
+        scale.files,
+        songs.len(),
+        path.display()
+    );
     let mut report = Report::new();
     bench_index_build(&songs, &mut report)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let run = bench_server(Arc::new(songs), tasks, &mut report);
+    let run = bench_server(Arc::new(songs), settings, &mut report);
     let outcome = runtime.block_on(async { tokio::time::timeout(SERVER_LIMIT, run).await });
     println!("\n| scenario | measured |\n|---|---|");
     for (scenario, measured) in &report {
