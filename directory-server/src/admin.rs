@@ -18,10 +18,11 @@ use quaver_shared::admin::v1::admin_client::AdminClient;
 use quaver_shared::admin::v1::admin_server::{Admin, AdminServer};
 use quaver_shared::admin::v1::backup_chunk::Part;
 use quaver_shared::admin::v1::{BackupChunk, BackupHeader, BackupRequest, TreeCount};
+use quaver_shared::directory_endpoint::directory_endpoint;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::backup::{self, BackupError, FORMAT_VERSION, Manifest, SnapshotSummary, TreeRecords};
@@ -172,15 +173,8 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
 /// `https://`).
 pub async fn connect(url: &str, ca: Option<&Path>) -> Result<Channel, BackupError> {
     let failed = |detail: String| BackupError::Connect { url: url.to_owned(), detail };
-    let mut endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| failed(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5));
-    if let Some(ca) = ca {
-        let pem = std::fs::read(ca).map_err(BackupError::io(format!("reading CA file {}", ca.display())))?;
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
-        endpoint = endpoint.tls_config(tls).map_err(|e| failed(e.to_string()))?;
-    }
-    endpoint.connect().await.map_err(|e| failed(chain(&e)))
+    let endpoint = directory_endpoint(url, ca).map_err(|e| failed(chain(&e)))?;
+    endpoint.connect_timeout(Duration::from_secs(5)).connect().await.map_err(|e| failed(chain(&e)))
 }
 
 /// An error and its causes on one line ("transport error: tcp connect error: refused").

@@ -38,16 +38,11 @@ pub fn group_copies<T: SongCopy>(hits: Vec<T>) -> Vec<T> {
     let mut tagged: Vec<(usize, usize, T)> = Vec::with_capacity(hits.len());
     for (rank, hit) in hits.into_iter().enumerate() {
         let (title, artist) = hit.song();
-        let group = match key(title, artist) {
-            Some(k) => *group_of_key.entry(k).or_insert_with(|| {
-                groups += 1;
-                groups - 1
-            }),
-            None => {
-                groups += 1;
-                groups - 1
-            }
-        };
+        let fresh = groups;
+        let group = key(title, artist).map_or(fresh, |k| *group_of_key.entry(k).or_insert(fresh));
+        if group == fresh {
+            groups += 1;
+        }
         tagged.push((group, rank, hit));
     }
     tagged.sort_by(|(ga, ra, a), (gb, rb, b)| {

@@ -8,7 +8,6 @@
 //! the control API and the CLI) only moves bytes and time.
 
 pub mod control;
-pub mod directory_endpoint;
 pub mod fetch;
 pub mod library;
 pub mod node;

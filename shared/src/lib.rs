@@ -1,5 +1,6 @@
 //! Quaver's shared vocabulary: the generated protocol code, the identities every part speaks in
-//! (`ContentId`, `PeerId`, `NodeKey`), the node's QUIC identity (`tls`), the share-list digest,
+//! (`ContentId`, `PeerId`, `NodeKey`), the node's QUIC identity (`tls`), the gRPC endpoint for a
+//! directory URL (`directory_endpoint`, plain or TLS), the share-list digest,
 //! and the protocol's limits.
 //!
 //! This crate owns no I/O beyond reading and writing a node key file and the QUIC endpoints
@@ -7,6 +8,7 @@
 //! peer crates.
 
 pub mod digest;
+pub mod directory_endpoint;
 pub mod ids;
 pub mod limits;
 pub mod node_key;

@@ -37,6 +37,8 @@ pub fn top(
     let weight = query.weight(EnableScoring::enabled_from_searcher(searcher))?;
     let mut heap = BinaryHeap::new();
     let mut admitted = 0usize;
+    // Decided once per search, not per matching document.
+    let filters = (!filters.is_empty()).then_some(filters);
     for segment in searcher.segment_readers() {
         let cols = Columns::open(segment)?;
         let alive = segment.alive_bitset();
@@ -89,13 +91,10 @@ impl Columns {
         })
     }
 
-    /// The document's key if it passes every filter.
-    fn admit(&self, doc: u32, f: &IndexFilters) -> Option<u64> {
+    /// The document's key if it passes every filter (with none, only the key is read).
+    fn admit(&self, doc: u32, filters: Option<&IndexFilters>) -> Option<u64> {
         let key = self.key.first(doc)?;
-        if f.is_empty() {
-            // The common case: no column but the key is read.
-            return Some(key);
-        }
+        let Some(f) = filters else { return Some(key) };
         if f.media_kind != 0 && self.media_kind.first(doc) != Some(i64::from(f.media_kind)) {
             return None;
         }

@@ -68,7 +68,7 @@ pub struct IndexDoc<'a> {
 }
 
 /// Constraints evaluated inside the index (fast fields). 0 = no bound.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IndexFilters {
     /// 0 = any
     pub media_kind: i32,
@@ -82,12 +82,7 @@ pub struct IndexFilters {
 impl IndexFilters {
     /// True when no filter is set.
     pub fn is_empty(&self) -> bool {
-        self.media_kind == 0
-            && self.min_size == 0
-            && self.max_size == 0
-            && self.min_duration_ms == 0
-            && self.max_duration_ms == 0
-            && self.min_bitrate_kbps == 0
+        *self == IndexFilters::default()
     }
 }
 

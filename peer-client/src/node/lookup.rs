@@ -14,8 +14,8 @@ use quaver_shared::{ContentId, PeerId};
 use tonic::transport::Channel;
 
 use super::NodeError;
-use crate::directory_endpoint::directory_endpoint;
 use crate::fetch::download::SourceAddr;
+use quaver_shared::directory_endpoint::directory_endpoint;
 
 /// Longest wait for one directory call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);

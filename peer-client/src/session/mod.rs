@@ -104,7 +104,7 @@ pub struct SessionState {
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error(transparent)]
-    BadUrl(#[from] crate::directory_endpoint::EndpointError),
+    BadUrl(#[from] quaver_shared::directory_endpoint::EndpointError),
     #[error("cannot connect to the directory: {0}")]
     Connect(#[source] tonic::transport::Error),
     #[error("{call} timed out after {after:?}")]

@@ -13,8 +13,8 @@ use tokio::sync::{Notify, watch};
 use tonic::transport::Channel;
 
 use super::{AGENT, Backoff, SessionConfig, SessionError, SessionState};
-use crate::directory_endpoint::directory_endpoint;
 use crate::store::{Published, Store};
+use quaver_shared::directory_endpoint::directory_endpoint;
 
 pub(super) type Client = DirectoryClient<Channel>;
 

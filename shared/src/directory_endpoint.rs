@@ -1,4 +1,5 @@
-//! The one place a gRPC endpoint for the directory is built, for the session and for lookups.
+//! The one place a gRPC endpoint for the directory is built: for a peer's session and lookups,
+//! and for the directory's own operator commands (`backup`, `health`).
 //!
 //! `https://` URLs are verified with TLS: against the CA certificates in `ca` (a PEM file,
 //! `--directory-ca`) when given, otherwise against the system's root certificates. `http://`
