@@ -67,11 +67,20 @@ fn main() -> anyhow::Result<()> {
     }
     idx.commit()?;
     let build = started.elapsed();
+    // Background merges go on after the commit; a running server searches what they leave.
+    let mut segments = (idx.segment_count(), Instant::now());
+    while segments.1.elapsed() < Duration::from_secs(5) && started.elapsed() < Duration::from_secs(900) {
+        std::thread::sleep(Duration::from_millis(500));
+        if idx.segment_count() != segments.0 {
+            segments = (idx.segment_count(), Instant::now());
+        }
+    }
     println!(
-        "indexed {docs} documents ({n} songs replicated) in {:.1?}: {:.0} docs/s; {:.0} MiB on disk",
+        "indexed {docs} documents ({n} songs replicated) in {:.1?}: {:.0} docs/s; {:.0} MiB on disk, {} segments after merges",
         build,
         docs as f64 / build.as_secs_f64(),
-        idx.disk_bytes() as f64 / (1 << 20) as f64
+        idx.disk_bytes() as f64 / (1 << 20) as f64,
+        idx.segment_count()
     );
 
     // Synthetic source counts: most files have a few online sources, some none (excluded).

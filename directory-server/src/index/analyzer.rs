@@ -9,8 +9,8 @@
 
 use tantivy::Index;
 use tantivy::tokenizer::{
-    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, TextAnalyzer, Token, TokenFilter, TokenStream,
-    Tokenizer,
+    AsciiFoldingFilter, LowerCaser, RawTokenizer, RemoveLongFilter, TextAnalyzer, TextAnalyzerBuilder, Token,
+    TokenFilter, TokenStream, Tokenizer,
 };
 use tantivy_jieba::JiebaTokenizer;
 
@@ -20,25 +20,59 @@ pub const WORDS: &str = "quaver_words_v2";
 /// Name of the CJK single-character analyzer (folded to simplified characters).
 pub const CJK: &str = "quaver_cjk_v2";
 
+/// Name of the word-prefix analyzer: the word analyzer, then every prefix of each non-CJK word
+/// (see [`Prefixes`]).
+pub const WORD_PREFIXES: &str = "quaver_word_prefixes_v1";
+/// Name of the prefix analyzer for untokenized values (pinyin terms).
+pub const RAW_PREFIXES: &str = "quaver_raw_prefixes_v1";
+
 /// Tokens longer than this many bytes are dropped (13 CJK characters, 40 Latin letters).
 const MAX_TOKEN_BYTES: usize = 40;
+
+/// Prefixes of a word that are indexed for search-as-you-type: from this many characters...
+pub const PREFIX_MIN_CHARS: usize = 3;
+/// ...up to this many. A longer typed prefix is looked up by its first `PREFIX_MAX_CHARS`
+/// characters, which still narrows to the words that start that way.
+pub const PREFIX_MAX_CHARS: usize = 16;
 
 /// Registers both analyzers on `index`. Tokenizers are not persisted by tantivy, so this must run
 /// after every create/open, before a writer is created or a query is built.
 pub fn register(index: &Index) {
     index.tokenizers().register(WORDS, words_analyzer());
     index.tokenizers().register(CJK, cjk_analyzer());
+    index.tokenizers().register(WORD_PREFIXES, word_prefixes_analyzer());
+    index
+        .tokenizers()
+        .register(RAW_PREFIXES, TextAnalyzer::builder(RawTokenizer::default()).filter(Prefixes).build());
+}
+
+/// The term a typed prefix is looked up by in a prefix field: its first `PREFIX_MAX_CHARS`
+/// characters; `None` when it is shorter than `PREFIX_MIN_CHARS`.
+pub fn prefix_term(word: &str) -> Option<&str> {
+    let mut ends = word.char_indices().map(|(i, c)| i + c.len_utf8());
+    let min_end = ends.nth(PREFIX_MIN_CHARS - 1)?;
+    let end = ends.nth(PREFIX_MAX_CHARS - PREFIX_MIN_CHARS - 1).unwrap_or(word.len()).max(min_end);
+    Some(&word[..end])
 }
 
 /// [`Words`] (width folding, word split, jieba search mode for Han), then: drop over-long tokens, keep only tokens
 /// with an alphanumeric character, lowercase, fold accents (é → e).
 pub fn words_analyzer() -> TextAnalyzer {
+    words().build()
+}
+
+/// The word analyzer's chain, to build on.
+fn words() -> TextAnalyzerBuilder<impl Tokenizer> {
     TextAnalyzer::builder(Words::default())
         .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
         .filter(WordOnly)
         .filter(LowerCaser)
         .filter(AsciiFoldingFilter)
-        .build()
+}
+
+/// The words of [`words_analyzer`], each replaced by its prefixes ([`Prefixes`]).
+fn word_prefixes_analyzer() -> TextAnalyzer {
+    words().filter(Prefixes).build()
 }
 
 /// One token per CJK character (position = character index in the text, so adjacent
@@ -230,6 +264,81 @@ impl<S: TokenStream> TokenStream for WordOnlyStream<S> {
     }
 }
 
+/// Replaces each token by its prefixes of `PREFIX_MIN_CHARS..=PREFIX_MAX_CHARS` characters
+/// (`rhapsody` → `rha`, `rhap`, ..., `rhapsody`); tokens containing a CJK character, or shorter
+/// than `PREFIX_MIN_CHARS`, are dropped (CJK is matched by character fragments instead).
+///
+/// Why index prefixes rather than expand them at query time: a prefix query walks the term
+/// dictionary of every segment and unions the posting lists of every term it finds. On 1M
+/// documents that walk was the largest single cost of a search. Here a prefix is one term.
+#[derive(Clone)]
+struct Prefixes;
+
+impl TokenFilter for Prefixes {
+    type Tokenizer<T: Tokenizer> = PrefixesTokenizer<T>;
+
+    fn transform<T: Tokenizer>(self, tokenizer: T) -> PrefixesTokenizer<T> {
+        PrefixesTokenizer(tokenizer)
+    }
+}
+
+#[derive(Clone)]
+struct PrefixesTokenizer<T>(T);
+
+impl<T: Tokenizer> Tokenizer for PrefixesTokenizer<T> {
+    type TokenStream<'a> = PrefixesStream<T::TokenStream<'a>>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> Self::TokenStream<'a> {
+        PrefixesStream {
+            inner: self.0.token_stream(text),
+            word: String::new(),
+            ends: Vec::new(),
+            token: Token::default(),
+        }
+    }
+}
+
+struct PrefixesStream<S> {
+    inner: S,
+    /// The word whose prefixes are being emitted.
+    word: String,
+    /// Byte ends of the prefixes of `word` still to emit, longest first (popped from the back).
+    ends: Vec<usize>,
+    token: Token,
+}
+
+impl<S: TokenStream> TokenStream for PrefixesStream<S> {
+    fn advance(&mut self) -> bool {
+        loop {
+            if let Some(end) = self.ends.pop() {
+                self.token.text.clear();
+                self.token.text.push_str(&self.word[..end]);
+                return true;
+            }
+            if !self.inner.advance() {
+                return false;
+            }
+            let token = self.inner.token();
+            if token.text.chars().any(is_cjk) {
+                continue;
+            }
+            self.word.clone_from(&token.text);
+            self.token.clone_from(token);
+            let ends = self.word.char_indices().map(|(i, c)| i + c.len_utf8());
+            self.ends.extend(ends.skip(PREFIX_MIN_CHARS - 1).take(PREFIX_MAX_CHARS - PREFIX_MIN_CHARS + 1));
+            self.ends.reverse();
+        }
+    }
+
+    fn token(&self) -> &Token {
+        &self.token
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        &mut self.token
+    }
+}
+
 /// Emits every CJK character of the text as its own token.
 #[derive(Clone, Default)]
 struct CjkChars {
@@ -303,6 +412,28 @@ mod tests {
         let mut a = words_analyzer();
         let t = tokens(&mut a, "Группа крови / 아이유 좋은 날 / Ñandú / 周杰伦jay");
         assert_eq!(t, ["группа", "крови", "아이유", "좋은", "날", "nandu", "周杰伦", "jay"]);
+    }
+
+    #[test]
+    fn prefixes_of_non_cjk_words_from_three_to_sixteen_chars() {
+        let mut a = word_prefixes_analyzer();
+        let t = tokens(&mut a, "Love 晴天 me Ñandú");
+        assert_eq!(t, ["lov", "love", "nan", "nand", "nandu"]);
+        let long = "abcdefghijklmnopqrstuvwxyz";
+        let t = tokens(&mut a, long);
+        assert_eq!(t.len(), PREFIX_MAX_CHARS - PREFIX_MIN_CHARS + 1);
+        assert_eq!(t.last().map(String::as_str), Some(&long[..PREFIX_MAX_CHARS]));
+        let mut raw = TextAnalyzer::builder(RawTokenizer::default()).filter(Prefixes).build();
+        assert_eq!(tokens(&mut raw, "qingtian"), ["qin", "qing", "qingt", "qingti", "qingtia", "qingtian"]);
+    }
+
+    #[test]
+    fn a_typed_prefix_is_looked_up_by_at_most_sixteen_chars() {
+        assert_eq!(prefix_term("lo"), None);
+        assert_eq!(prefix_term("lov"), Some("lov"));
+        assert_eq!(prefix_term("abcdefghijklmnopqrstuvwxyz"), Some("abcdefghijklmnop"));
+        assert_eq!(prefix_term("ñandú"), Some("ñandú"));
+        assert_eq!(prefix_term("ñañ"), Some("ñañ"));
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub fn top(
     // Decided once per search, not per matching document.
     let filters = (!filters.is_empty()).then_some(filters);
     for segment in searcher.segment_readers() {
-        let cols = Columns::open(segment)?;
+        let cols = Columns::open(segment, filters.is_some())?;
         let alive = segment.alive_bitset();
         weight.for_each(segment, &mut |doc, score| {
             if alive.is_some_and(|a| a.is_deleted(doc)) {
@@ -70,9 +70,14 @@ pub fn top(
     Ok(Collected { hits, admitted })
 }
 
-/// The fast-field columns of one segment.
+/// The fast-field columns of one segment: the key, and the filter columns when a filter is set
+/// (opening a column costs a lookup and a header parse per segment, paid on every search).
 struct Columns {
     key: Column<u64>,
+    filters: Option<FilterColumns>,
+}
+
+struct FilterColumns {
     media_kind: Column<i64>,
     size: Column<u64>,
     duration_ms: Column<u64>,
@@ -80,35 +85,38 @@ struct Columns {
 }
 
 impl Columns {
-    fn open(segment: &SegmentReader) -> Result<Columns, IndexError> {
+    fn open(segment: &SegmentReader, with_filters: bool) -> Result<Columns, IndexError> {
         let ff = segment.fast_fields();
-        Ok(Columns {
-            key: ff.u64(KEY)?,
-            media_kind: ff.i64(MEDIA_KIND)?,
-            size: ff.u64(SIZE)?,
-            duration_ms: ff.u64(DURATION_MS)?,
-            bitrate_kbps: ff.u64(BITRATE_KBPS)?,
-        })
+        let filters = match with_filters {
+            true => Some(FilterColumns {
+                media_kind: ff.i64(MEDIA_KIND)?,
+                size: ff.u64(SIZE)?,
+                duration_ms: ff.u64(DURATION_MS)?,
+                bitrate_kbps: ff.u64(BITRATE_KBPS)?,
+            }),
+            false => None,
+        };
+        Ok(Columns { key: ff.u64(KEY)?, filters })
     }
 
     /// The document's key if it passes every filter (with none, only the key is read).
     fn admit(&self, doc: u32, filters: Option<&IndexFilters>) -> Option<u64> {
         let key = self.key.first(doc)?;
-        let Some(f) = filters else { return Some(key) };
-        if f.media_kind != 0 && self.media_kind.first(doc) != Some(i64::from(f.media_kind)) {
+        let (Some(f), Some(cols)) = (filters, &self.filters) else { return Some(key) };
+        if f.media_kind != 0 && cols.media_kind.first(doc) != Some(i64::from(f.media_kind)) {
             return None;
         }
-        let size = self.size.first(doc).unwrap_or(0);
+        let size = cols.size.first(doc).unwrap_or(0);
         if (f.min_size != 0 && size < f.min_size) || (f.max_size != 0 && size > f.max_size) {
             return None;
         }
-        let duration = self.duration_ms.first(doc).unwrap_or(0);
+        let duration = cols.duration_ms.first(doc).unwrap_or(0);
         if (f.min_duration_ms != 0 && duration < u64::from(f.min_duration_ms))
             || (f.max_duration_ms != 0 && duration > u64::from(f.max_duration_ms))
         {
             return None;
         }
-        let bitrate = self.bitrate_kbps.first(doc).unwrap_or(0);
+        let bitrate = cols.bitrate_kbps.first(doc).unwrap_or(0);
         if f.min_bitrate_kbps != 0 && bitrate < u64::from(f.min_bitrate_kbps) {
             return None;
         }

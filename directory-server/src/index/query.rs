@@ -21,12 +21,14 @@
 //! - A lowercase ASCII word also matches pinyin (full or initials; prefix as above), and several
 //!   such words also match joined (`qing tian` → `qingtian`).
 
-use tantivy::query::{BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, PhraseQuery, Query, TermQuery};
+use tantivy::query::{
+    BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, PhraseQuery, Query, TermQuery,
+};
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{Searcher, Term};
 
 use super::IndexError;
-use super::analyzer::is_cjk;
+use super::analyzer::{is_cjk, prefix_term};
 use super::query_parse::{PREFIX_MIN_CHARS, Scope, Unit, units};
 use super::schema::{Fields, PINYIN_BOOST};
 use super::typo::{SameFirstChar, TypoQuery};
@@ -164,8 +166,7 @@ impl Builder<'_> {
         let loose_fields = self.loose_fields(scope);
         if prefix {
             for &(field, boost) in &loose_fields {
-                let q = FuzzyTermQuery::new_prefix(Term::from_field_text(field, word), 0, true);
-                should.push((Occur::Should, boosted(q, boost * PREFIX_SCORE)));
+                should.extend(self.prefix(field, word, boost * PREFIX_SCORE));
             }
         }
         let pinyin = matches!(scope, Scope::Any | Scope::Title | Scope::Artist)
@@ -201,12 +202,28 @@ impl Builder<'_> {
     /// `syllables` (lowercase ASCII letters) as full pinyin or initials, and as a pinyin prefix.
     fn pinyin(&self, syllables: &str, prefix: bool) -> Vec<(Occur, Box<dyn Query>)> {
         let term = Term::from_field_text(self.fields.pinyin, syllables);
-        let mut should = vec![(Occur::Should, term_query(term.clone(), PINYIN_BOOST))];
+        let mut should = vec![(Occur::Should, term_query(term, PINYIN_BOOST))];
         if prefix {
-            let q = FuzzyTermQuery::new_prefix(term, 0, false);
-            should.push((Occur::Should, boosted(q, PINYIN_BOOST * PREFIX_SCORE)));
+            should.extend(self.prefix(self.fields.pinyin, syllables, PINYIN_BOOST * PREFIX_SCORE));
         }
         should
+    }
+
+    /// Terms of `field` that start with `word`, all scoring `score`. Title, artist and pinyin
+    /// have their prefixes indexed (one term lookup); album and file name, searched this way
+    /// only under a field scope, walk the term dictionary instead.
+    fn prefix(&self, field: Field, word: &str, score: f32) -> Option<(Occur, Box<dyn Query>)> {
+        let q: Box<dyn Query> = match self.fields.prefix_field(field) {
+            Some(prefixes) => {
+                let term = Term::from_field_text(prefixes, prefix_term(word)?);
+                Box::new(ConstScoreQuery::new(
+                    Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
+                    score,
+                ))
+            }
+            None => boosted(FuzzyTermQuery::new_prefix(Term::from_field_text(field, word), 0, false), score),
+        };
+        Some((Occur::Should, q))
     }
 
     /// A CJK word from jieba: as a word in the scope's word fields, or as a contiguous fragment

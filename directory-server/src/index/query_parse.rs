@@ -17,8 +17,8 @@ pub const MAX_QUERY_BYTES: usize = 1024;
 pub const MAX_WORDS: usize = 32;
 /// A CJK run longer than this is matched as a fragment on its first characters only.
 pub const MAX_RUN_CHARS: usize = 32;
-/// Minimum length (chars) of the last Latin word for prefix matching.
-pub const PREFIX_MIN_CHARS: usize = 3;
+/// Minimum length (chars) of the last Latin word for prefix matching (what the index keeps).
+pub use super::analyzer::PREFIX_MIN_CHARS;
 
 /// Which fields a unit is matched in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

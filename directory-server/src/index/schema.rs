@@ -48,6 +48,11 @@ pub struct Fields {
     pub file_cjk: Field,
     /// Pinyin terms (one value per term, untokenized) of title and artist.
     pub pinyin: Field,
+    /// Prefixes (3 to 16 characters) of the non-CJK words of title and artist, and of the
+    /// pinyin terms: search-as-you-type is one term lookup (see `analyzer::Prefixes`).
+    pub title_prefix: Field,
+    pub artist_prefix: Field,
+    pub pinyin_prefix: Field,
 }
 
 impl Fields {
@@ -71,6 +76,17 @@ impl Fields {
         ]
     }
 
+    /// The prefix field of a word field, if it has one (title, artist and pinyin do).
+    pub fn prefix_field(&self, field: Field) -> Option<Field> {
+        [
+            (self.title, self.title_prefix),
+            (self.artist, self.artist_prefix),
+            (self.pinyin, self.pinyin_prefix),
+        ]
+        .into_iter()
+        .find_map(|(of, prefix)| (of == field).then_some(prefix))
+    }
+
     /// Builds the tantivy document for `doc`.
     pub fn to_document(&self, doc: &IndexDoc<'_>) -> TantivyDocument {
         let mut d = TantivyDocument::default();
@@ -87,11 +103,14 @@ impl Fields {
         d.add_text(self.artist_cjk, doc.artist);
         d.add_text(self.album_cjk, doc.album);
         d.add_text(self.file_cjk, doc.file_name);
+        d.add_text(self.title_prefix, doc.title);
+        d.add_text(self.artist_prefix, doc.artist);
         let mut pinyin = Vec::new();
         romanize::terms(doc.title, &mut pinyin);
         romanize::terms(doc.artist, &mut pinyin);
         for term in &pinyin {
             d.add_text(self.pinyin, term);
+            d.add_text(self.pinyin_prefix, term);
         }
         d
     }
@@ -113,6 +132,15 @@ pub fn build() -> (Schema, Fields) {
     let pinyin = TextOptions::default().set_indexing_options(
         TextFieldIndexing::default().set_tokenizer("raw").set_index_option(IndexRecordOption::WithFreqs),
     );
+    // Prefix fields only answer "does it contain this prefix": no frequencies, no norms.
+    let prefixes = |tokenizer| {
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(tokenizer)
+                .set_index_option(IndexRecordOption::Basic)
+                .set_fieldnorms(false),
+        )
+    };
     let fields = Fields {
         key: b.add_u64_field(KEY, INDEXED | FAST),
         media_kind: b.add_i64_field(MEDIA_KIND, FAST),
@@ -128,6 +156,9 @@ pub fn build() -> (Schema, Fields) {
         album_cjk: b.add_text_field("album_cjk", cjk.clone()),
         file_cjk: b.add_text_field("file_cjk", cjk),
         pinyin: b.add_text_field("pinyin", pinyin),
+        title_prefix: b.add_text_field("title_prefix", prefixes(analyzer::WORD_PREFIXES)),
+        artist_prefix: b.add_text_field("artist_prefix", prefixes(analyzer::WORD_PREFIXES)),
+        pinyin_prefix: b.add_text_field("pinyin_prefix", prefixes(analyzer::RAW_PREFIXES)),
     };
     (b.build(), fields)
 }

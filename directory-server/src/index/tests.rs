@@ -381,3 +381,34 @@ fn field_queries_match_in_their_field_only() {
     // so any word may match).
     assert_eq!(keys(&idx, "foo:晴天"), keys(&idx, "foo 晴天"));
 }
+
+#[test]
+fn small_commits_are_merged_into_a_few_segments() {
+    // Seven commits are seven segments of one size class; tantivy's default policy would leave
+    // them all (it merges 8 at once), ours merges them in the background as they pile up.
+    let idx = SearchIndex::in_memory().unwrap();
+    for key in 0..7 {
+        idx.upsert(&[song(key, "Yellow Submarine", "The Beatles")]).unwrap();
+        idx.commit().unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while idx.segment_count() > 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(idx.segment_count() <= 3, "{} segments left", idx.segment_count());
+    assert_eq!(keys(&idx, "yellow submarine").len(), 7, "merging loses no document");
+}
+
+#[test]
+fn a_long_word_is_found_by_any_prefix_of_it() {
+    let idx = SearchIndex::in_memory().unwrap();
+    idx.upsert(&[song(1, "Supercalifragilisticexpialidocious", "Julie Andrews")]).unwrap();
+    idx.upsert(&[song(2, "Superstition", "Stevie Wonder")]).unwrap();
+    idx.commit().unwrap();
+    assert_eq!(keys(&idx, "supercal"), [1]);
+    // Longer than the indexed prefixes (16 characters): looked up by its first 16.
+    assert_eq!(keys(&idx, "supercalifragilistic"), [1]);
+    assert_eq!(keys(&idx, "superst"), [2]);
+    let both = keys(&idx, "sup");
+    assert!(both.contains(&1) && both.contains(&2), "{both:?}");
+}
