@@ -11,7 +11,8 @@
 //! raw samples of this one run, and the report ends with a Markdown table. Settings (env):
 //! `QUAVER_BENCH_PEERS` (P, default 10,000), `QUAVER_BENCH_FILES` (F, default 1,000,000),
 //! `QUAVER_BENCH_MIX_SECONDS` (default 20), `QUAVER_BENCH_MIX_CLIENTS` (default 32),
-//! `DIRECTORY_LOAD_TASKS` (announce concurrency, default 16).
+//! `DIRECTORY_LOAD_TASKS` (announce concurrency, default 16), `QUAVER_BENCH_DATA_DIR` (an empty
+//! or absent directory for the server's data, kept after the run; default: a temporary one).
 //!
 //! The files: file `f` is a copy of song `f mod n` (n = 38,552 songs). Copy 0 is the song as
 //! before (`{artist} - {title}.mp3`); copies 1, 2, ... are other rips of it: their own content
@@ -524,8 +525,25 @@ fn found(q: &Query, songs: &[Song], hits: &[SearchHit]) -> bool {
         .any(|f| f.title == s.title && (q.kind == 0 || f.artist == s.artist))
 }
 
-/// Calls per second of `workers` clients (one connection each) running `op` for `window`.
-async fn throughput<F, Fut>(url: &str, workers: usize, window: Duration, op: F) -> anyhow::Result<String>
+/// CPU seconds (user + system) a process has used so far; `None` for this process.
+fn cpu_seconds(pid: Option<u32>) -> anyhow::Result<f64> {
+    let path = pid.map_or("/proc/self/stat".to_owned(), |pid| format!("/proc/{pid}/stat"));
+    let stat = std::fs::read_to_string(path)?;
+    let after = stat.rsplit_once(')').context("odd stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> { Ok(fields.get(i).context("odd stat")?.parse::<f64>()?) };
+    Ok((ticks(11)? + ticks(12)?) / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// Calls per second of `workers` clients (one connection each) running `op` for `window`, and
+/// the CPU each call cost the server (`pid`) and this load generator. Both share the machine's
+/// cores, so the server's CPU per call says what it could serve alone.
+async fn throughput<F, Fut>(
+    (url, pid): (&str, u32),
+    workers: usize,
+    window: Duration,
+    op: F,
+) -> anyhow::Result<String>
 where
     F: Fn(Client, usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<(), tonic::Status>> + Send + 'static,
@@ -534,6 +552,7 @@ where
     for _ in 0..workers {
         clients.push(connect(url).await?);
     }
+    let (server_cpu, own_cpu) = (cpu_seconds(Some(pid))?, cpu_seconds(None)?);
     let start = Instant::now();
     let handles: Vec<_> = (clients.into_iter().enumerate())
         .map(|(w, client)| {
@@ -556,13 +575,21 @@ where
         (ok, failed) = (ok + o, failed + f);
     }
     let took = start.elapsed();
-    Ok(format!("{:.0}/s ({ok} calls in {:.1} s, {failed} failed)", per_sec(ok, took), took.as_secs_f64()))
+    let per_call = |cpu: f64| cpu * 1e6 / ok.max(1) as f64;
+    let (server_cpu, own_cpu) = (cpu_seconds(Some(pid))? - server_cpu, cpu_seconds(None)? - own_cpu);
+    Ok(format!(
+        "{:.0}/s ({ok} calls in {:.1} s, {failed} failed) · CPU per call: server {:.0} µs, load generator {:.0} µs",
+        per_sec(ok, took),
+        took.as_secs_f64(),
+        per_call(server_cpu),
+        per_call(own_cpu)
+    ))
 }
 
 /// Runs the recall pass and returns the query texts that answered.
 async fn bench_search(
     c: &mut Client,
-    url: &str,
+    (url, pid): (&str, u32),
     songs: &[Song],
     scale: Scale,
     report: &mut Report,
@@ -590,7 +617,7 @@ async fn bench_search(
     add(report, "Search latency, sequential (page of 10)", latencies(samples));
     let texts: Arc<Vec<String>> = Arc::new(queries.into_iter().map(|q| q.text).collect());
     let shared = texts.clone();
-    let rate = throughput(url, SEARCH_CLIENTS, Duration::from_secs(10), move |mut c, seq| {
+    let rate = throughput((url, pid), SEARCH_CLIENTS, Duration::from_secs(10), move |mut c, seq| {
         let query = search_request(&shared[seq % shared.len()]);
         async move { c.search(query).await.map(|_| ()) }
     });
@@ -609,7 +636,7 @@ fn spread_ids(songs: &[Song], scale: Scale, count: usize) -> Vec<Vec<u8>> {
 
 async fn bench_locate_heartbeat(
     c: &mut Client,
-    url: &str,
+    (url, pid): (&str, u32),
     songs: &[Song],
     scale: Scale,
     tokens: Arc<Vec<String>>,
@@ -627,13 +654,13 @@ async fn bench_locate_heartbeat(
     println!("  {:.1} sources per answer on average", sources as f64 / samples.len().max(1) as f64);
     add(report, "Locate latency, sequential", latencies(samples));
     let ids = Arc::new(ids);
-    let rate = throughput(url, LOCATE_CLIENTS, Duration::from_secs(5), move |mut c, seq| {
+    let rate = throughput((url, pid), LOCATE_CLIENTS, Duration::from_secs(5), move |mut c, seq| {
         let req = LocateRequest { content_id: ids[seq % ids.len()].clone(), ..Default::default() };
         async move { c.locate(req).await.map(|_| ()) }
     });
     add(report, format!("Locate throughput, {LOCATE_CLIENTS} clients"), rate.await?);
     anyhow::ensure!(!tokens.is_empty(), "no session tokens");
-    let rate = throughput(url, HEARTBEAT_CLIENTS, Duration::from_secs(5), move |mut c, seq| {
+    let rate = throughput((url, pid), HEARTBEAT_CLIENTS, Duration::from_secs(5), move |mut c, seq| {
         let req =
             HeartbeatRequest { session_token: tokens[seq % tokens.len()].clone(), free_upload_slots: 4 };
         async move { c.heartbeat(req).await.map(|_| ()) }
@@ -780,9 +807,22 @@ struct Settings {
 
 async fn bench_server(songs: Arc<Vec<Song>>, settings: Settings, report: &mut Report) -> anyhow::Result<()> {
     let (scale, tasks) = (settings.scale, settings.tasks);
-    let data = tempfile::tempdir()?;
+    // `QUAVER_BENCH_DATA_DIR` keeps the server's data after the run (to profile a restart).
+    let (_temporary, data) = match std::env::var_os("QUAVER_BENCH_DATA_DIR") {
+        Some(dir) => (None, std::path::PathBuf::from(dir)),
+        None => {
+            let temporary = tempfile::tempdir()?;
+            let path = temporary.path().to_path_buf();
+            (Some(temporary), path)
+        }
+    };
+    anyhow::ensure!(
+        std::fs::read_dir(&data).map_or(true, |mut entries| entries.next().is_none()),
+        "{}: the data dir must be empty or absent",
+        data.display()
+    );
     println!("\n## 2. Server: {}", env!("CARGO_BIN_EXE_quaver-directory"));
-    let server = Server::spawn(data.path()).await?;
+    let server = Server::spawn(&data).await?;
     println!("  listening at {}", server.url);
     let mut c = connect(&server.url).await?;
 
@@ -813,9 +853,10 @@ async fn bench_server(songs: Arc<Vec<Song>>, settings: Settings, report: &mut Re
         "  stats: {} files, {} online peers, {} sources, {} indexed",
         stats.files, stats.online_peers, stats.sources, stats.indexed_documents
     );
-    let queries = bench_search(&mut c, &server.url, &songs, scale, report).await?;
+    let pid = server.child.id().context("server exited")?;
+    let queries = bench_search(&mut c, (&server.url, pid), &songs, scale, report).await?;
     let tokens = Arc::new(work.tokens);
-    bench_locate_heartbeat(&mut c, &server.url, &songs, scale, tokens.clone(), report).await?;
+    bench_locate_heartbeat(&mut c, (&server.url, pid), &songs, scale, tokens.clone(), report).await?;
     let ids = spread_ids(&songs, scale, MIX_LOCATE_IDS);
     let inputs = MixInputs { tokens, queries, ids };
     bench_mixed(&server.url, inputs, settings.mix_clients, settings.mix_window, report).await?;
@@ -825,7 +866,7 @@ async fn bench_server(songs: Arc<Vec<Song>>, settings: Settings, report: &mut Re
     let stopped = server.terminate().await?;
     add(report, "Graceful shutdown (SIGTERM → exit)", format!("{:.2} s", stopped.as_secs_f64()));
     let title = &songs.first().context("no songs")?.info.title;
-    let (server, listening, serving) = restart_to_serving(data.path(), title).await?;
+    let (server, listening, serving) = restart_to_serving(&data, title).await?;
     let times = format!("{:.2} s (listening after {:.2} s)", serving.as_secs_f64(), listening.as_secs_f64());
     add(report, format!("Restart to serving, {} files (spawn → first Search answer)", stats.files), times);
     add(report, "Server memory after the restart", memory_mib(server.child.id().context("server exited")?)?);

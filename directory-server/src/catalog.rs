@@ -214,6 +214,20 @@ impl Catalog {
         }
     }
 
+    /// The catalog key of a file, without decoding the rest of its record (Locate's hot path).
+    pub fn key_of(&self, id: &ContentId) -> Result<Option<u64>, CatalogError> {
+        /// The first field of `StoredFile` alone; prost skips the others.
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct KeyOnly {
+            #[prost(uint64, tag = "1")]
+            key: u64,
+        }
+        match self.files.get(id.as_bytes())? {
+            Some(bytes) => Ok(Some(decode::<KeyOnly>("files", &bytes)?.key)),
+            None => Ok(None),
+        }
+    }
+
     pub fn file_by_key(&self, key: u64) -> Result<Option<StoredFile>, CatalogError> {
         match self.keys.get(key.to_be_bytes())? {
             Some(id) => match self.files.get(&id)? {

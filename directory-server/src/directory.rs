@@ -42,6 +42,20 @@ use crate::presence::{AnnounceOutcome, Departed, Presence};
 use crate::ranking::{self, Candidate};
 use crate::validate;
 
+/// Stored sources (online or not) a Locate scans on the caller's thread at most; a file with
+/// more is located on the blocking pool (see [`Directory::try_locate_quickly`]).
+pub const INLINE_LOCATE_SCAN: usize = 256;
+
+/// How much of a file's stored sources a Locate may scan, and whether it may wait for the
+/// catalog.
+#[derive(Clone, Copy)]
+enum LocateScan {
+    /// Up to `INLINE_LOCATE_SCAN` sources, and never wait for a publish transaction.
+    Quick,
+    /// Everything, waiting as long as it takes.
+    Unbounded,
+}
+
 /// How many catalog entries one indexing round takes at most.
 const INDEX_BATCH: usize = 20_000;
 
@@ -116,9 +130,20 @@ impl Directory {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             DirectoryError::Internal(format!("cannot create data dir {}: {e}", config.data_dir.display()))
         })?;
+        let started = Instant::now();
         let catalog = Catalog::open(&config.data_dir.join("catalog"))?;
+        let catalog_opened = started.elapsed();
         let (index, outcome) = SearchIndex::open_or_create(&config.data_dir.join("index"))?;
-        Self::assemble(config, catalog, index, outcome)
+        let index_opened = started.elapsed() - catalog_opened;
+        let directory = Self::assemble(config, catalog, index, outcome)?;
+        tracing::info!(
+            ?catalog_opened,
+            ?index_opened,
+            counted = ?(started.elapsed() - catalog_opened - index_opened),
+            files = directory.files_total.load(Ordering::Relaxed),
+            "directory opened"
+        );
+        Ok(directory)
     }
 
     /// A directory in memory and temporary files, for tests and benchmarks.
@@ -380,12 +405,38 @@ impl Directory {
         Ok(SearchResponse { hits: crate::grouping::group_copies(out), has_more })
     }
 
+    /// Answers a Locate in full: may scan every stored source of the file and wait for a
+    /// publish transaction. Blocking: run it on the blocking pool.
     pub fn locate(
         &self,
-        req: LocateRequest,
+        req: &LocateRequest,
         remote: Option<SocketAddr>,
         now: Instant,
     ) -> Result<LocateResponse> {
+        let answer = self.locate_with(req, remote, now, LocateScan::Unbounded)?;
+        answer.ok_or_else(|| DirectoryError::Internal("an unbounded Locate gave up".into()))
+    }
+
+    /// Answers a Locate if that is quick: the file has at most `INLINE_LOCATE_SCAN` stored
+    /// sources and no publish transaction holds the catalog. `Ok(None)` means "not quick": call
+    /// [`Directory::locate`] on the blocking pool instead. Most files have a handful of sources,
+    /// so most Locates skip the hand-off to another thread, which costs more than they do.
+    pub fn try_locate_quickly(
+        &self,
+        req: &LocateRequest,
+        remote: Option<SocketAddr>,
+        now: Instant,
+    ) -> Result<Option<LocateResponse>> {
+        self.locate_with(req, remote, now, LocateScan::Quick)
+    }
+
+    fn locate_with(
+        &self,
+        req: &LocateRequest,
+        remote: Option<SocketAddr>,
+        now: Instant,
+        scan: LocateScan,
+    ) -> Result<Option<LocateResponse>> {
         let id = validate::content_id("content_id", &req.content_id)?;
         let asker =
             if req.peer_id.is_empty() { None } else { Some(validate::peer_id("peer_id", &req.peer_id)?) };
@@ -394,11 +445,26 @@ impl Directory {
             return Err(invalid(format!("max_sources {max} is over the limit of {MAX_LOCATE_SOURCES}")));
         }
         let sources: Vec<(PeerId, bool)> = {
-            let _storage = shared(&self.storage);
-            let Some(file) = self.catalog.file(&id)? else {
-                return Ok(LocateResponse::default());
+            let _storage = match scan {
+                LocateScan::Unbounded => shared(&self.storage),
+                LocateScan::Quick => match self.storage.try_read() {
+                    Ok(guard) => guard,
+                    Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+                },
             };
-            self.catalog.sources_of(file.key).collect::<Result<_, _>>()?
+            let Some(key) = self.catalog.key_of(&id)? else {
+                return Ok(Some(LocateResponse::default()));
+            };
+            let limit = match scan {
+                LocateScan::Unbounded => usize::MAX,
+                LocateScan::Quick => INLINE_LOCATE_SCAN + 1,
+            };
+            let sources: Vec<_> = self.catalog.sources_of(key).take(limit).collect::<Result<_, _>>()?;
+            if sources.len() > INLINE_LOCATE_SCAN && matches!(scan, LocateScan::Quick) {
+                return Ok(None);
+            }
+            sources
         };
         let candidates: Vec<(Candidate, SocketAddr)> = {
             let presence = lock(&self.presence);
@@ -433,7 +499,7 @@ impl Directory {
                 last_seen_ms_ago: c.since_last_seen.as_millis() as u64,
             })
             .collect();
-        Ok(LocateResponse { sources })
+        Ok(Some(LocateResponse { sources }))
     }
 
     pub fn get_file(&self, req: GetFileRequest) -> Result<GetFileResponse> {
@@ -525,3 +591,7 @@ impl Directory {
         Ok(self.catalog.flush_blocking()?)
     }
 }
+
+#[cfg(test)]
+#[path = "directory_tests.rs"]
+mod tests;

@@ -5,7 +5,7 @@
 //! or changes its share list while online. It must never be the source of truth: after a
 //! restart it starts empty and fills as peers announce.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// Online sources of one file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -14,9 +14,12 @@ pub struct Counts {
     pub complete: u32,
 }
 
+/// Keyed by catalog key. Search looks up every matching document here, so the hash is Fx
+/// rather than SipHash: the keys are the directory's own ids, not chosen by clients, so there
+/// is no collision attack to resist.
 #[derive(Default)]
 pub struct OnlineCounts {
-    by_key: HashMap<u64, Counts>,
+    by_key: FxHashMap<u64, Counts>,
 }
 
 impl OnlineCounts {

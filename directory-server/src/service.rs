@@ -2,6 +2,10 @@
 //! domain method on the blocking pool (sled and tantivy calls block), and make writes durable
 //! before they are acknowledged. No policy lives here.
 //!
+//! Two calls skip the blocking pool, because handing a call to another thread costs more than
+//! they do: Heartbeat (memory only) and most Locates (a few in-memory sled reads; a Locate that
+//! would scan many sources or wait for a publish transaction goes to the pool after all).
+//!
 //! `Announce` is the one async step before the domain call: the connect-back check of the
 //! announced address (`reach`), whose verdict the domain receives as `reachable`.
 //!
@@ -130,7 +134,13 @@ impl DirectoryApi for DirectoryService {
     async fn locate(&self, request: Request<LocateRequest>) -> Result<Response<LocateResponse>, Status> {
         let remote = request.remote_addr();
         let req = request.into_inner();
-        self.run(move |d| d.locate(req, remote, Instant::now())).await.map(Response::new)
+        // Most files have few sources: answered here, without a trip to the blocking pool.
+        if let Some(answer) =
+            self.dir.try_locate_quickly(&req, remote, Instant::now()).map_err(Status::from)?
+        {
+            return Ok(Response::new(answer));
+        }
+        self.run(move |d| d.locate(&req, remote, Instant::now())).await.map(Response::new)
     }
 
     async fn get_file(&self, request: Request<GetFileRequest>) -> Result<Response<GetFileResponse>, Status> {

@@ -1,0 +1,83 @@
+//! Domain tests of `Directory` that need no sockets: the Locate hand-off rule.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use quaver_shared::directory::v1::*;
+use quaver_shared::{ContentId, NodeKey, PeerId};
+
+use super::{Directory, INLINE_LOCATE_SCAN, ValidAnnounce};
+use crate::config::Config;
+
+fn song(id: &ContentId) -> SharedFile {
+    SharedFile {
+        info: Some(FileInfo {
+            content_id: id.to_vec(),
+            size: 4_000_000,
+            file_name: "Yellow - Coldplay.mp3".into(),
+            title: "Yellow".into(),
+            artist: "Coldplay".into(),
+            album: String::new(),
+            duration_ms: 266_000,
+            bitrate_kbps: 320,
+            media_kind: MediaKind::Audio as i32,
+        }),
+        complete: true,
+    }
+}
+
+/// Announces `peers` reachable peers that all share `id`; returns their ids.
+fn sources(dir: &Directory, id: &ContentId, peers: usize) -> Vec<PeerId> {
+    let now = Instant::now();
+    (0..peers)
+        .map(|i| {
+            let peer = NodeKey::generate().unwrap().peer_id();
+            let address = SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16));
+            let announce = ValidAnnounce { peer, address, free_upload_slots: 2 };
+            let token = dir.announce(announce, true, now).unwrap().session_token;
+            let publish =
+                PublishRequest { session_token: token, added: vec![song(id)], ..Default::default() };
+            dir.publish(publish, now).unwrap();
+            peer
+        })
+        .collect()
+}
+
+fn locate(id: &ContentId, max_sources: u32) -> LocateRequest {
+    LocateRequest { content_id: id.to_vec(), max_sources, ..Default::default() }
+}
+
+#[test]
+fn a_file_with_few_sources_is_located_quickly_and_the_same_as_in_full() {
+    let dir = Directory::temporary(Config::default()).unwrap();
+    let id = ContentId::of_bytes(b"few sources");
+    let peers = sources(&dir, &id, 3);
+    let now = Instant::now();
+    let quick = dir.try_locate_quickly(&locate(&id, 0), None, now).unwrap().expect("a quick answer");
+    assert_eq!(quick, dir.locate(&locate(&id, 0), None, now).unwrap());
+    let mut found: Vec<Vec<u8>> = quick.sources.iter().map(|s| s.peer_id.clone()).collect();
+    let mut want: Vec<Vec<u8>> = peers.iter().map(|p| p.to_vec()).collect();
+    found.sort();
+    want.sort();
+    assert_eq!(found, want);
+    let unknown = dir.try_locate_quickly(&locate(&ContentId::of_bytes(b"nobody"), 0), None, now).unwrap();
+    assert_eq!(unknown, Some(LocateResponse::default()));
+}
+
+#[test]
+fn a_file_with_many_stored_sources_is_left_to_the_full_locate() {
+    let dir = Directory::temporary(Config::default()).unwrap();
+    let id = ContentId::of_bytes(b"many sources");
+    sources(&dir, &id, INLINE_LOCATE_SCAN + 1);
+    let now = Instant::now();
+    assert_eq!(dir.try_locate_quickly(&locate(&id, 0), None, now).unwrap(), None);
+    let max = quaver_shared::limits::MAX_LOCATE_SOURCES;
+    assert_eq!(dir.locate(&locate(&id, max), None, now).unwrap().sources.len(), max as usize);
+}
+
+#[test]
+fn bad_input_is_refused_on_the_quick_path_too() {
+    let dir = Directory::temporary(Config::default()).unwrap();
+    let short = LocateRequest { content_id: vec![1; 31], ..Default::default() };
+    assert!(dir.try_locate_quickly(&short, None, Instant::now()).is_err());
+}
