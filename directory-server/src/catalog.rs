@@ -13,9 +13,15 @@
 //! | `peer_files` | peer (32) ‖ key (8) | 1 byte: complete?                   |
 //! | `peers`      | peer (32)           | `StoredPeer` (prost)                |
 //! | `unindexed`  | key (8)             | empty: not yet in the search index  |
+//! | `counts`     | `files`, `sources`, `peers` | u64 (8, big-endian): entries of that tree |
 //!
-//! A `Publish` batch is one sled transaction over all six trees, and is flushed to disk before
+//! A `Publish` batch is one sled transaction over all seven trees, and is flushed to disk before
 //! it is acknowledged: an acknowledged batch survives `kill -9`.
+//!
+//! `counts` keeps the sizes of three trees in the same transactions that change them, so a
+//! start reads three numbers instead of walking millions of entries (`Tree::len` is a full
+//! scan: at 1M files it was most of the time from start to serving). A catalog without it (an
+//! older version's, or one just restored) is counted once, when it is opened.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -100,7 +106,13 @@ pub struct Catalog {
     peer_files: Tree,
     peers: Tree,
     unindexed: Tree,
+    counts: Tree,
 }
+
+/// Keys of the `counts` tree.
+const FILES_COUNT: &[u8] = b"files";
+const SOURCES_COUNT: &[u8] = b"sources";
+const PEERS_COUNT: &[u8] = b"peers";
 
 pub fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -164,15 +176,42 @@ impl Catalog {
                 });
             }
         }
-        Ok(Self {
+        let catalog = Self {
             files: db.open_tree("files")?,
             keys,
             sources: db.open_tree("sources")?,
             peer_files: db.open_tree("peer_files")?,
             peers: db.open_tree("peers")?,
             unindexed: db.open_tree("unindexed")?,
+            counts: db.open_tree("counts")?,
             db,
-        })
+        };
+        catalog.count_if_uncounted()?;
+        Ok(catalog)
+    }
+
+    /// Fills `counts` by walking the trees, when it lacks them. Runs before anything else can
+    /// write; `files` is written last, so a start interrupted half-way counts again.
+    fn count_if_uncounted(&self) -> Result<(), CatalogError> {
+        if self.counts.get(FILES_COUNT)?.is_some() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        self.counts.insert(SOURCES_COUNT, &(self.sources.len() as u64).to_be_bytes())?;
+        self.counts.insert(PEERS_COUNT, &(self.peers.len() as u64).to_be_bytes())?;
+        let files = self.files.len() as u64;
+        self.counts.insert(FILES_COUNT, &files.to_be_bytes())?;
+        if files > 0 {
+            tracing::info!(files, elapsed = ?started.elapsed(), "catalog counted (once: the counts are kept from now on)");
+        }
+        Ok(())
+    }
+
+    fn count(&self, name: &'static [u8]) -> Result<u64, CatalogError> {
+        match self.counts.get(name)? {
+            Some(bytes) => be_u64("counts", &bytes),
+            None => Ok(0),
+        }
     }
 
     /// Waits until everything written so far is on disk. Blocking. (No async variant: the
@@ -195,16 +234,19 @@ impl Catalog {
         ]
     }
 
-    pub fn file_count(&self) -> u64 {
-        self.files.len() as u64
+    /// Files in the catalog (read from `counts`, not counted).
+    pub fn file_count(&self) -> Result<u64, CatalogError> {
+        self.count(FILES_COUNT)
     }
 
-    pub fn source_count(&self) -> u64 {
-        self.sources.len() as u64
+    /// (peer, file) pairs: every stored share, online or not.
+    pub fn source_count(&self) -> Result<u64, CatalogError> {
+        self.count(SOURCES_COUNT)
     }
 
-    pub fn peer_count(&self) -> u64 {
-        self.peers.len() as u64
+    /// Peers that ever announced.
+    pub fn peer_count(&self) -> Result<u64, CatalogError> {
+        self.count(PEERS_COUNT)
     }
 
     pub fn file(&self, id: &ContentId) -> Result<Option<StoredFile>, CatalogError> {
@@ -253,8 +295,18 @@ impl Catalog {
         });
         stored.last_address = address.to_owned();
         stored.last_seen_unix_ms = now_unix_ms();
-        self.peers.insert(peer.as_bytes(), prost::Message::encode_to_vec(&stored))?;
-        Ok(stored)
+        let record = prost::Message::encode_to_vec(&stored);
+        let result = (&self.peers, &self.counts).transaction(|(peers, counts)| {
+            if peers.insert(peer.as_bytes(), record.as_slice())?.is_none() {
+                add_to_count(counts, PEERS_COUNT, 1)?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok(stored),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
     }
 
     /// Every file a peer shares, as (key, complete).
@@ -301,8 +353,16 @@ impl Catalog {
             .map(|id| Ok(self.file(id)?.map(|f| f.key)))
             .collect::<Result<_, CatalogError>>()?;
 
-        let trees = (&self.files, &self.keys, &self.sources, &self.peer_files, &self.peers, &self.unindexed);
-        let result = trees.transaction(|(files, keys, sources, peer_files, peers, unindexed)| {
+        let trees = (
+            &self.files,
+            &self.keys,
+            &self.sources,
+            &self.peer_files,
+            &self.peers,
+            &self.unindexed,
+            &self.counts,
+        );
+        let result = trees.transaction(|(files, keys, sources, peer_files, peers, unindexed, counts)| {
             let mut stored: StoredPeer = match peers.get(peer.as_bytes())? {
                 Some(bytes) => match decode("peers", &bytes) {
                     Ok(p) => p,
@@ -369,6 +429,16 @@ impl Catalog {
             }
             stored.digest = digest.as_bytes().to_vec();
             peers.insert(peer.as_bytes(), prost::Message::encode_to_vec(&stored))?;
+            let sources_added: i64 = changes
+                .iter()
+                .map(|c| match (c.before, c.after) {
+                    (None, Some(_)) => 1,
+                    (Some(_), None) => -1,
+                    _ => 0,
+                })
+                .sum();
+            add_to_count(counts, FILES_COUNT, new_files as i64)?;
+            add_to_count(counts, SOURCES_COUNT, sources_added)?;
             Ok(PublishOutcome { peer: stored, changes, new_files })
         });
         match result {
@@ -417,6 +487,22 @@ impl Catalog {
     pub fn unindexed_count(&self) -> u64 {
         self.unindexed.len() as u64
     }
+}
+
+/// Adds `delta` to one of the `counts` inside a transaction.
+fn add_to_count(counts: &TransactionalTree, name: &'static [u8], delta: i64) -> TxResult<()> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let now = match counts.get(name)? {
+        Some(bytes) => match be_u64("counts", &bytes) {
+            Ok(n) => n,
+            Err(e) => return abort(e),
+        },
+        None => 0,
+    };
+    counts.insert(name, &now.saturating_add_signed(delta).to_be_bytes())?;
+    Ok(())
 }
 
 /// Removes one file from a peer's share list inside a publish transaction.
@@ -471,13 +557,13 @@ mod tests {
         assert_eq!(out.changes.len(), 2);
         let key2 = c.file(&ids[1]).unwrap().unwrap().key;
         assert_eq!(c.sources_of(key2).collect::<Result<Vec<_>, _>>().unwrap(), vec![(p, true)]);
-        assert_eq!(c.file_count(), 2, "files stay in the catalog when their sources leave");
+        assert_eq!(c.file_count().unwrap(), 2, "files stay in the catalog when their sources leave");
 
         // Reset forgets the old list.
         let out = c.publish(&p, true, &[add(3, true)], &[], 10).unwrap();
         assert_eq!(out.peer.count, 1);
         assert_eq!(c.peer_files(&p).count(), 1);
-        assert_eq!(c.source_count(), 1);
+        assert_eq!(c.source_count().unwrap(), 1);
     }
 
     #[test]
@@ -488,7 +574,48 @@ mod tests {
         let err = c.publish(&p, false, &[add(2, true), add(3, true)], &[], 2).err().unwrap();
         assert!(matches!(err, CatalogError::TooManyFiles { would_have: 3, limit: 2 }), "{err}");
         assert_eq!(c.peer(&p).unwrap().unwrap().count, 1);
-        assert_eq!(c.file_count(), 1);
-        assert_eq!(c.source_count(), 1);
+        assert_eq!(c.file_count().unwrap(), 1);
+        assert_eq!(c.source_count().unwrap(), 1);
+    }
+
+    /// The kept counts against a walk of the trees they count.
+    fn assert_counts_true(c: &Catalog) {
+        assert_eq!(c.file_count().unwrap(), c.files.len() as u64, "files");
+        assert_eq!(c.source_count().unwrap(), c.sources.len() as u64, "sources");
+        assert_eq!(c.peer_count().unwrap(), c.peers.len() as u64, "peers");
+    }
+
+    #[test]
+    fn kept_counts_follow_every_kind_of_change() {
+        let c = Catalog::temporary().unwrap();
+        let (p, q) = (PeerId::from_array([1; 32]), PeerId::from_array([2; 32]));
+        c.touch_peer(&p, "127.0.0.1:1").unwrap();
+        c.touch_peer(&p, "127.0.0.1:2").unwrap();
+        c.touch_peer(&q, "127.0.0.1:3").unwrap();
+        assert_counts_true(&c);
+        c.publish(&p, false, &[add(1, true), add(2, false), add(3, true)], &[], 10).unwrap();
+        c.publish(&q, false, &[add(2, true), add(4, true)], &[], 10).unwrap();
+        assert_counts_true(&c);
+        c.publish(&p, false, &[add(2, true)], &[ContentId::of_bytes(&[1])], 10).unwrap();
+        c.publish(&q, true, &[add(4, false), add(5, true)], &[], 10).unwrap();
+        c.publish(&p, false, &[add(6, true)], &[], 1).err().unwrap();
+        assert_counts_true(&c);
+        assert_eq!(c.file_count().unwrap(), 5);
+    }
+
+    #[test]
+    fn a_catalog_without_counts_is_counted_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Catalog::open(dir.path()).unwrap();
+            let p = PeerId::from_array([1; 32]);
+            c.touch_peer(&p, "127.0.0.1:1").unwrap();
+            c.publish(&p, false, &[add(1, true), add(2, true)], &[], 10).unwrap();
+            // As an older version (or a restore) leaves it.
+            c.db.drop_tree("counts").unwrap();
+            c.flush_blocking().unwrap();
+        }
+        let c = Catalog::open(dir.path()).unwrap();
+        assert_eq!((c.file_count().unwrap(), c.source_count().unwrap(), c.peer_count().unwrap()), (2, 2, 1));
     }
 }

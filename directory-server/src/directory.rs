@@ -162,8 +162,8 @@ impl Directory {
             }
         }
         Ok(Self {
-            files_total: AtomicU64::new(catalog.file_count()),
-            sources_total: AtomicU64::new(catalog.source_count()),
+            files_total: AtomicU64::new(catalog.file_count()?),
+            sources_total: AtomicU64::new(catalog.source_count()?),
             leases_expired: AtomicU64::new(0),
             presence: Mutex::new(Presence::new(config.lease())),
             counts: RwLock::new(OnlineCounts::default()),
@@ -527,7 +527,7 @@ impl Directory {
         Ok(StatsResponse {
             files: self.files_total.load(Ordering::Relaxed),
             online_peers,
-            known_peers: self.catalog.peer_count(),
+            known_peers: self.catalog.peer_count()?,
             sources: self.sources_total.load(Ordering::Relaxed),
             indexed_documents: self.index.num_docs(),
             uptime_seconds: self.started.elapsed().as_secs(),

@@ -147,9 +147,9 @@ fn build(snapshot_path: &Path, staging: &Path, manifest: &Manifest, max_key: u64
 
     let catalog = Catalog::open(staging)?;
     let counts = [
-        ("files", catalog.file_count()),
-        ("sources", catalog.source_count()),
-        ("peers", catalog.peer_count()),
+        ("files", catalog.file_count()?),
+        ("sources", catalog.source_count()?),
+        ("peers", catalog.peer_count()?),
     ];
     for (tree, count) in counts {
         if count != manifest.records(tree) {
