@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use quaver_shared::directory::v1::directory_server::Directory as DirectoryApi;
 use quaver_shared::directory::v1::*;
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::directory::{Directory, ValidAnnounce};
@@ -31,6 +32,10 @@ pub struct DirectoryService {
     reach: Arc<ConnectBack>,
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
+    /// Searches running at once: one per core. A search is pure CPU; more of them at once
+    /// than cores only interleave on the blocking pool's threads, each evicting the others'
+    /// data from the caches, and every one finishes later. The rest wait here, in order.
+    search_slots: Arc<Semaphore>,
 }
 
 impl DirectoryService {
@@ -40,7 +45,8 @@ impl DirectoryService {
         limits: Arc<Limits>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { dir, reach, limits, metrics }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self { dir, reach, limits, metrics, search_slots: Arc::new(Semaphore::new(cores)) }
     }
 
     /// Counts a call of one peer against its rate.
@@ -128,6 +134,7 @@ impl DirectoryApi for DirectoryService {
 
     async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
         let req = request.into_inner();
+        let _slot = self.search_slots.acquire().await.map_err(|_| Status::unavailable("shutting down"))?;
         self.run(move |d| d.search(req)).await.map(Response::new)
     }
 
