@@ -2,8 +2,10 @@
 //! `quaver` daemons and a real directory.
 //!
 //! Run: `cargo bench --workspace --bench transfer` (release). Environment:
-//! `QUAVER_BENCH_SIZE` (bytes, default 1 GiB) and `QUAVER_BENCH_SOURCES` (comma-separated
-//! source counts, default `1,4`). It measures, it does not judge.
+//! `QUAVER_BENCH_SIZE` (bytes, default 1 GiB), `QUAVER_BENCH_SOURCES` (comma-separated source
+//! counts, default `1,4`) and `QUAVER_BENCH_LOG` (the daemons' `RUST_LOG`, default `warn`;
+//! `debug` logs each connection's path MTU, losses and congestion events when it closes). It
+//! measures, it does not judge.
 //!
 //! For each K: a deterministic file of SIZE bytes in a temp dir; K source daemons share it; a
 //! fresh downloader daemon runs `quaver get ID`. Reported: wall time of the `get`, MB/s, the

@@ -53,7 +53,8 @@ impl Daemon {
             .arg("--data-dir")
             .arg(&data)
             .args(["--directory", directory, "daemon", "--listen", listen])
-            .env("RUST_LOG", "warn")
+            // QUAVER_BENCH_LOG=debug shows, e.g., each connection's path MTU and losses.
+            .env("RUST_LOG", std::env::var("QUAVER_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;

@@ -1,7 +1,6 @@
 //! One request to a peer over QUIC: open a stream, send the frame, read the header, read the
 //! body into a caller's buffer. The codec decides what is valid; this only moves bytes.
 
-use bytes::Buf;
 use quinn::{Connection, RecvStream};
 
 use crate::wire::{FrameDecoder, Request, ResponseHeader, ResponseStatus, WireError, encode_request};
@@ -39,7 +38,7 @@ pub async fn request(
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(&encode_request(req)).await.map_err(stream_err)?;
     send.finish().map_err(stream_err)?;
-    let (header, mut rest) = read_header(&mut recv).await?;
+    let (header, rest) = read_header(&mut recv).await?;
     header.check_answers(req)?;
     if header.status != ResponseStatus::Ok {
         return Err(RequestError::Refused(header.status));
@@ -50,13 +49,19 @@ pub async fn request(
     body.reserve(len);
     let first = rest.len().min(len);
     body.extend_from_slice(&rest[..first]);
-    rest.advance(first);
-    let have = body.len();
-    body.resize(len, 0);
-    recv.read_exact(&mut body[have..]).await.map_err(|e| match e {
-        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => RequestError::Connection(c),
-        other => stream_err(other),
-    })?;
+    // Chunks are appended as quinn hands them over: one copy per byte, and no zero-filling of
+    // the buffer first (which `read_exact` into a resized buffer would cost).
+    while body.len() < len {
+        let want = len - body.len();
+        let chunk = recv.read_chunk(want, true).await.map_err(|e| match e {
+            quinn::ReadError::ConnectionLost(c) => RequestError::Connection(c),
+            other => stream_err(other),
+        })?;
+        let Some(chunk) = chunk else {
+            return Err(stream_err(format!("stream ended {} bytes short of the body", len - body.len())));
+        };
+        body.extend_from_slice(&chunk.bytes);
+    }
     Ok(header)
 }
 

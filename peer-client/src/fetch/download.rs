@@ -3,17 +3,20 @@
 //! requests it asks for, verify each block against the outboard, write it to the `.part`
 //! file, report the outcome. Every decision is the scheduler's; this module only does I/O.
 //!
-//! Memory is bounded by `MAX_BUFFERS` block buffers, whatever the file size: a request waits
-//! for a buffer before it opens a stream.
+//! Memory is bounded by `MAX_BUFFERS` block buffers, whatever the file size and however many
+//! sources there are: a request waits for a buffer before it opens a stream, and the buffer
+//! stays taken until its block is written (or dropped), then is reused by the next request.
+//! Each request's task also verifies its block, so hashing is spread over the runtime's
+//! threads instead of queueing behind the one loop that writes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quaver_shared::{ContentId, PeerId};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::AbortHandle;
 
 use super::client::{RequestError, request};
@@ -25,8 +28,12 @@ use crate::wire::{Request, ResponseStatus};
 
 /// Most sources a download talks to at once.
 pub const MAX_SOURCES: usize = 8;
-/// Block buffers in memory at once (each `BLOCK_SIZE`): 16 MiB.
-pub const MAX_BUFFERS: usize = 64;
+/// Block buffers in memory at once (each `BLOCK_SIZE`): 8 MiB, shared by all sources, whatever
+/// their number. It is also the most data in flight, so a download moves at most 8 MiB per
+/// round trip (80 MB/s at 100 ms): the same as one source may have in flight anyway (the
+/// scheduler's `max_in_flight` blocks), so more sources add speed where sources are the limit,
+/// not memory. On loopback or a LAN a fraction of it keeps every source busy.
+pub const MAX_BUFFERS: usize = 32;
 /// A request that takes longer than this counts as failed (the source stalls).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often to ask the directory for more sources while short of them.
@@ -99,7 +106,57 @@ mod futures_lite {
 enum Event {
     Connected(PeerId, quinn::Connection),
     ConnectFailed(PeerId),
-    Block { peer: PeerId, block: Block, result: Result<Vec<u8>, RequestError>, elapsed: Duration },
+    /// A request's outcome; an OK body comes with its verdict against the outboard.
+    Block {
+        peer: PeerId,
+        block: Block,
+        result: Result<(Buffer, Result<(), VerifyError>), RequestError>,
+        elapsed: Duration,
+    },
+}
+
+/// The download's block buffers: at most `MAX_BUFFERS` exist, and a freed one is kept for the
+/// next request rather than returned to the allocator (a fresh 256 KiB buffer per block costs
+/// page faults, and buffers freed on several threads fragment the heap).
+struct BufferPool {
+    permits: Arc<Semaphore>,
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+/// One buffer of the pool, with the permit that counts it.
+struct Buffer {
+    bytes: Vec<u8>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl BufferPool {
+    fn new(count: usize) -> Arc<Self> {
+        Arc::new(Self { permits: Arc::new(Semaphore::new(count)), free: Mutex::new(Vec::new()) })
+    }
+
+    /// Waits for a buffer; `None` once the pool is closed.
+    async fn take(&self) -> Option<Buffer> {
+        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        let bytes = self.lock().pop().unwrap_or_default();
+        Some(Buffer { bytes, _permit: permit })
+    }
+
+    /// Keeps the buffer's memory for the next request; its permit is released.
+    fn give_back(&self, buffer: Buffer) {
+        let mut bytes = buffer.bytes;
+        bytes.clear();
+        self.lock().push(bytes);
+    }
+
+    /// Returns the kept buffers' memory to the allocator.
+    fn release_free(&self) {
+        *self.lock() = Vec::new();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        // A list of empty buffers is consistent whatever panicked while holding it.
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Downloads `spec` from `sources` (and whatever `relocate` finds later).
@@ -164,6 +221,7 @@ pub async fn download(
     }
     let Some(outboard) = outboard else { return Err(FetchError::NoOutboard) };
     part.save_outboard(outboard.bytes())?;
+    let outboard = Arc::new(outboard);
 
     // Resume: re-check what a previous run marked, keep what passes.
     let mut kept = Vec::new();
@@ -181,7 +239,7 @@ pub async fn download(
         sched.add_source(*peer);
     }
 
-    let buffers = Arc::new(Semaphore::new(MAX_BUFFERS));
+    let buffers = BufferPool::new(MAX_BUFFERS);
     let mut in_flight: HashMap<(PeerId, Block), AbortHandle> = HashMap::new();
     let mut fetched_bytes = 0u64;
     let mut per_source: HashMap<PeerId, u64> = HashMap::new();
@@ -195,19 +253,23 @@ pub async fn download(
                 continue;
             };
             let range = block_range(block, spec.size);
-            let (tx, buffers, id) = (tx.clone(), buffers.clone(), spec.id);
+            let (tx, buffers, outboard, id) = (tx.clone(), buffers.clone(), outboard.clone(), spec.id);
             let task = tokio::spawn(async move {
-                let Ok(_permit) = buffers.acquire_owned().await else { return };
+                let Some(mut buffer) = buffers.take().await else { return };
                 let started = Instant::now();
                 let req = Request::Range { id, offset: range.start, len: range.end - range.start };
-                let mut body = Vec::new();
-                let result =
-                    match tokio::time::timeout(REQUEST_TIMEOUT, request(&conn, &req, &mut body)).await {
-                        Ok(Ok(_)) => Ok(body),
-                        Ok(Err(e)) => Err(e),
-                        Err(_) => Err(RequestError::Stream("request timed out".into())),
-                    };
-                let _ = tx.send(Event::Block { peer, block, result, elapsed: started.elapsed() }).await;
+                let fetched = tokio::time::timeout(REQUEST_TIMEOUT, request(&conn, &req, &mut buffer.bytes));
+                let result = match fetched.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(RequestError::Stream("request timed out".into())),
+                };
+                let elapsed = started.elapsed();
+                let result = result.map(|()| {
+                    let verdict = outboard.check_block(range, &buffer.bytes);
+                    (buffer, verdict)
+                });
+                let _ = tx.send(Event::Block { peer, block, result, elapsed }).await;
             });
             in_flight.insert((peer, block), task.abort_handle());
         }
@@ -264,15 +326,16 @@ pub async fn download(
                     continue;
                 }
                 match result {
-                    Ok(bytes) => {
+                    Ok((buffer, verdict)) => {
+                        let bytes = &buffer.bytes;
                         fetched_bytes += bytes.len() as u64;
                         let range = block_range(block, spec.size);
-                        match outboard.check_block(range.clone(), &bytes) {
+                        match verdict {
                             Ok(()) => {
                                 if let Verified::Accepted { cancel } =
                                     sched.block_verified(peer, block, bytes.len() as u64, elapsed)
                                 {
-                                    part.write_block(block, range.start, &bytes)?;
+                                    part.write_block(block, range.start, bytes)?;
                                     *per_source.entry(peer).or_default() += bytes.len() as u64;
                                     for loser in cancel {
                                         if let Some(h) = in_flight.remove(&(loser, block)) {
@@ -280,6 +343,7 @@ pub async fn download(
                                         }
                                     }
                                 }
+                                buffers.give_back(buffer);
                             }
                             Err(VerifyError::BadOutboard) => {
                                 // Our outboard was checked block by block: cannot happen after the
@@ -324,6 +388,9 @@ pub async fn download(
     for (_, h) in in_flight.drain() {
         h.abort();
     }
+    // The block buffers are not needed any more; freeing them before the final read-back and
+    // the store's bookkeeping keeps those off the download's memory peak.
+    buffers.release_free();
     part.sync()?;
     if !whole_file_matches(&part, &spec)? {
         return Err(FetchError::FinalCheck);
@@ -332,7 +399,19 @@ pub async fn download(
     std::fs::create_dir_all(&spec.out_dir)?;
     let dest = unused_path(&spec.out_dir, &name);
     part.finish(&dest)?;
-    for conn in conns.values() {
+    for (peer, conn) in &conns {
+        // What the transport did for this source (see `serve` for the other side).
+        let stats = conn.stats();
+        tracing::debug!(
+            peer = %peer,
+            mtu = stats.path.current_mtu,
+            rx_datagrams = stats.udp_rx.datagrams,
+            rx_bytes = stats.udp_rx.bytes,
+            tx_datagrams = stats.udp_tx.datagrams,
+            lost_packets = stats.path.lost_packets,
+            congestion_events = stats.path.congestion_events,
+            "source connection at the end of the download"
+        );
         conn.close(0u32.into(), b"done");
     }
     Ok(DownloadOutcome {
@@ -340,7 +419,10 @@ pub async fn download(
         fetched_bytes,
         per_source: per_source.into_iter().collect(),
         banned,
-        outboard: outboard.into_bytes(),
+        // Every task that shared the outboard was aborted above; should one not have let go
+        // yet, a copy does as well.
+        outboard: Arc::try_unwrap(outboard)
+            .map_or_else(|shared| shared.bytes().to_vec(), Outboard::into_bytes),
     })
 }
 

@@ -6,15 +6,21 @@
 //! - `<id>.outboard`: the verified outboard, so a resumed download need not fetch it again.
 //!
 //! Order is what makes it safe: a block's bytes are written before its byte in `.blocks`, and
-//! `sync` flushes `.part` before `.blocks`. A process crash keeps both in the page cache; a power
-//! cut can lose marks but never leaves a mark for unwritten bytes. On resume the marked blocks
-//! are checked against the outboard once more anyway (cheap), and a block that fails is simply
-//! fetched again.
+//! a sync flushes `.part` before `.blocks`. A process crash keeps both in the page cache; a power
+//! cut can lose marks, and the kernel may write a mark back before its bytes. On resume the
+//! marked blocks are checked against the outboard once more anyway (cheap), and a block that
+//! fails is simply fetched again.
+//!
+//! The periodic syncs run on a thread of their own: flushing 16 MiB takes tens of milliseconds
+//! on an ordinary disk, and the download loop that calls `write_block` must not stop verifying
+//! and requesting for that long. At most one sync runs at a time; `sync` and `finish` wait
+//! for it; a dropped `PartFile` lets it finish on its own (it holds its own descriptors).
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use quaver_shared::ContentId;
 
@@ -25,6 +31,8 @@ pub struct PartFile {
     marks: File,
     verified: Vec<bool>,
     unsynced: usize,
+    /// The background sync in progress, if any (see the module doc).
+    syncing: Option<JoinHandle<io::Result<()>>>,
     paths: Paths,
 }
 
@@ -70,7 +78,7 @@ impl PartFile {
             bytes.fill(0);
         }
         let verified = bytes.iter().map(|b| *b == 1).collect();
-        Ok(Self { part, marks, verified, unsynced: 0, paths })
+        Ok(Self { part, marks, verified, unsynced: 0, syncing: None, paths })
     }
 
     /// Blocks a previous run marked verified.
@@ -100,15 +108,41 @@ impl PartFile {
         }
         self.unsynced += 1;
         if self.unsynced >= SYNC_EVERY {
-            self.sync()?;
+            self.sync_in_background()?;
         }
         Ok(())
     }
 
-    /// Flushes data before marks (see the module doc).
+    /// Starts flushing what was written so far on a thread of its own, unless the previous
+    /// flush is still running (then the next block tries again). Reports the previous flush's
+    /// error, if it had one.
+    fn sync_in_background(&mut self) -> io::Result<()> {
+        if self.syncing.as_ref().is_some_and(|s| !s.is_finished()) {
+            return Ok(());
+        }
+        self.wait_for_sync()?;
+        let (part, marks) = (self.part.try_clone()?, self.marks.try_clone()?);
+        let sync = std::thread::Builder::new()
+            .name("quaver-part-sync".into())
+            .spawn(move || flush(&part, &marks))?;
+        self.syncing = Some(sync);
+        self.unsynced = 0;
+        Ok(())
+    }
+
+    /// Waits for the background flush, if one runs, and returns its outcome.
+    fn wait_for_sync(&mut self) -> io::Result<()> {
+        match self.syncing.take().map(JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the sync thread panicked")),
+        }
+    }
+
+    /// Flushes data before marks (see the module doc), after any background flush.
     pub fn sync(&mut self) -> io::Result<()> {
-        self.part.sync_data()?;
-        self.marks.sync_data()?;
+        self.wait_for_sync()?;
+        flush(&self.part, &self.marks)?;
         self.unsynced = 0;
         Ok(())
     }
@@ -141,6 +175,12 @@ impl PartFile {
         }
         Ok(())
     }
+}
+
+/// Data first, then the marks that vouch for it.
+fn flush(part: &File, marks: &File) -> io::Result<()> {
+    part.sync_data()?;
+    marks.sync_data()
 }
 
 /// `dir/name`, or `dir/stem (n).ext` for the first n that does not exist yet.
