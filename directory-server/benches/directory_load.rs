@@ -34,7 +34,8 @@
 //!    Announce answered `reachable`: at most one endpoint per task is open at a time, which keeps
 //!    the process far below `RLIMIT_NOFILE` even for 100k peers. Locate still hands out those
 //!    addresses (nobody dials them here).
-//! 4. How long the index takes to make every catalog file searchable after the last Publish.
+//! 4. How long the index takes to make every catalog file searchable after the last Publish,
+//!    then how long until the server is idle (its background segment merges done).
 //! 5. Search latency (sequential), throughput (8 clients) and recall@10, for queries derived
 //!    from every 97th song: its exact title, its first artist, a 2-character CJK fragment.
 //! 6. Locate latency (sequential) and throughput (16 clients) over 2,000 content ids spread over
@@ -456,6 +457,24 @@ async fn announce_peers(
     Ok(all)
 }
 
+/// Waits until the server is idle: after a bulk load the index goes on merging segments in the
+/// background for a while, and what follows measures the steady state, not the merges.
+async fn settle(pid: u32) -> anyhow::Result<String> {
+    const IDLE: f64 = 0.05; // CPU seconds per second
+    const LIMIT: Duration = Duration::from_secs(300);
+    let start = Instant::now();
+    let mut before = cpu_seconds(Some(pid))?;
+    while start.elapsed() < LIMIT {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = cpu_seconds(Some(pid))?;
+        if now - before < IDLE {
+            return Ok(format!("after {:.1} s", start.elapsed().as_secs_f64()));
+        }
+        before = now;
+    }
+    Ok(format!("still busy after {} s; measuring anyway", LIMIT.as_secs()))
+}
+
 /// Waits until every file in the catalog is searchable.
 async fn catch_up(c: &mut Client) -> anyhow::Result<String> {
     let start = Instant::now();
@@ -848,12 +867,13 @@ async fn bench_server(songs: Arc<Vec<Song>>, settings: Settings, report: &mut Re
 
     println!("\n## 4. Index catch-up");
     add(report, "Index catch-up after the last Publish", catch_up(&mut c).await?);
+    let pid = server.child.id().context("server exited")?;
+    add(report, "Server idle again (background index merges done)", settle(pid).await?);
     let stats = call(c.stats(StatsRequest {})).await?;
     println!(
         "  stats: {} files, {} online peers, {} sources, {} indexed",
         stats.files, stats.online_peers, stats.sources, stats.indexed_documents
     );
-    let pid = server.child.id().context("server exited")?;
     let queries = bench_search(&mut c, (&server.url, pid), &songs, scale, report).await?;
     let tokens = Arc::new(work.tokens);
     bench_locate_heartbeat(&mut c, (&server.url, pid), &songs, scale, tokens.clone(), report).await?;
