@@ -150,6 +150,26 @@ fn bind_endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> Resul
     Ok(quinn::Endpoint::new(endpoint_config()?, server, socket, runtime)?)
 }
 
+/// Logs at debug what the transport did on `conn`: its path MTU, datagrams both ways, losses,
+/// congestion events and MTU black holes. The first thing to look at when a transfer is slow
+/// (a path stuck at 1200 bytes, losses from a full socket buffer). `event` says which end and
+/// when, e.g. "peer connection closed".
+pub fn log_transport_stats(conn: &quinn::Connection, event: &'static str) {
+    let stats = conn.stats();
+    tracing::debug!(
+        remote = %conn.remote_address(),
+        mtu = stats.path.current_mtu,
+        rx_datagrams = stats.udp_rx.datagrams,
+        rx_bytes = stats.udp_rx.bytes,
+        tx_datagrams = stats.udp_tx.datagrams,
+        tx_bytes = stats.udp_tx.bytes,
+        lost_packets = stats.path.lost_packets,
+        congestion_events = stats.path.congestion_events,
+        black_holes = stats.path.black_holes_detected,
+        "{event}"
+    );
+}
+
 /// The server side of a node: a self-signed certificate over the node key, TLS 1.3 only, ALPN
 /// `quaver/1`, no client authentication.
 pub fn server_config(key: &NodeKey) -> Result<quinn::ServerConfig, TlsError> {

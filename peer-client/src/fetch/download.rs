@@ -399,19 +399,8 @@ pub async fn download(
     std::fs::create_dir_all(&spec.out_dir)?;
     let dest = unused_path(&spec.out_dir, &name);
     part.finish(&dest)?;
-    for (peer, conn) in &conns {
-        // What the transport did for this source (see `serve` for the other side).
-        let stats = conn.stats();
-        tracing::debug!(
-            peer = %peer,
-            mtu = stats.path.current_mtu,
-            rx_datagrams = stats.udp_rx.datagrams,
-            rx_bytes = stats.udp_rx.bytes,
-            tx_datagrams = stats.udp_tx.datagrams,
-            lost_packets = stats.path.lost_packets,
-            congestion_events = stats.path.congestion_events,
-            "source connection at the end of the download"
-        );
+    for conn in conns.values() {
+        crate::tls::log_transport_stats(conn, "source connection at the end of the download");
         conn.close(0u32.into(), b"done");
     }
     Ok(DownloadOutcome {

@@ -232,19 +232,7 @@ async fn serve_connection(incoming: Incoming, shared: Arc<Shared>, mut stop: wat
     while let Some(done) = streams.join_next().await {
         log_join(done);
     }
-    // What the transport did for this peer: the first thing to look at when uploads are slow
-    // (a path MTU stuck at 1200, losses, congestion events).
-    let stats = connection.stats();
-    tracing::debug!(
-        %remote,
-        mtu = stats.path.current_mtu,
-        sent_datagrams = stats.udp_tx.datagrams,
-        sent_bytes = stats.udp_tx.bytes,
-        lost_packets = stats.path.lost_packets,
-        congestion_events = stats.path.congestion_events,
-        black_holes = stats.path.black_holes_detected,
-        "peer connection closed"
-    );
+    crate::tls::log_transport_stats(&connection, "peer connection closed");
 }
 
 fn log_join(done: Result<(), tokio::task::JoinError>) {
