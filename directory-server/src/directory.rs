@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use quaver_shared::directory::v1::*;
 use quaver_shared::limits::*;
-use quaver_shared::{PeerId, ShareDigest};
+use quaver_shared::{ContentId, PeerId, ShareDigest};
 
 use crate::catalog::{Catalog, PublishOutcome, SourceChange, StoredFile};
 use crate::config::Config;
@@ -46,14 +46,24 @@ use crate::validate;
 /// more is located on the blocking pool (see [`Directory::try_locate_quickly`]).
 pub const INLINE_LOCATE_SCAN: usize = 256;
 
-/// How much of a file's stored sources a Locate may scan, and whether it may wait for the
-/// catalog.
-#[derive(Clone, Copy)]
-enum LocateScan {
-    /// Up to `INLINE_LOCATE_SCAN` sources, and never wait for a publish transaction.
-    Quick,
-    /// Everything, waiting as long as it takes.
-    Unbounded,
+/// A validated Locate: which file, who asks (left out of the answer), how many sources at most.
+struct LocateAsk {
+    id: ContentId,
+    asker: Option<PeerId>,
+    max: u32,
+}
+
+impl LocateAsk {
+    fn new(req: &LocateRequest) -> Result<Self> {
+        let id = validate::content_id("content_id", &req.content_id)?;
+        let asker =
+            if req.peer_id.is_empty() { None } else { Some(validate::peer_id("peer_id", &req.peer_id)?) };
+        let max = if req.max_sources == 0 { DEFAULT_LOCATE_SOURCES } else { req.max_sources };
+        if max > MAX_LOCATE_SOURCES {
+            return Err(invalid(format!("max_sources {max} is over the limit of {MAX_LOCATE_SOURCES}")));
+        }
+        Ok(Self { id, asker, max })
+    }
 }
 
 /// How many catalog entries one indexing round takes at most.
@@ -139,7 +149,6 @@ impl Directory {
         tracing::info!(
             ?catalog_opened,
             ?index_opened,
-            counted = ?(started.elapsed() - catalog_opened - index_opened),
             files = directory.files_total.load(Ordering::Relaxed),
             "directory opened"
         );
@@ -413,8 +422,12 @@ impl Directory {
         remote: Option<SocketAddr>,
         now: Instant,
     ) -> Result<LocateResponse> {
-        let answer = self.locate_with(req, remote, now, LocateScan::Unbounded)?;
-        answer.ok_or_else(|| DirectoryError::Internal("an unbounded Locate gave up".into()))
+        let ask = LocateAsk::new(req)?;
+        let sources = {
+            let _storage = shared(&self.storage);
+            self.stored_sources(&ask.id, usize::MAX)?
+        };
+        Ok(self.rank_sources(&ask, sources.unwrap_or_default(), remote, now))
     }
 
     /// Answers a Locate if that is quick: the file has at most `INLINE_LOCATE_SCAN` stored
@@ -427,50 +440,40 @@ impl Directory {
         remote: Option<SocketAddr>,
         now: Instant,
     ) -> Result<Option<LocateResponse>> {
-        self.locate_with(req, remote, now, LocateScan::Quick)
+        let ask = LocateAsk::new(req)?;
+        let sources = {
+            let _storage = match self.storage.try_read() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+            };
+            self.stored_sources(&ask.id, INLINE_LOCATE_SCAN)?
+        };
+        Ok(sources.map(|sources| self.rank_sources(&ask, sources, remote, now)))
     }
 
-    fn locate_with(
+    /// Every stored source of `id` (online or not; none for an unknown file), or `None` when
+    /// there are more than `at_most`. The caller holds `storage`.
+    fn stored_sources(&self, id: &ContentId, at_most: usize) -> Result<Option<Vec<(PeerId, bool)>>> {
+        let Some(key) = self.catalog.key_of(id)? else { return Ok(Some(Vec::new())) };
+        let sources: Vec<_> =
+            self.catalog.sources_of(key).take(at_most.saturating_add(1)).collect::<Result<_, _>>()?;
+        Ok((sources.len() <= at_most).then_some(sources))
+    }
+
+    /// The online, reachable ones of `sources`, best first for the asker.
+    fn rank_sources(
         &self,
-        req: &LocateRequest,
+        ask: &LocateAsk,
+        sources: Vec<(PeerId, bool)>,
         remote: Option<SocketAddr>,
         now: Instant,
-        scan: LocateScan,
-    ) -> Result<Option<LocateResponse>> {
-        let id = validate::content_id("content_id", &req.content_id)?;
-        let asker =
-            if req.peer_id.is_empty() { None } else { Some(validate::peer_id("peer_id", &req.peer_id)?) };
-        let max = if req.max_sources == 0 { DEFAULT_LOCATE_SOURCES } else { req.max_sources };
-        if max > MAX_LOCATE_SOURCES {
-            return Err(invalid(format!("max_sources {max} is over the limit of {MAX_LOCATE_SOURCES}")));
-        }
-        let sources: Vec<(PeerId, bool)> = {
-            let _storage = match scan {
-                LocateScan::Unbounded => shared(&self.storage),
-                LocateScan::Quick => match self.storage.try_read() {
-                    Ok(guard) => guard,
-                    Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-                    Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
-                },
-            };
-            let Some(key) = self.catalog.key_of(&id)? else {
-                return Ok(Some(LocateResponse::default()));
-            };
-            let limit = match scan {
-                LocateScan::Unbounded => usize::MAX,
-                LocateScan::Quick => INLINE_LOCATE_SCAN + 1,
-            };
-            let sources: Vec<_> = self.catalog.sources_of(key).take(limit).collect::<Result<_, _>>()?;
-            if sources.len() > INLINE_LOCATE_SCAN && matches!(scan, LocateScan::Quick) {
-                return Ok(None);
-            }
-            sources
-        };
+    ) -> LocateResponse {
         let candidates: Vec<(Candidate, SocketAddr)> = {
             let presence = lock(&self.presence);
             sources
                 .into_iter()
-                .filter(|(peer, _)| Some(*peer) != asker)
+                .filter(|(peer, _)| Some(*peer) != ask.asker)
                 .filter_map(|(peer, complete)| {
                     // Only peers that passed the connect-back check at their last Announce.
                     let lease = presence.source(&peer, now)?;
@@ -488,7 +491,8 @@ impl Directory {
         let asker_ip: Option<IpAddr> = remote.map(|r| r.ip().to_canonical());
         let addresses: std::collections::HashMap<PeerId, SocketAddr> =
             candidates.iter().map(|(c, a)| (c.peer, *a)).collect();
-        let ranked = ranking::rank(asker_ip, candidates.into_iter().map(|(c, _)| c).collect(), max as usize);
+        let ranked =
+            ranking::rank(asker_ip, candidates.into_iter().map(|(c, _)| c).collect(), ask.max as usize);
         let sources = ranked
             .into_iter()
             .map(|c| Source {
@@ -499,7 +503,7 @@ impl Directory {
                 last_seen_ms_ago: c.since_last_seen.as_millis() as u64,
             })
             .collect();
-        Ok(Some(LocateResponse { sources }))
+        LocateResponse { sources }
     }
 
     pub fn get_file(&self, req: GetFileRequest) -> Result<GetFileResponse> {

@@ -50,8 +50,8 @@ pub fn register(index: &Index) {
 /// characters; `None` when it is shorter than `PREFIX_MIN_CHARS`.
 pub fn prefix_term(word: &str) -> Option<&str> {
     let mut ends = word.char_indices().map(|(i, c)| i + c.len_utf8());
-    let min_end = ends.nth(PREFIX_MIN_CHARS - 1)?;
-    let end = ends.nth(PREFIX_MAX_CHARS - PREFIX_MIN_CHARS - 1).unwrap_or(word.len()).max(min_end);
+    ends.nth(PREFIX_MIN_CHARS - 1)?;
+    let end = ends.nth(PREFIX_MAX_CHARS - PREFIX_MIN_CHARS - 1).unwrap_or(word.len());
     Some(&word[..end])
 }
 
