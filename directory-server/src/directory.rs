@@ -66,6 +66,14 @@ impl LocateAsk {
     }
 }
 
+/// How much a file's sources weigh in its search ranking (text relevance times this):
+/// relevance first; online sources break near-ties, with diminishing returns, and a complete
+/// source a little more. Grows with `online`, so the weight of the most-sourced file bounds
+/// all others (search uses that bound to skip documents).
+fn source_weight(online: u32, complete: bool) -> f32 {
+    1.0 + 0.25 * (online as f32).ln_1p() + 0.1 * f32::from(u8::from(complete))
+}
+
 /// How many catalog entries one indexing round takes at most.
 const INDEX_BATCH: usize = 20_000;
 
@@ -392,10 +400,10 @@ impl Directory {
                 if c.online < min_online || (f.complete_only && c.complete == 0) {
                     return None;
                 }
-                // Relevance first; sources break near-ties, with diminishing returns.
-                Some(1.0 + 0.25 * (c.online as f32).ln_1p() + 0.1 * f32::from(u8::from(c.complete > 0)))
+                Some(source_weight(c.online, c.complete > 0))
             };
-            let hits = self.index.search(query, &filters, offset, size + 1, &weight)?;
+            let max_weight = source_weight(counts.most_online(), true);
+            let hits = self.index.search_bounded(query, &filters, offset, size + 1, &weight, max_weight)?;
             hits.into_iter().map(|(key, score)| (key, score, counts.get(key))).collect::<Vec<_>>()
         };
         let has_more = hits.len() > size;

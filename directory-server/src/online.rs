@@ -20,6 +20,9 @@ pub struct Counts {
 #[derive(Default)]
 pub struct OnlineCounts {
     by_key: FxHashMap<u64, Counts>,
+    /// The most online sources any file has had since start: never lowered, so it bounds every
+    /// current count (search uses it to bound ranking weights; see `most_online`).
+    most_online: u32,
 }
 
 impl OnlineCounts {
@@ -32,6 +35,7 @@ impl OnlineCounts {
         let c = self.by_key.entry(key).or_default();
         c.online += 1;
         c.complete += u32::from(complete);
+        self.most_online = self.most_online.max(c.online);
     }
 
     /// An online peer stopped holding a file, or went offline.
@@ -43,6 +47,13 @@ impl OnlineCounts {
                 self.by_key.remove(&key);
             }
         }
+    }
+
+    /// At least the online count of every file (the highest any file has reached since start).
+    /// Kept cheap rather than exact: lowering it would need a scan when the top file loses a
+    /// source, and a loose bound only makes search skip fewer documents.
+    pub fn most_online(&self) -> u32 {
+        self.most_online
     }
 
     /// Files with at least one online source.
@@ -67,5 +78,19 @@ mod tests {
         assert_eq!(c.files_online(), 0);
         c.remove(7, false);
         assert_eq!(c.get(7), Counts::default());
+    }
+
+    #[test]
+    fn most_online_bounds_every_count() {
+        let mut c = OnlineCounts::default();
+        assert_eq!(c.most_online(), 0);
+        for _ in 0..3 {
+            c.add(1, false);
+        }
+        c.add(2, true);
+        assert_eq!(c.most_online(), 3);
+        c.remove(1, false);
+        assert!(c.most_online() >= c.get(1).online.max(c.get(2).online));
+        assert_eq!(c.most_online(), 3, "never lowered");
     }
 }

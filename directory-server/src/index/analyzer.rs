@@ -17,8 +17,9 @@ use tantivy_jieba::JiebaTokenizer;
 /// Name of the word analyzer (jieba search mode, folded, lowercased). The names carry a version:
 /// an index built by an older analyzer has another schema and is rebuilt from the catalog.
 pub const WORDS: &str = "quaver_words_v2";
-/// Name of the CJK single-character analyzer (folded to simplified characters).
-pub const CJK: &str = "quaver_cjk_v2";
+/// Name of the CJK character analyzer: every character and every pair of adjacent characters
+/// (folded to simplified characters; see [`cjk_analyzer`]).
+pub const CJK: &str = "quaver_cjk_v3";
 
 /// Name of the word-prefix analyzer: the word analyzer, then every prefix of each non-CJK word
 /// (see [`Prefixes`]).
@@ -75,8 +76,15 @@ fn word_prefixes_analyzer() -> TextAnalyzer {
     words().filter(Prefixes).build()
 }
 
-/// One token per CJK character (position = character index in the text, so adjacent
-/// characters are adjacent positions and phrase queries match contiguous fragments only).
+/// One token per CJK character, and one per pair of adjacent CJK characters (a bigram, at the
+/// position of its first character). Positions are character indexes in the text, so adjacent
+/// bigrams are adjacent positions.
+///
+/// Why bigrams: a fragment of two characters, the most common CJK query, is then one term (its
+/// posting list is exactly the matching documents), not a phrase that intersects two common
+/// characters' lists and compares positions. A longer fragment is a phrase of bigrams, whose
+/// lists are far shorter than single characters'. A bigram never equals a single character, so
+/// both live in one field.
 pub fn cjk_analyzer() -> TextAnalyzer {
     TextAnalyzer::builder(CjkChars::default()).build()
 }
@@ -339,7 +347,8 @@ impl<S: TokenStream> TokenStream for PrefixesStream<S> {
     }
 }
 
-/// Emits every CJK character of the text as its own token.
+/// Emits every CJK character of the text as its own token, each followed by the bigram it
+/// starts when the next character is CJK too.
 #[derive(Clone, Default)]
 struct CjkChars {
     folded: String,
@@ -351,18 +360,31 @@ impl Tokenizer for CjkChars {
     fn token_stream<'a>(&'a mut self, text: &'a str) -> CjkCharStream<'a> {
         self.folded.clear();
         fold_into(text, &mut self.folded);
-        CjkCharStream { chars: self.folded.char_indices().enumerate(), token: Token::default() }
+        CjkCharStream {
+            chars: self.folded.char_indices().enumerate().peekable(),
+            bigram: None,
+            token: Token::default(),
+        }
     }
 }
 
 struct CjkCharStream<'a> {
-    chars: std::iter::Enumerate<std::str::CharIndices<'a>>,
+    chars: std::iter::Peekable<std::iter::Enumerate<std::str::CharIndices<'a>>>,
+    /// The bigram to emit after the current character: (its second character, byte offset).
+    bigram: Option<(char, usize)>,
     token: Token,
 }
 
 impl TokenStream for CjkCharStream<'_> {
     fn advance(&mut self) -> bool {
-        for (position, (offset, c)) in self.chars.by_ref() {
+        if let Some((second, offset)) = self.bigram.take() {
+            // The character token is still in `self.token`: extend it in place.
+            self.token.text.push(second);
+            self.token.offset_to = offset + second.len_utf8();
+            self.token.position_length = 2;
+            return true;
+        }
+        while let Some((position, (offset, c))) = self.chars.next() {
             if is_cjk(c) {
                 self.token.text.clear();
                 self.token.text.push(c);
@@ -370,6 +392,8 @@ impl TokenStream for CjkCharStream<'_> {
                 self.token.offset_to = offset + c.len_utf8();
                 self.token.position = position;
                 self.token.position_length = 1;
+                self.bigram =
+                    self.chars.peek().filter(|(_, (_, next))| is_cjk(*next)).map(|&(_, (o, n))| (n, o));
                 return true;
             }
         }
@@ -437,11 +461,21 @@ mod tests {
     }
 
     #[test]
-    fn cjk_chars_have_text_positions() {
+    fn cjk_chars_and_bigrams_have_text_positions() {
         let mut a = cjk_analyzer();
         let mut got = Vec::new();
-        a.token_stream("七里 香a天").process(&mut |t: &Token| got.push((t.text.clone(), t.position)));
-        let want = [("七", 0), ("里", 1), ("香", 3), ("天", 5)];
+        a.token_stream("七里 香a天晴天").process(&mut |t: &Token| got.push((t.text.clone(), t.position)));
+        let want = [
+            ("七", 0),
+            ("七里", 0),
+            ("里", 1),
+            ("香", 3),
+            ("天", 5),
+            ("天晴", 5),
+            ("晴", 6),
+            ("晴天", 6),
+            ("天", 7),
+        ];
         let want: Vec<(String, usize)> = want.iter().map(|(s, p)| (s.to_string(), *p)).collect();
         assert_eq!(got, want);
     }

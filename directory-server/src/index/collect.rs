@@ -27,34 +27,44 @@ pub struct Collected {
 }
 
 /// Runs `query`, keeping documents that pass `filters` and get `Some` weight.
+///
+/// `max_weight` bounds every weight `weight_of` returns (`f32::INFINITY` if unknown). Once `n`
+/// hits are held, a document whose text score times `max_weight` cannot beat the worst of them
+/// cannot make the page, so the scorer is told to skip such documents: for a query that is a
+/// plain union or intersection of terms, tantivy then skips whole blocks of postings whose best
+/// score is too low (block-max WAND) instead of scoring every match. Skipped documents are not
+/// counted in `admitted`; while fewer than `n` are held nothing is skipped, so `admitted` is 0
+/// exactly when nothing was admitted.
 pub fn top(
     searcher: &Searcher,
     query: &dyn Query,
     filters: &IndexFilters,
     n: usize,
     weight_of: &(dyn Fn(u64) -> Option<f32> + Sync),
+    max_weight: f32,
 ) -> Result<Collected, IndexError> {
     let weight = query.weight(EnableScoring::enabled_from_searcher(searcher))?;
-    let mut heap = BinaryHeap::new();
+    let mut heap: BinaryHeap<Entry> = BinaryHeap::new();
     let mut admitted = 0usize;
     // Decided once per search, not per matching document.
     let filters = (!filters.is_empty()).then_some(filters);
+    let mut threshold = NOTHING_SKIPPED;
     for segment in searcher.segment_readers() {
         let cols = Columns::open(segment, filters.is_some())?;
         let alive = segment.alive_bitset();
-        weight.for_each(segment, &mut |doc, score| {
+        weight.for_each_pruning(threshold, segment, &mut |doc, score| {
             if alive.is_some_and(|a| a.is_deleted(doc)) {
-                return;
+                return threshold;
             }
             let Some(key) = cols.admit(doc, filters) else {
-                return;
+                return threshold;
             };
             let Some(w) = weight_of(key) else {
-                return;
+                return threshold;
             };
             admitted += 1;
             if n == 0 {
-                return;
+                return threshold;
             }
             let w = if w.is_nan() { 0.0 } else { w };
             let entry = Entry { score: score * w, key };
@@ -64,10 +74,29 @@ pub fn top(
                 heap.pop();
                 heap.push(entry);
             }
+            if heap.len() == n
+                && let Some(worst) = heap.peek()
+            {
+                threshold = skip_below(worst.score, max_weight);
+            }
+            threshold
         })?;
     }
     let hits = heap.into_sorted_vec().into_iter().map(|e| (e.key, e.score)).collect();
     Ok(Collected { hits, admitted })
+}
+
+/// The threshold that lets every document through (scores are never negative).
+const NOTHING_SKIPPED: f32 = f32::MIN;
+
+/// The text score at or below which a document cannot beat a held hit scoring `worst`, when
+/// weights are at most `max_weight`. A hair lower than `worst / max_weight`, so that rounding
+/// can never skip a document that would tie (ties are broken by key, so they may still enter).
+fn skip_below(worst: f32, max_weight: f32) -> f32 {
+    if !(max_weight.is_finite() && max_weight > 0.0 && worst > 0.0) {
+        return NOTHING_SKIPPED;
+    }
+    worst / max_weight * (1.0 - 1e-4)
 }
 
 /// The fast-field columns of one segment: the key, and the filter columns when a filter is set

@@ -221,17 +221,32 @@ impl SearchIndex {
         limit: usize,
         weight: &(dyn Fn(u64) -> Option<f32> + Sync),
     ) -> Result<Vec<(u64, f32)>, IndexError> {
+        self.search_bounded(query, filters, offset, limit, weight, f32::INFINITY)
+    }
+
+    /// [`search`](Self::search) for a caller that knows `max_weight`, a bound on every weight
+    /// `weight` returns: documents that cannot make the page are then skipped unscored where
+    /// the query allows it. The result is the same as `search`'s.
+    pub fn search_bounded(
+        &self,
+        query: &str,
+        filters: &IndexFilters,
+        offset: usize,
+        limit: usize,
+        weight: &(dyn Fn(u64) -> Option<f32> + Sync),
+        max_weight: f32,
+    ) -> Result<Vec<(u64, f32)>, IndexError> {
         let searcher = self.reader.searcher();
         let plan = query::plan(&self.fields, &searcher, query)?;
         if limit == 0 {
             return Ok(Vec::new());
         }
         let n = offset.saturating_add(limit);
-        let mut found = collect::top(&searcher, plan.strict.as_ref(), filters, n, weight)?;
+        let mut found = collect::top(&searcher, plan.strict.as_ref(), filters, n, weight, max_weight)?;
         if found.admitted == 0
             && let Some(loose) = &plan.loose
         {
-            found = collect::top(&searcher, loose.as_ref(), filters, n, weight)?;
+            found = collect::top(&searcher, loose.as_ref(), filters, n, weight, max_weight)?;
         }
         Ok(found.hits.into_iter().skip(offset).take(limit).collect())
     }

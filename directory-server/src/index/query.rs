@@ -77,10 +77,17 @@ pub fn plan(fields: &Fields, searcher: &Searcher, raw: &str) -> Result<Plan, Ind
                 loose.push((Occur::Should, q.box_clone()));
                 strict.push((Occur::Must, q));
             }
+            Unit::Cjk { run, words, scope } if is_one_word(run, words) => {
+                // The run's fragment is the word's own fragment: score it once, with both
+                // boosts, instead of matching the same fragment twice.
+                let q = b.cjk_word(&words[0], *scope, 1.0 + RUN_PHRASE_BOOST);
+                loose.push((Occur::Should, q.box_clone()));
+                strict.push((Occur::Must, q));
+            }
             Unit::Cjk { run, words, scope } => {
                 let mut all_words = Vec::new();
                 for w in words {
-                    let q = b.cjk_word(w, *scope);
+                    let q = b.cjk_word(w, *scope, 1.0);
                     loose.push((Occur::Should, q.box_clone()));
                     all_words.push((Occur::Must, q));
                 }
@@ -96,7 +103,14 @@ pub fn plan(fields: &Fields, searcher: &Searcher, raw: &str) -> Result<Plan, Ind
             }
         }
     }
-    let mut strict: Box<dyn Query> = Box::new(BooleanQuery::new(strict));
+    // One required clause is that clause: unwrapped, a query that is a plain union of terms
+    // stays one, and the collector can skip documents that cannot make the page (block-max
+    // WAND; see `collect`).
+    let mut strict: Box<dyn Query> = match <[_; 1]>::try_from(strict) {
+        Ok([(Occur::Must, only)]) => only,
+        Ok(one) => Box::new(BooleanQuery::new(Vec::from(one))),
+        Err(clauses) => Box::new(BooleanQuery::new(clauses)),
+    };
     // `qing tian`, `zhou jie lun`: Latin words that together spell one pinyin term.
     if let Some((joined, prefix)) = joined_pinyin(&units) {
         let mut either = b.pinyin(&joined, prefix);
@@ -106,6 +120,11 @@ pub fn plan(fields: &Fields, searcher: &Searcher, raw: &str) -> Result<Plan, Ind
     }
     let single = units.len() == 1;
     Ok(Plan { strict, loose: (!single).then(|| Box::new(BooleanQuery::new(loose)) as Box<dyn Query>) })
+}
+
+/// True when jieba left the CJK run as one word, so the word's fragment is the run's.
+fn is_one_word(run: &[char], words: &[String]) -> bool {
+    matches!(words, [word] if word.chars().eq(run.iter().copied()))
 }
 
 /// All units joined, when there are several and all are unscoped lowercase ASCII words; and
@@ -227,16 +246,20 @@ impl Builder<'_> {
     }
 
     /// A CJK word from jieba: as a word in the scope's word fields, or as a contiguous fragment
-    /// in its CJK character fields.
-    fn cjk_word(&self, word: &str, scope: Scope) -> Box<dyn Query> {
+    /// in its CJK character fields (that part boosted by `fragment_boost`).
+    fn cjk_word(&self, word: &str, scope: Scope, fragment_boost: f32) -> Box<dyn Query> {
         let mut should: Vec<(Occur, Box<dyn Query>)> = self
             .word_fields(scope)
             .into_iter()
             .map(|(f, b)| (Occur::Should, term_query(Term::from_field_text(f, word), b)))
             .collect();
         let chars: Vec<char> = word.chars().filter(|c| is_cjk(*c)).collect();
-        if let Some(q) = self.cjk_fragment(&chars, scope, 1.0) {
-            should.push((Occur::Should, q));
+        // Flat: the fragment's per-field queries join the word's, so that a fragment of one or
+        // two characters keeps the whole query a union of plain terms.
+        if !chars.is_empty() {
+            for (f, b) in self.cjk_fields(scope) {
+                should.push((Occur::Should, fragment_in(f, &chars, b * fragment_boost)));
+            }
         }
         Box::new(BooleanQuery::new(should))
     }
@@ -267,16 +290,18 @@ fn in_scope(scope: Scope, [title, artist, album, file_name]: [(Field, f32); 4]) 
     }
 }
 
+/// `chars` as a contiguous fragment of `field` (indexed by `analyzer::cjk_analyzer`): one
+/// character or one bigram is a single term; a longer fragment is a phrase of its overlapping
+/// bigrams (`周杰伦` → `周杰`, `杰伦` at adjacent positions).
 fn fragment_in(field: Field, chars: &[char], boost: f32) -> Box<dyn Query> {
-    let mut buf = [0u8; 4];
-    let mut terms: Vec<Term> =
-        chars.iter().map(|c| Term::from_field_text(field, c.encode_utf8(&mut buf))).collect();
-    match terms.len() {
-        1 => match terms.pop() {
-            Some(t) => term_query(t, boost),
-            None => Box::new(tantivy::query::EmptyQuery),
-        },
-        _ => boosted(PhraseQuery::new(terms), boost),
+    let term = |text: String| Term::from_field_text(field, &text);
+    match chars {
+        [] => Box::new(tantivy::query::EmptyQuery),
+        [_] | [_, _] => term_query(term(chars.iter().collect()), boost),
+        _ => {
+            let bigrams = chars.windows(2).map(|pair| term(pair.iter().collect())).collect();
+            boosted(PhraseQuery::new(bigrams), boost)
+        }
     }
 }
 

@@ -412,3 +412,61 @@ fn a_long_word_is_found_by_any_prefix_of_it() {
     let both = keys(&idx, "sup");
     assert!(both.contains(&1) && both.contains(&2), "{both:?}");
 }
+
+/// Many documents matching `晴天`: the first 150 with short titles (high text scores), the rest
+/// long ones, in enough postings blocks (128 documents each) for block-max WAND to skip some.
+fn wand_fixture() -> SearchIndex {
+    let idx = SearchIndex::in_memory().unwrap();
+    let titles: Vec<String> = (0..3000u64)
+        .map(|i| match i {
+            0..150 => format!("晴天 {i}"),
+            _ => format!("晴天 {}", "很长的标题 with many words ".repeat(1 + (i % 5) as usize)),
+        })
+        .collect();
+    let artists = ["周杰伦", "王心凌", "Love Song", "天天"];
+    let docs: Vec<IndexDoc<'_>> = titles
+        .iter()
+        .enumerate()
+        .map(|(i, t)| IndexDoc { key: i as u64, title: t, artist: artists[i % 4], ..IndexDoc::default() })
+        .collect();
+    idx.upsert(&docs).unwrap();
+    idx.commit().unwrap();
+    idx
+}
+
+#[test]
+fn a_weight_bound_changes_no_page() {
+    let idx = wand_fixture();
+    // Weights in [1, 3], some documents excluded; deterministic per key.
+    let w =
+        |k: u64| (!k.is_multiple_of(11)).then(|| 1.0 + (k.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0);
+    for q in ["晴天", "天", "晴天 周杰伦", "周杰伦", "很长的标题", "love", "love song", "qingtian", "天晴"]
+    {
+        for page in 0..4 {
+            let plain = idx.search(q, ALL, page * 10, 10, &w).unwrap();
+            let bounded = idx.search_bounded(q, ALL, page * 10, 10, &w, 3.0).unwrap();
+            assert_eq!(plain, bounded, "query {q:?}, page {page}");
+        }
+    }
+}
+
+#[test]
+fn one_and_two_character_queries_are_plain_unions_of_terms() {
+    // tantivy skips blocks of documents (block-max WAND) only for a flat union of term queries;
+    // a nested boolean or a phrase anywhere makes it score every match.
+    let idx = wand_fixture();
+    let searcher = idx.reader.searcher();
+    for q in ["晴天", "天", "title:晴天"] {
+        let plan = query::plan(&idx.fields, &searcher, q).unwrap();
+        let shape = format!("{:?}", plan.strict);
+        assert_eq!(shape.matches("BooleanQuery").count(), 1, "{q}: {shape}");
+        assert!(!shape.contains("Phrase") && !shape.contains("Must"), "{q}: {shape}");
+        assert!(shape.contains("TermQuery"), "{q}: {shape}");
+    }
+    // Three characters: a phrase of two bigrams, not of three characters.
+    let plan = query::plan(&idx.fields, &searcher, "周杰伦").unwrap();
+    let shape = format!("{:?}", plan.strict);
+    assert!(shape.contains("周杰") && shape.contains("杰伦"), "{shape}");
+    let top = collect::top(&searcher, plan.strict.as_ref(), ALL, 10, &all_online, 1.0).unwrap();
+    assert_eq!(top.hits.len(), 10);
+}
