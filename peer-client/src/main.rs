@@ -87,7 +87,29 @@ enum Command {
     },
 }
 
+/// Keeps glibc malloc from hoarding a download's churn. quinn receives into a fresh buffer per
+/// batch of datagrams (up to 64 KiB) and frees it on whichever thread read the last stream
+/// chunk out of it, and the block buffers are 256 KiB. By default glibc gives every thread
+/// that allocates an arena of its own and raises its mmap and trim thresholds after the first
+/// big free, so freed memory stayed in the arenas: a 1 GiB download from 4 sources peaked at
+/// 35-39 MiB RSS with about 25 MiB of live heap. Two arenas and fixed 128 KiB thresholds (big
+/// buffers come from mmap and go back when freed; a heap top over 128 KiB is trimmed) bring
+/// that to about 30 MiB, at no measurable CPU cost (the block buffers are pooled, so the mmap
+/// path sees few calls). mimalloc was tried too: it backed its arena with huge pages (100 MiB).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before any other thread
+    // exists, and an unknown or refused setting is reported by its return value (ignored:
+    // glibc's defaults still work, with a higher peak).
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     let args = Args::parse();
     let data_dir = args.data_dir.unwrap_or_else(cli::default_data_dir);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

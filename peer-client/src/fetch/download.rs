@@ -7,7 +7,20 @@
 //! sources there are: a request waits for a buffer before it opens a stream, and the buffer
 //! stays taken until its block is written (or dropped), then is reused by the next request.
 //! Each request's task also verifies its block, so hashing is spread over the runtime's
-//! threads instead of queueing behind the one loop that writes.
+//! threads instead of queueing behind the one loop that writes. The outboard stays in its file
+//! in the work dir (a block check reads the few hashes on its path), so a big file's outboard
+//! (4 MiB per GiB) never sits on the heap.
+//!
+//! Integrity: a block is written to the `.part` file only after it verified against the
+//! outboard, and the outboard's root is the content id, so once every block is written the
+//! file is the content id's bytes: there is no second, whole-file hash at the end (it would
+//! read the file back once more to learn nothing new). A resumed download re-checks every block
+//! a previous run marked before trusting it, since those bytes come back from disk.
+//!
+//! A source that answers nothing for a while with requests in flight (the scheduler's stall
+//! rule) is dropped while others remain: its streams are aborted, which frees the buffers they
+//! held, and its blocks go back to the pool at once. A killed peer's QUIC connection would
+//! only time out after its idle timeout, and meanwhile its requests would keep taking buffers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +32,7 @@ use quaver_shared::{ContentId, PeerId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::AbortHandle;
 
-use super::client::{RequestError, request};
+use super::client::{FileBody, RequestError, request};
 use super::partfile::{PartFile, unused_path};
 use super::scheduler::{BLOCK_SIZE, Block, Scheduler, Verified};
 use super::verify::{Outboard, VerifyError};
@@ -90,8 +103,6 @@ pub enum FetchError {
     NoOutboard,
     #[error("download state on disk: {0}")]
     Disk(#[from] std::io::Error),
-    #[error("the assembled file does not hash to its content id")]
-    FinalCheck,
     #[error("{0}")]
     Scheduler(#[from] super::scheduler::SchedulerError),
 }
@@ -197,19 +208,27 @@ pub async fn download(
     }
 
     // The outboard: from a previous run, or from the first source that sends a valid one.
-    let mut outboard = part.saved_outboard().and_then(|b| Outboard::new(&spec.id, spec.size, b).ok());
+    let mut outboard = part
+        .saved_outboard()
+        .and_then(|(file, len)| Outboard::from_file(&spec.id, spec.size, file, len).ok());
     let mut banned = Vec::new();
     while outboard.is_none() {
         let Some(ev) = rx.recv().await else { return Err(FetchError::NoOutboard) };
         connecting =
             connecting.saturating_sub(matches!(ev, Event::Connected(..) | Event::ConnectFailed(_)) as usize);
         if let Event::Connected(peer, conn) = ev {
-            let mut body = Vec::new();
-            match request(&conn, &Request::Outboard(spec.id), &mut body).await {
-                Ok(h) if h.file_size == spec.size => match Outboard::new(&spec.id, spec.size, body) {
-                    Ok(ob) => outboard = Some(ob),
-                    Err(e) => tracing::warn!(peer = %peer, error = %e, "bad outboard"),
-                },
+            let file = part.new_outboard()?;
+            match request(&conn, &Request::Outboard(spec.id), &mut FileBody::new(&file)).await {
+                Ok(h) if h.file_size == spec.size => {
+                    let len = file.metadata()?.len();
+                    match Outboard::from_file(&spec.id, spec.size, file, len) {
+                        Ok(ob) => {
+                            part.keep_outboard()?;
+                            outboard = Some(ob);
+                        }
+                        Err(e) => tracing::warn!(peer = %peer, error = %e, "bad outboard"),
+                    }
+                }
                 Ok(h) => tracing::warn!(peer = %peer, size = h.file_size, "source reports another size"),
                 Err(e) => tracing::info!(peer = %peer, error = %e, "outboard request failed"),
             }
@@ -220,7 +239,6 @@ pub async fn download(
         }
     }
     let Some(outboard) = outboard else { return Err(FetchError::NoOutboard) };
-    part.save_outboard(outboard.bytes())?;
     let outboard = Arc::new(outboard);
 
     // Resume: re-check what a previous run marked, keep what passes.
@@ -247,7 +265,17 @@ pub async fn download(
     let mut fruitless = 0u32;
 
     while !sched.is_complete() {
-        for (peer, block) in sched.next_requests(Instant::now()) {
+        let now = Instant::now();
+        // With nobody else left, a silent source is still the best hope: its requests time
+        // out one by one (REQUEST_TIMEOUT) instead.
+        for peer in sched.stalled_sources(now) {
+            if sched.usable_sources() > 1 {
+                tracing::info!(peer = %peer, "source silent with requests in flight; dropping it");
+                sched.remove_source(peer);
+                drop_source(&mut conns, &mut in_flight, peer);
+            }
+        }
+        for (peer, block) in sched.next_requests(now) {
             let Some(conn) = conns.get(&peer).cloned() else {
                 sched.remove_source(peer);
                 continue;
@@ -345,6 +373,9 @@ pub async fn download(
                                 }
                                 buffers.give_back(buffer);
                             }
+                            Err(VerifyError::Unreadable(e)) => {
+                                return Err(FetchError::Disk(std::io::Error::other(e)));
+                            }
                             Err(VerifyError::BadOutboard) => {
                                 // Our outboard was checked block by block: cannot happen after the
                                 // first success, and before it the outboard's sender is unknown here.
@@ -391,10 +422,8 @@ pub async fn download(
     // The block buffers are not needed any more; freeing them before the final read-back and
     // the store's bookkeeping keeps those off the download's memory peak.
     buffers.release_free();
-    part.sync()?;
-    if !whole_file_matches(&part, &spec)? {
-        return Err(FetchError::FinalCheck);
-    }
+    // For the store, which keeps it with the file (read before `finish` removes its file).
+    let outboard_bytes = outboard.to_bytes()?;
     let name = safe_file_name(&spec.name, &format!("{}.download", &spec.id.to_hex()[..16]));
     std::fs::create_dir_all(&spec.out_dir)?;
     let dest = unused_path(&spec.out_dir, &name);
@@ -408,10 +437,7 @@ pub async fn download(
         fetched_bytes,
         per_source: per_source.into_iter().collect(),
         banned,
-        // Every task that shared the outboard was aborted above; should one not have let go
-        // yet, a copy does as well.
-        outboard: Arc::try_unwrap(outboard)
-            .map_or_else(|shared| shared.bytes().to_vec(), Outboard::into_bytes),
+        outboard: outboard_bytes,
     })
 }
 
@@ -434,20 +460,6 @@ fn drop_source(
 fn block_range(block: Block, size: u64) -> std::ops::Range<u64> {
     let start = u64::from(block) * BLOCK_SIZE;
     start..(start + BLOCK_SIZE).min(size)
-}
-
-/// The final check: the whole `.part` file hashes to the content id.
-fn whole_file_matches(part: &PartFile, spec: &DownloadSpec) -> std::io::Result<bool> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut offset = 0;
-    while offset < spec.size {
-        let n = (spec.size - offset).min(buf.len() as u64) as usize;
-        part.read_at(offset, &mut buf[..n])?;
-        hasher.update(&buf[..n]);
-        offset += n as u64;
-    }
-    Ok(hasher.finalize().as_bytes() == spec.id.as_bytes())
 }
 
 /// Where downloads keep their state by default, inside a node's data dir.

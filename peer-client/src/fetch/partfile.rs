@@ -147,15 +147,28 @@ impl PartFile {
         Ok(())
     }
 
-    pub fn saved_outboard(&self) -> Option<Vec<u8>> {
-        std::fs::read(&self.paths.outboard).ok()
+    /// The outboard a previous run kept, open for reading, with its length.
+    pub fn saved_outboard(&self) -> Option<(File, u64)> {
+        let file = File::open(&self.paths.outboard).ok()?;
+        let len = file.metadata().ok()?.len();
+        Some((file, len))
     }
 
-    /// Keeps a verified outboard for a resumed run (written atomically).
-    pub fn save_outboard(&self, bytes: &[u8]) -> io::Result<()> {
-        let tmp = self.paths.outboard.with_extension("outboard.tmp");
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, &self.paths.outboard)
+    /// A fresh, empty file to receive an outboard into; [`PartFile::keep_outboard`] makes it
+    /// the saved one once it checks out. The download verifies blocks against it in place, so
+    /// the outboard is never held in memory whole.
+    pub fn new_outboard(&self) -> io::Result<File> {
+        OpenOptions::new().read(true).write(true).create(true).truncate(true).open(self.outboard_tmp())
+    }
+
+    /// Keeps the outboard received with [`PartFile::new_outboard`] for a resumed run (renamed
+    /// into place: a crash leaves the old one or the new one, never half of one).
+    pub fn keep_outboard(&self) -> io::Result<()> {
+        std::fs::rename(self.outboard_tmp(), &self.paths.outboard)
+    }
+
+    fn outboard_tmp(&self) -> PathBuf {
+        self.paths.outboard.with_extension("outboard.tmp")
     }
 
     pub fn forget_outboard(&self) {
@@ -170,6 +183,7 @@ impl PartFile {
         let _ = std::fs::remove_file(&self.paths.part);
         let _ = std::fs::remove_file(&self.paths.marks);
         let _ = std::fs::remove_file(&self.paths.outboard);
+        let _ = std::fs::remove_file(self.outboard_tmp());
         if let Some(dir) = dest.parent() {
             File::open(dir)?.sync_all()?;
         }

@@ -242,6 +242,21 @@ impl<S: SourceKey> Scheduler<S> {
         active.flat_map(|s| [s.retry_at, s.stall_deadline(&self.cfg, block_size)]).flatten().min()
     }
 
+    /// Active sources that have been silent past their stall deadline (see
+    /// [`SchedulerConfig::stall_after`]) as of the last poll, with requests in flight: most
+    /// likely dead without having closed their connection. The caller should drop them
+    /// ([`Scheduler::remove_source`] and its own streams): their blocks go back to the pool at
+    /// once, and whatever they held while they hung (buffers, streams) is freed.
+    pub fn stalled_sources(&self, now: Instant) -> Vec<S> {
+        let block_size = self.blocks.block_size();
+        self.sources
+            .iter()
+            .filter(|s| s.status == SourceStatus::Active && !s.in_flight.is_empty())
+            .filter(|s| s.stall_deadline(&self.cfg, block_size).is_some_and(|t| now >= t))
+            .map(|s| s.id)
+            .collect()
+    }
+
     /// Blocks that may take one more holder, with when their quickest holder should finish
     /// them, latest first. Finish times assume a source works through its requests in order at
     /// its measured rate. Built once per poll: every idle source then looks at its head only.

@@ -135,12 +135,15 @@ impl<S> Source<S> {
         }
     }
 
-    /// When this source counts as stalled if it stays silent: `stall_after`, or four times
-    /// what one block should take at its measured rate if that is longer (a slow but live
-    /// source is not stalled).
+    /// When this source counts as stalled if it stays silent: `stall_after`, or what its
+    /// requests in flight plus four more blocks should take at its measured rate if that is
+    /// longer (a slow but live source is not stalled). The requests in flight count because a
+    /// source serves several at once: sharing its rate, they may all finish together, after
+    /// a silence of about `in_flight` block times.
     pub(super) fn stall_deadline(&self, cfg: &SchedulerConfig, block_size: u64) -> Option<Instant> {
         let (_, since) = self.quiet_since?;
-        let per_block = Duration::from_secs_f64((4.0 * block_size as f64 / self.rate(cfg)).min(3600.0));
+        let blocks = 4.0 + self.in_flight.len() as f64;
+        let per_block = Duration::from_secs_f64((blocks * block_size as f64 / self.rate(cfg)).min(3600.0));
         Some(since + cfg.stall_after.max(per_block))
     }
 

@@ -209,9 +209,10 @@ fn transient_failures_back_off_then_retire_the_source() {
     assert_eq!(s.next_requests(t0 + 499 * MS), vec![]);
     // Window halved to 1, and block 1 still in flight: nothing more yet.
     assert_eq!(s.next_requests(t0 + 500 * MS), vec![]);
-    // Only the stall check of block 1 is left: four block times at the unmeasured rate.
+    // Only the stall check of block 1 is left: that block and four more block times at the
+    // unmeasured rate.
     let cfg = SchedulerConfig::default();
-    let stall = Duration::from_secs_f64(4.0 * B as f64 / cfg.unknown_bandwidth).max(cfg.stall_after);
+    let stall = Duration::from_secs_f64(5.0 * B as f64 / cfg.unknown_bandwidth).max(cfg.stall_after);
     assert_eq!(s.poll_timeout(), Some(t0 + stall));
     done(&mut s, 1, 1, 10_000); // slow: the window stays at 2
     assert_eq!(s.next_requests(t0 + 600 * MS), vec![(1, 0), (1, 2)]);
@@ -371,4 +372,30 @@ fn a_silent_source_stalls_and_idle_sources_copy_its_blocks() {
         }
     }
     assert!(s.is_complete());
+}
+
+#[test]
+fn a_silent_source_is_reported_stalled_and_removing_it_pools_its_blocks() {
+    let mut s = sched(8);
+    s.add_source(1);
+    s.add_source(2);
+    let t0 = Instant::now();
+    for (src, b) in s.next_requests(t0) {
+        done(&mut s, src, b, 10);
+    }
+    let t1 = t0 + 20 * MS;
+    let at_one = blocks_of(&s.next_requests(t1), 1);
+    assert!(!at_one.is_empty());
+    assert!(s.stalled_sources(t1).is_empty(), "nobody is silent yet");
+    // A poll notes source 1's silence; past its deadline it is reported, and only it.
+    let _ = s.next_requests(t1 + MS);
+    let deadline = s.poll_timeout().expect("a stall check");
+    assert!(s.stalled_sources(deadline - MS).is_empty());
+    let _ = s.next_requests(deadline);
+    assert!(s.stalled_sources(deadline).contains(&1), "{:?}", s.stalled_sources(deadline));
+    s.remove_source(1);
+    for b in at_one {
+        assert!(s.is_pooled(b) || s.holders(b) > 0, "block {b} stranded");
+    }
+    assert!(s.stalled_sources(deadline).iter().all(|&id| id != 1));
 }

@@ -41,10 +41,15 @@ pub struct SchedulerConfig {
     pub unknown_bandwidth: f64,
     /// Weight of a new sample in the smoothed bandwidth (0..=1).
     pub ewma_weight: f64,
-    /// A source with requests in flight that answers none of them for this long (or for four
-    /// block times at its measured rate, if longer) is stalled: idle sources copy its blocks.
-    /// A killed peer's connection only times out after the QUIC idle timeout; this is what
-    /// keeps a download from waiting for that.
+    /// A source with requests in flight that answers none of them for this long (or for as
+    /// many block times at its measured rate as it has requests in flight, plus four, if
+    /// longer) is stalled: idle sources copy its blocks, and [`Scheduler::stalled_sources`]
+    /// reports it so the caller can drop it. A killed peer's connection only times out after
+    /// the QUIC idle timeout; this is what keeps a download from waiting for that. One second
+    /// is many block times of any source fast enough to matter, and a slower one gets its own,
+    /// longer deadline.
+    ///
+    /// [`Scheduler::stalled_sources`]: super::scheduler::Scheduler::stalled_sources
     pub stall_after: Duration,
 }
 
@@ -62,7 +67,7 @@ impl Default for SchedulerConfig {
             dup_advantage: 2.0,
             unknown_bandwidth: 64.0 * 1024.0,
             ewma_weight: 0.3,
-            stall_after: Duration::from_secs(2),
+            stall_after: Duration::from_secs(1),
         }
     }
 }

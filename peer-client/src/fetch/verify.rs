@@ -1,8 +1,10 @@
 //! Checks bytes from untrusted peers against a file's content id, via its bao outboard.
 //!
-//! Pure computation, no I/O: `Outboard::new` takes the outboard bytes a peer sent and the
-//! content id we asked for; `check_block` hashes one block and walks the tree from the root
-//! down to it. Every parent pair on the way must hash to the value above it, so a block that
+//! Computation, and no I/O but reading hashes: `Outboard::new` takes the outboard bytes a peer
+//! sent and the content id we asked for, `Outboard::from_file` the same bytes kept in a file (a
+//! download's, which keeps a big file's outboard off the heap: 16 MiB for 4 GiB, where a block
+//! check reads only the few hundred bytes of its path); `check_block` hashes one block and
+//! walks the tree from the root down to it. Every parent pair on the way must hash to the value above it, so a block that
 //! passes is bound to the content id by BLAKE3 alone, whoever sent it.
 //!
 //! Blame is exact: a `ParentHashMismatch` means the *outboard* disagrees with the content id
@@ -12,7 +14,10 @@
 use std::ops::Range;
 
 use bao_tree::io::EncodeError;
-use bao_tree::io::outboard::PreOrderMemOutboard;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::sync::{ReadAt, encode_ranges_validated};
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 use quaver_shared::ContentId;
@@ -29,11 +34,35 @@ pub enum VerifyError {
     BadBlock,
     #[error("block {range:?} is not aligned to 16 KiB chunk groups or lies outside the file")]
     Misaligned { range: Range<u64> },
+    /// Our own copy of the outboard could not be read (a local disk error): nobody's fault
+    /// but ours, so nobody is blamed.
+    #[error("cannot read the outboard: {0}")]
+    Unreadable(String),
 }
 
 /// A file's outboard, checked for shape, ready to verify blocks.
 pub struct Outboard {
-    inner: PreOrderMemOutboard<Vec<u8>>,
+    inner: PreOrderOutboard<Hashes>,
+}
+
+/// Where an outboard's hash pairs are.
+enum Hashes {
+    Memory(Vec<u8>),
+    File(File),
+}
+
+impl ReadAt for Hashes {
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Hashes::Memory(bytes) => {
+                let start = usize::try_from(pos).unwrap_or(usize::MAX).min(bytes.len());
+                let n = buf.len().min(bytes.len() - start);
+                buf[..n].copy_from_slice(&bytes[start..start + n]);
+                Ok(n)
+            }
+            Hashes::File(file) => FileExt::read_at(file, buf, pos),
+        }
+    }
 }
 
 /// Bytes of one block, readable at their absolute file offsets.
@@ -67,24 +96,41 @@ impl Outboard {
     /// Takes outboard bytes from a peer for the file `id` of `size` bytes. Only the length is
     /// checked here; the hashes are checked against `id` on every block (and by `check_all`).
     pub fn new(id: &ContentId, size: u64, bytes: Vec<u8>) -> Result<Self, VerifyError> {
+        Self::with_hashes(id, size, bytes.len() as u64, Hashes::Memory(bytes))
+    }
+
+    /// The same, for outboard bytes kept in `file`, which is `len` bytes long (the caller read
+    /// its metadata). Block checks read their hashes from it; nothing else is kept in memory.
+    pub fn from_file(id: &ContentId, size: u64, file: File, len: u64) -> Result<Self, VerifyError> {
+        Self::with_hashes(id, size, len, Hashes::File(file))
+    }
+
+    fn with_hashes(id: &ContentId, size: u64, len: u64, data: Hashes) -> Result<Self, VerifyError> {
         let tree = BaoTree::new(size, block_size());
-        if bytes.len() as u64 != tree.outboard_size() {
-            return Err(VerifyError::OutboardLength { size, got: bytes.len(), want: tree.outboard_size() });
+        if len != tree.outboard_size() {
+            let got = usize::try_from(len).unwrap_or(usize::MAX);
+            return Err(VerifyError::OutboardLength { size, got, want: tree.outboard_size() });
         }
         let root = blake3::Hash::from_bytes(*id.as_bytes());
-        Ok(Self { inner: PreOrderMemOutboard { root, tree, data: bytes } })
+        Ok(Self { inner: PreOrderOutboard { root, tree, data } })
     }
 
     pub fn size(&self) -> u64 {
         self.inner.tree.size()
     }
 
-    pub fn bytes(&self) -> &[u8] {
-        &self.inner.data
-    }
-
-    pub fn into_bytes(self) -> Vec<u8> {
-        self.inner.data
+    /// The outboard's bytes, read back from its file if it is kept in one.
+    pub fn to_bytes(&self) -> std::io::Result<Vec<u8>> {
+        match &self.inner.data {
+            Hashes::Memory(bytes) => Ok(bytes.clone()),
+            Hashes::File(file) => {
+                let len = usize::try_from(self.inner.tree.outboard_size())
+                    .map_err(|_| std::io::Error::other("outboard too large for this platform"))?;
+                let mut bytes = vec![0u8; len];
+                FileExt::read_exact_at(file, &mut bytes, 0)?;
+                Ok(bytes)
+            }
+        }
     }
 
     /// Verifies the bytes of `range` (chunk-group aligned; may end at the end of the file).
@@ -106,6 +152,8 @@ impl Outboard {
         match encode_ranges_validated(data, &self.inner, &chunks, std::io::sink()) {
             Ok(()) => Ok(()),
             Err(EncodeError::ParentHashMismatch(_)) => Err(VerifyError::BadOutboard),
+            // The block's own bytes are a slice checked above, so a read error is the outboard's.
+            Err(EncodeError::Io(e)) => Err(VerifyError::Unreadable(e.to_string())),
             Err(_) => Err(VerifyError::BadBlock),
         }
     }
@@ -120,7 +168,7 @@ mod tests {
     }
 
     fn outboard_of(bytes: &[u8]) -> (ContentId, Vec<u8>) {
-        let ob = PreOrderMemOutboard::create(bytes, block_size());
+        let ob = bao_tree::io::outboard::PreOrderMemOutboard::create(bytes, block_size());
         (ContentId::from_array(*ob.root.as_bytes()), ob.data)
     }
 
@@ -166,7 +214,7 @@ mod tests {
         assert!(matches!(ob.check_block(1..16_384, &file[1..16_384]), Err(VerifyError::Misaligned { .. })));
         assert!(matches!(ob.check_block(0..16_384, &file[..100]), Err(VerifyError::Misaligned { .. })));
         assert_eq!(ob.check_block(16_384..100_000, &file[16_384..]), Ok(()));
-        assert_eq!(outboard_len(100_000), ob.bytes().len() as u64);
+        assert_eq!(outboard_len(100_000), ob.to_bytes().unwrap().len() as u64);
     }
 
     #[test]
@@ -179,5 +227,26 @@ mod tests {
                 assert_eq!(ob.check_block(0..len as u64, &file), Ok(()), "len {len}");
             }
         }
+    }
+
+    #[test]
+    fn an_outboard_in_a_file_checks_blocks_like_one_in_memory() {
+        use std::io::Write;
+        let file = data(1_000_000);
+        let (id, ob) = outboard_of(&file);
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&ob).unwrap();
+        let len = ob.len() as u64;
+        let on_disk = Outboard::from_file(&id, file.len() as u64, f, len).unwrap();
+        assert_eq!(on_disk.check_block(0..262_144, &file[..262_144]), Ok(()));
+        let mut bad = file[262_144..524_288].to_vec();
+        bad[7] ^= 1;
+        assert_eq!(on_disk.check_block(262_144..524_288, &bad), Err(VerifyError::BadBlock));
+        assert_eq!(on_disk.to_bytes().unwrap(), ob);
+        let short = tempfile::tempfile().unwrap();
+        assert!(matches!(
+            Outboard::from_file(&id, file.len() as u64, short, 3),
+            Err(VerifyError::OutboardLength { .. })
+        ));
     }
 }
