@@ -117,6 +117,8 @@ mod futures_lite {
 enum Event {
     Connected(PeerId, quinn::Connection),
     ConnectFailed(PeerId),
+    /// An outboard request's outcome: the file it was written to, or why it failed.
+    Outboard(PeerId, Result<(std::fs::File, PathBuf), String>),
     /// A request's outcome; an OK body comes with its verdict against the outboard.
     Block {
         peer: PeerId,
@@ -208,36 +210,63 @@ pub async fn download(
     }
 
     // The outboard: from a previous run, or from the first source that sends a valid one.
+    // Every source that connects before one has arrived is asked at once: they race, so a slow
+    // source that happens to connect first does not hold up the start (an outboard is 0.4 % of
+    // the file, so the losers' bytes cost little).
     let mut outboard = part
         .saved_outboard()
         .and_then(|(file, len)| Outboard::from_file(&spec.id, spec.size, file, len).ok());
     let mut banned = Vec::new();
+    let mut racing: Vec<AbortHandle> = Vec::new();
+    let mut fetching = 0usize;
     while outboard.is_none() {
         let Some(ev) = rx.recv().await else { return Err(FetchError::NoOutboard) };
-        connecting =
-            connecting.saturating_sub(matches!(ev, Event::Connected(..) | Event::ConnectFailed(_)) as usize);
-        if let Event::Connected(peer, conn) = ev {
-            let file = part.new_outboard()?;
-            match request(&conn, &Request::Outboard(spec.id), &mut FileBody::new(&file)).await {
-                Ok(h) if h.file_size == spec.size => {
-                    let len = file.metadata()?.len();
-                    match Outboard::from_file(&spec.id, spec.size, file, len) {
-                        Ok(ob) => {
-                            part.keep_outboard()?;
-                            outboard = Some(ob);
-                        }
-                        Err(e) => tracing::warn!(peer = %peer, error = %e, "bad outboard"),
-                    }
-                }
-                Ok(h) => tracing::warn!(peer = %peer, size = h.file_size, "source reports another size"),
-                Err(e) => tracing::info!(peer = %peer, error = %e, "outboard request failed"),
+        match ev {
+            Event::Connected(peer, conn) => {
+                connecting = connecting.saturating_sub(1);
+                let (file, path) = part.new_outboard(racing.len())?;
+                let (tx, conn2, id, size) = (tx.clone(), conn.clone(), spec.id, spec.size);
+                let task = tokio::spawn(async move {
+                    let result =
+                        match request(&conn2, &Request::Outboard(id), &mut FileBody::new(&file)).await {
+                            Ok(h) if h.file_size == size => Ok((file, path)),
+                            Ok(h) => Err(format!("source reports another size: {}", h.file_size)),
+                            Err(e) => Err(e.to_string()),
+                        };
+                    let _ = tx.send(Event::Outboard(peer, result)).await;
+                });
+                racing.push(task.abort_handle());
+                fetching += 1;
+                conns.insert(peer, conn);
             }
-            conns.insert(peer, conn);
+            Event::ConnectFailed(_) => connecting = connecting.saturating_sub(1),
+            Event::Outboard(peer, result) => {
+                fetching = fetching.saturating_sub(1);
+                match result {
+                    Ok((file, path)) => {
+                        let len = file.metadata()?.len();
+                        match Outboard::from_file(&spec.id, spec.size, file, len) {
+                            Ok(ob) => {
+                                part.keep_outboard(&path)?;
+                                outboard = Some(ob);
+                            }
+                            Err(e) => tracing::warn!(peer = %peer, error = %e, "bad outboard"),
+                        }
+                    }
+                    Err(e) => tracing::info!(peer = %peer, error = %e, "outboard request failed"),
+                }
+            }
+            // No block was asked for yet.
+            Event::Block { .. } => {}
         }
-        if outboard.is_none() && connecting == 0 {
+        if outboard.is_none() && connecting == 0 && fetching == 0 {
             return Err(FetchError::NoOutboard);
         }
     }
+    for task in &racing {
+        task.abort();
+    }
+    part.discard_outboard_copies(racing.len());
     let Some(outboard) = outboard else { return Err(FetchError::NoOutboard) };
     let outboard = Arc::new(outboard);
 
@@ -347,6 +376,8 @@ pub async fn download(
                 connecting = connecting.saturating_sub(1);
                 tracing::debug!(peer = %peer, "source unreachable; others carry on");
             }
+            // A losing copy of the outboard that was on its way when the race ended.
+            Event::Outboard(..) => {}
             Event::Block { peer, block, result, elapsed } => {
                 in_flight.remove(&(peer, block));
                 if banned.contains(&peer) {

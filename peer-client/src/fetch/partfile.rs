@@ -154,25 +154,35 @@ impl PartFile {
         Some((file, len))
     }
 
-    /// A fresh, empty file to receive an outboard into; [`PartFile::keep_outboard`] makes it
-    /// the saved one once it checks out. The download verifies blocks against it in place, so
-    /// the outboard is never held in memory whole.
-    pub fn new_outboard(&self) -> io::Result<File> {
-        OpenOptions::new().read(true).write(true).create(true).truncate(true).open(self.outboard_tmp())
+    /// A fresh, empty file to receive copy `n` of an outboard into (several sources may be
+    /// asked at once); [`PartFile::keep_outboard`] makes one the saved outboard once it checks
+    /// out. The download verifies blocks against it in place, so the outboard is never held in
+    /// memory whole.
+    pub fn new_outboard(&self, n: usize) -> io::Result<(File, PathBuf)> {
+        let path = self.outboard_copy(n);
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        Ok((file, path))
     }
 
-    /// Keeps the outboard received with [`PartFile::new_outboard`] for a resumed run (renamed
-    /// into place: a crash leaves the old one or the new one, never half of one).
-    pub fn keep_outboard(&self) -> io::Result<()> {
-        std::fs::rename(self.outboard_tmp(), &self.paths.outboard)
+    /// Keeps the outboard received at `copy` for a resumed run (renamed into place: a crash
+    /// leaves the old one or the new one, never half of one).
+    pub fn keep_outboard(&self, copy: &Path) -> io::Result<()> {
+        std::fs::rename(copy, &self.paths.outboard)
     }
 
-    fn outboard_tmp(&self) -> PathBuf {
-        self.paths.outboard.with_extension("outboard.tmp")
+    /// Removes the copies `0..count` that were not kept (missing ones are fine).
+    pub fn discard_outboard_copies(&self, count: usize) {
+        for n in 0..count {
+            let _ = std::fs::remove_file(self.outboard_copy(n));
+        }
     }
 
     pub fn forget_outboard(&self) {
         let _ = std::fs::remove_file(&self.paths.outboard);
+    }
+
+    fn outboard_copy(&self, n: usize) -> PathBuf {
+        self.paths.outboard.with_extension(format!("outboard.{n}.tmp"))
     }
 
     /// Moves the finished file to `dest` (which must not exist) and removes the state files.
@@ -183,7 +193,6 @@ impl PartFile {
         let _ = std::fs::remove_file(&self.paths.part);
         let _ = std::fs::remove_file(&self.paths.marks);
         let _ = std::fs::remove_file(&self.paths.outboard);
-        let _ = std::fs::remove_file(self.outboard_tmp());
         if let Some(dir) = dest.parent() {
             File::open(dir)?.sync_all()?;
         }

@@ -45,7 +45,7 @@ pub struct SchedulerConfig {
     /// many block times at its measured rate as it has requests in flight, plus four, if
     /// longer) is stalled: idle sources copy its blocks, and [`Scheduler::stalled_sources`]
     /// reports it so the caller can drop it. A killed peer's connection only times out after
-    /// the QUIC idle timeout; this is what keeps a download from waiting for that. One second
+    /// the QUIC idle timeout; this is what keeps a download from waiting for that. Half a second
     /// is many block times of any source fast enough to matter, and a slower one gets its own,
     /// longer deadline.
     ///
@@ -67,7 +67,7 @@ impl Default for SchedulerConfig {
             dup_advantage: 2.0,
             unknown_bandwidth: 64.0 * 1024.0,
             ewma_weight: 0.3,
-            stall_after: Duration::from_secs(1),
+            stall_after: Duration::from_millis(500),
         }
     }
 }
