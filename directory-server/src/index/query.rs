@@ -256,26 +256,27 @@ impl Builder<'_> {
         let chars: Vec<char> = word.chars().filter(|c| is_cjk(*c)).collect();
         // Flat: the fragment's per-field queries join the word's, so that a fragment of one or
         // two characters keeps the whole query a union of plain terms.
-        if !chars.is_empty() {
-            for (f, b) in self.cjk_fields(scope) {
-                should.push((Occur::Should, fragment_in(f, &chars, b * fragment_boost)));
-            }
-        }
+        should.extend(self.fragment_clauses(&chars, scope, fragment_boost));
         Box::new(BooleanQuery::new(should))
     }
 
-    /// `chars` as a contiguous fragment in the scope's CJK character fields (a term for one
-    /// character).
+    /// `chars` as a contiguous fragment in the scope's CJK character fields; `None` without
+    /// characters.
     fn cjk_fragment(&self, chars: &[char], scope: Scope, boost: f32) -> Option<Box<dyn Query>> {
+        let should = self.fragment_clauses(chars, scope, boost);
+        (!should.is_empty()).then(|| Box::new(BooleanQuery::new(should)) as Box<dyn Query>)
+    }
+
+    /// One `Should` clause per CJK field of the scope, matching `chars` as a fragment there
+    /// (see `fragment_in`); none without characters.
+    fn fragment_clauses(&self, chars: &[char], scope: Scope, boost: f32) -> Vec<(Occur, Box<dyn Query>)> {
         if chars.is_empty() {
-            return None;
+            return Vec::new();
         }
-        let should: Vec<(Occur, Box<dyn Query>)> = self
-            .cjk_fields(scope)
+        self.cjk_fields(scope)
             .into_iter()
             .map(|(f, b)| (Occur::Should, fragment_in(f, chars, b * boost)))
-            .collect();
-        Some(Box::new(BooleanQuery::new(should)))
+            .collect()
     }
 }
 

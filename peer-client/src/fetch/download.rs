@@ -210,64 +210,14 @@ pub async fn download(
     }
 
     // The outboard: from a previous run, or from the first source that sends a valid one.
-    // Every source that connects before one has arrived is asked at once: they race, so a slow
-    // source that happens to connect first does not hold up the start (an outboard is 0.4 % of
-    // the file, so the losers' bytes cost little).
-    let mut outboard = part
+    let saved = part
         .saved_outboard()
         .and_then(|(file, len)| Outboard::from_file(&spec.id, spec.size, file, len).ok());
+    let outboard = match saved {
+        Some(outboard) => outboard,
+        None => race_for_outboard(&spec, &part, &tx, &mut rx, &mut conns, &mut connecting).await?,
+    };
     let mut banned = Vec::new();
-    let mut racing: Vec<AbortHandle> = Vec::new();
-    let mut fetching = 0usize;
-    while outboard.is_none() {
-        let Some(ev) = rx.recv().await else { return Err(FetchError::NoOutboard) };
-        match ev {
-            Event::Connected(peer, conn) => {
-                connecting = connecting.saturating_sub(1);
-                let (file, path) = part.new_outboard(racing.len())?;
-                let (tx, conn2, id, size) = (tx.clone(), conn.clone(), spec.id, spec.size);
-                let task = tokio::spawn(async move {
-                    let result =
-                        match request(&conn2, &Request::Outboard(id), &mut FileBody::new(&file)).await {
-                            Ok(h) if h.file_size == size => Ok((file, path)),
-                            Ok(h) => Err(format!("source reports another size: {}", h.file_size)),
-                            Err(e) => Err(e.to_string()),
-                        };
-                    let _ = tx.send(Event::Outboard(peer, result)).await;
-                });
-                racing.push(task.abort_handle());
-                fetching += 1;
-                conns.insert(peer, conn);
-            }
-            Event::ConnectFailed(_) => connecting = connecting.saturating_sub(1),
-            Event::Outboard(peer, result) => {
-                fetching = fetching.saturating_sub(1);
-                match result {
-                    Ok((file, path)) => {
-                        let len = file.metadata()?.len();
-                        match Outboard::from_file(&spec.id, spec.size, file, len) {
-                            Ok(ob) => {
-                                part.keep_outboard(&path)?;
-                                outboard = Some(ob);
-                            }
-                            Err(e) => tracing::warn!(peer = %peer, error = %e, "bad outboard"),
-                        }
-                    }
-                    Err(e) => tracing::info!(peer = %peer, error = %e, "outboard request failed"),
-                }
-            }
-            // No block was asked for yet.
-            Event::Block { .. } => {}
-        }
-        if outboard.is_none() && connecting == 0 && fetching == 0 {
-            return Err(FetchError::NoOutboard);
-        }
-    }
-    for task in &racing {
-        task.abort();
-    }
-    part.discard_outboard_copies(racing.len());
-    let Some(outboard) = outboard else { return Err(FetchError::NoOutboard) };
     let outboard = Arc::new(outboard);
 
     // Resume: re-check what a previous run marked, keep what passes.
@@ -491,6 +441,84 @@ fn drop_source(
 fn block_range(block: Block, size: u64) -> std::ops::Range<u64> {
     let start = u64::from(block) * BLOCK_SIZE;
     start..(start + BLOCK_SIZE).min(size)
+}
+
+/// Asks every source that connects for the outboard at once, until one sends a valid copy
+/// (kept as the download's outboard). They race, so a slow source that happens to connect
+/// first does not hold up the start; an outboard is 0.4 % of the file, so the losers' bytes
+/// cost little. Sources that connect meanwhile are added to `conns`. However it ends, the
+/// other requests are aborted and their copies removed (see [`OutboardRace`]).
+async fn race_for_outboard(
+    spec: &DownloadSpec,
+    part: &PartFile,
+    tx: &mpsc::Sender<Event>,
+    rx: &mut mpsc::Receiver<Event>,
+    conns: &mut HashMap<PeerId, quinn::Connection>,
+    connecting: &mut usize,
+) -> Result<Outboard, FetchError> {
+    let mut race = OutboardRace { part, requests: Vec::new() };
+    let mut fetching = 0usize;
+    loop {
+        let Some(ev) = rx.recv().await else { return Err(FetchError::NoOutboard) };
+        match ev {
+            Event::Connected(peer, conn) => {
+                *connecting = connecting.saturating_sub(1);
+                let (file, path) = part.new_outboard(race.requests.len())?;
+                let (tx, conn2, id, size) = (tx.clone(), conn.clone(), spec.id, spec.size);
+                let task = tokio::spawn(async move {
+                    let result =
+                        match request(&conn2, &Request::Outboard(id), &mut FileBody::new(&file)).await {
+                            Ok(h) if h.file_size == size => Ok((file, path)),
+                            Ok(h) => Err(format!("source reports another size: {}", h.file_size)),
+                            Err(e) => Err(e.to_string()),
+                        };
+                    let _ = tx.send(Event::Outboard(peer, result)).await;
+                });
+                race.requests.push(task.abort_handle());
+                fetching += 1;
+                conns.insert(peer, conn);
+            }
+            Event::ConnectFailed(_) => *connecting = connecting.saturating_sub(1),
+            Event::Outboard(peer, result) => {
+                fetching = fetching.saturating_sub(1);
+                match result {
+                    Ok((file, path)) => {
+                        let len = file.metadata()?.len();
+                        match Outboard::from_file(&spec.id, spec.size, file, len) {
+                            Ok(outboard) => {
+                                part.keep_outboard(&path)?;
+                                return Ok(outboard);
+                            }
+                            Err(e) => tracing::warn!(peer = %peer, error = %e, "bad outboard"),
+                        }
+                    }
+                    Err(e) => tracing::info!(peer = %peer, error = %e, "outboard request failed"),
+                }
+            }
+            // No block was asked for yet.
+            Event::Block { .. } => {}
+        }
+        if *connecting == 0 && fetching == 0 {
+            return Err(FetchError::NoOutboard);
+        }
+    }
+}
+
+/// The outboard requests of a race. Dropped on every way out of [`race_for_outboard`]
+/// (a winner, no source left, a disk error, the download being cancelled): it aborts the
+/// requests still running and removes their copies (the winner's was renamed away already).
+struct OutboardRace<'a> {
+    part: &'a PartFile,
+    requests: Vec<AbortHandle>,
+}
+
+impl Drop for OutboardRace<'_> {
+    fn drop(&mut self) {
+        for request in &self.requests {
+            request.abort();
+        }
+        self.part.discard_outboard_copies(self.requests.len());
+    }
 }
 
 /// Where downloads keep their state by default, inside a node's data dir.

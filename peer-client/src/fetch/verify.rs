@@ -1,11 +1,11 @@
 //! Checks bytes from untrusted peers against a file's content id, via its bao outboard.
 //!
-//! Computation, and no I/O but reading hashes: `Outboard::new` takes the outboard bytes a peer
-//! sent and the content id we asked for, `Outboard::from_file` the same bytes kept in a file (a
-//! download's, which keeps a big file's outboard off the heap: 16 MiB for 4 GiB, where a block
-//! check reads only the few hundred bytes of its path); `check_block` hashes one block and
-//! walks the tree from the root down to it. Every parent pair on the way must hash to the value above it, so a block that
-//! passes is bound to the content id by BLAKE3 alone, whoever sent it.
+//! Computation, and no I/O but reading hashes: `Outboard::from_file` takes the outboard a peer
+//! sent, kept in a file (so a big file's outboard stays off the heap: 16 MiB for 4 GiB, where a
+//! block check reads only the few hundred bytes of its path), and the content id we asked for;
+//! `check_block` hashes one block and walks the tree from the root down to it. Every parent pair
+//! on the way must hash to the value above it, so a block that passes is bound to the content
+//! id by BLAKE3 alone, whoever sent it.
 //!
 //! Blame is exact: a `ParentHashMismatch` means the *outboard* disagrees with the content id
 //! (blame whoever sent the outboard); a `LeafHashMismatch` under an authenticated parent means
@@ -42,26 +42,15 @@ pub enum VerifyError {
 
 /// A file's outboard, checked for shape, ready to verify blocks.
 pub struct Outboard {
-    inner: PreOrderOutboard<Hashes>,
+    inner: PreOrderOutboard<HashFile>,
 }
 
-/// Where an outboard's hash pairs are.
-enum Hashes {
-    Memory(Vec<u8>),
-    File(File),
-}
+/// The file an outboard's hash pairs are read from (bao-tree reads through `ReadAt`).
+struct HashFile(File);
 
-impl ReadAt for Hashes {
+impl ReadAt for HashFile {
     fn read_at(&self, pos: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Hashes::Memory(bytes) => {
-                let start = usize::try_from(pos).unwrap_or(usize::MAX).min(bytes.len());
-                let n = buf.len().min(bytes.len() - start);
-                buf[..n].copy_from_slice(&bytes[start..start + n]);
-                Ok(n)
-            }
-            Hashes::File(file) => FileExt::read_at(file, buf, pos),
-        }
+        FileExt::read_at(&self.0, buf, pos)
     }
 }
 
@@ -93,44 +82,31 @@ pub fn outboard_len(size: u64) -> u64 {
 }
 
 impl Outboard {
-    /// Takes outboard bytes from a peer for the file `id` of `size` bytes. Only the length is
-    /// checked here; the hashes are checked against `id` on every block (and by `check_all`).
-    pub fn new(id: &ContentId, size: u64, bytes: Vec<u8>) -> Result<Self, VerifyError> {
-        Self::with_hashes(id, size, bytes.len() as u64, Hashes::Memory(bytes))
-    }
-
-    /// The same, for outboard bytes kept in `file`, which is `len` bytes long (the caller read
-    /// its metadata). Block checks read their hashes from it; nothing else is kept in memory.
+    /// Takes the outboard a peer sent for the file `id` of `size` bytes, kept in `file`, which
+    /// is `len` bytes long (the caller read its metadata). Only the length is checked here; the
+    /// hashes are checked against `id` on every block. Block checks read their hashes from the
+    /// file; nothing else is kept in memory.
     pub fn from_file(id: &ContentId, size: u64, file: File, len: u64) -> Result<Self, VerifyError> {
-        Self::with_hashes(id, size, len, Hashes::File(file))
-    }
-
-    fn with_hashes(id: &ContentId, size: u64, len: u64, data: Hashes) -> Result<Self, VerifyError> {
         let tree = BaoTree::new(size, block_size());
         if len != tree.outboard_size() {
             let got = usize::try_from(len).unwrap_or(usize::MAX);
             return Err(VerifyError::OutboardLength { size, got, want: tree.outboard_size() });
         }
         let root = blake3::Hash::from_bytes(*id.as_bytes());
-        Ok(Self { inner: PreOrderOutboard { root, tree, data } })
+        Ok(Self { inner: PreOrderOutboard { root, tree, data: HashFile(file) } })
     }
 
     pub fn size(&self) -> u64 {
         self.inner.tree.size()
     }
 
-    /// The outboard's bytes, read back from its file if it is kept in one.
+    /// The outboard's bytes, read back from its file.
     pub fn to_bytes(&self) -> std::io::Result<Vec<u8>> {
-        match &self.inner.data {
-            Hashes::Memory(bytes) => Ok(bytes.clone()),
-            Hashes::File(file) => {
-                let len = usize::try_from(self.inner.tree.outboard_size())
-                    .map_err(|_| std::io::Error::other("outboard too large for this platform"))?;
-                let mut bytes = vec![0u8; len];
-                FileExt::read_exact_at(file, &mut bytes, 0)?;
-                Ok(bytes)
-            }
-        }
+        let len = usize::try_from(self.inner.tree.outboard_size())
+            .map_err(|_| std::io::Error::other("outboard too large for this platform"))?;
+        let mut bytes = vec![0u8; len];
+        FileExt::read_exact_at(&self.inner.data.0, &mut bytes, 0)?;
+        Ok(bytes)
     }
 
     /// Verifies the bytes of `range` (chunk-group aligned; may end at the end of the file).
@@ -167,6 +143,14 @@ mod tests {
         (0..len).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1]).collect()
     }
 
+    /// An `Outboard` over `bytes`, kept in a temporary file as a download keeps it.
+    fn in_file(id: &ContentId, size: u64, bytes: Vec<u8>) -> Result<Outboard, VerifyError> {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&bytes).unwrap();
+        Outboard::from_file(id, size, f, bytes.len() as u64)
+    }
+
     fn outboard_of(bytes: &[u8]) -> (ContentId, Vec<u8>) {
         let ob = bao_tree::io::outboard::PreOrderMemOutboard::create(bytes, block_size());
         (ContentId::from_array(*ob.root.as_bytes()), ob.data)
@@ -177,7 +161,7 @@ mod tests {
         let file = data(1_000_000 + 123);
         let (id, ob) = outboard_of(&file);
         assert_eq!(id, ContentId::of_bytes(&file), "the outboard root is the BLAKE3 hash");
-        let ob = Outboard::new(&id, file.len() as u64, ob).unwrap();
+        let ob = in_file(&id, file.len() as u64, ob).unwrap();
         let block = 256 * 1024u64;
         let mut start = 0;
         while start < file.len() as u64 {
@@ -197,11 +181,11 @@ mod tests {
         let file = data(600_000);
         let (id, mut ob) = outboard_of(&file);
         ob[0] ^= 0xff;
-        let ob = Outboard::new(&id, file.len() as u64, ob).unwrap();
+        let ob = in_file(&id, file.len() as u64, ob).unwrap();
         assert_eq!(ob.check_block(0..262_144, &file[..262_144]), Err(VerifyError::BadOutboard));
         let other = ContentId::of_bytes(b"something else");
         let (_, good) = outboard_of(&file);
-        let wrong_root = Outboard::new(&other, file.len() as u64, good).unwrap();
+        let wrong_root = in_file(&other, file.len() as u64, good).unwrap();
         assert_eq!(wrong_root.check_block(0..262_144, &file[..262_144]), Err(VerifyError::BadOutboard));
     }
 
@@ -209,8 +193,8 @@ mod tests {
     fn shapes_are_checked() {
         let file = data(100_000);
         let (id, ob) = outboard_of(&file);
-        assert!(matches!(Outboard::new(&id, 100_000, vec![0; 3]), Err(VerifyError::OutboardLength { .. })));
-        let ob = Outboard::new(&id, 100_000, ob).unwrap();
+        assert!(matches!(in_file(&id, 100_000, vec![0; 3]), Err(VerifyError::OutboardLength { .. })));
+        let ob = in_file(&id, 100_000, ob).unwrap();
         assert!(matches!(ob.check_block(1..16_384, &file[1..16_384]), Err(VerifyError::Misaligned { .. })));
         assert!(matches!(ob.check_block(0..16_384, &file[..100]), Err(VerifyError::Misaligned { .. })));
         assert_eq!(ob.check_block(16_384..100_000, &file[16_384..]), Ok(()));
@@ -222,7 +206,7 @@ mod tests {
         for len in [0usize, 1, 1024, 16_384, 16_385] {
             let file = data(len);
             let (id, ob) = outboard_of(&file);
-            let ob = Outboard::new(&id, len as u64, ob).unwrap();
+            let ob = in_file(&id, len as u64, ob).unwrap();
             if len > 0 {
                 assert_eq!(ob.check_block(0..len as u64, &file), Ok(()), "len {len}");
             }
