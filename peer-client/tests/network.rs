@@ -109,6 +109,14 @@ impl Daemon {
         assert!(v["shared_files"].as_u64().unwrap() >= 1, "{v}");
     }
 
+    /// Verified bytes of the first download in `status`, or 0 when there is none (yet).
+    async fn verified_bytes(&self) -> u64 {
+        let out =
+            Command::new(QUAVER).arg("--data-dir").arg(&self.data).args(["status", "--json"]).output().await;
+        let v: Value = out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
+        v["downloads"].get(0).and_then(|d| d["verified_bytes"].as_u64()).unwrap_or(0)
+    }
+
     fn kill(&mut self) {
         // SIGKILL: no cleanup runs.
         self.child.start_kill().unwrap();
@@ -252,22 +260,13 @@ async fn a_source_killed_mid_download_and_a_killed_downloader_both_recover() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let verified = |d: &Daemon| {
-        let data = d.data.clone();
-        async move {
-            let out =
-                Command::new(QUAVER).arg("--data-dir").arg(&data).args(["status", "--json"]).output().await;
-            let v: Value = out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
-            v["downloads"].get(0).and_then(|d| d["verified_bytes"].as_u64()).unwrap_or(0)
-        }
-    };
-    until("a fifth of the file", || async { verified(&fourth).await > SIZE as u64 / 5 }).await;
+    until("a fifth of the file", || async { fourth.verified_bytes().await > SIZE as u64 / 5 }).await;
     sources[0].kill();
 
     // Then the downloader itself dies, mid-way.
     let deadline = Instant::now() + WAIT;
     let at_kill = loop {
-        let v = verified(&fourth).await;
+        let v = fourth.verified_bytes().await;
         if v > SIZE as u64 * 2 / 5 {
             break v;
         }
@@ -294,6 +293,38 @@ async fn a_source_killed_mid_download_and_a_killed_downloader_both_recover() {
     assert!(
         !got["per_source"].as_array().unwrap().iter().any(|p| p["peer_id"] == sources[0].peer_id.as_str())
     );
+}
+
+/// What CI once hit on a loaded machine: a source dies, and the downloader is starved for
+/// a while (here: stopped with SIGSTOP). On waking, every source looks silent until the queued
+/// answers are read; the download must not settle on the dead source, whose requests only
+/// time out after 20 s, and give up. It finishes, from the live sources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downloader_paused_while_a_source_dies_still_finishes_from_the_others() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = Directory::start().await;
+    let (mut sources, id) = three_sources(root.path(), &dir, SLOW_RATE).await;
+    let fourth = Daemon::start(root.path(), "fourth", &dir.url(), &[]).await;
+    let watcher = Command::new(QUAVER)
+        .arg("--data-dir")
+        .arg(&fourth.data)
+        .args(["get", &id.to_hex(), "--json"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    until("a fifth of the file", || async { fourth.verified_bytes().await > SIZE as u64 / 5 }).await;
+
+    sources[0].kill();
+    let pid = fourth.child.id().unwrap().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Command::new("kill").args(["-CONT", &pid]).status().await.unwrap();
+
+    let out = tokio::time::timeout(WAIT, watcher.wait_with_output()).await.unwrap().unwrap();
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert!(out.status.success(), "{got}");
+    assert_eq!(blake3_of(got["path"].as_str().unwrap()), id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

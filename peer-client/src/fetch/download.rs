@@ -21,6 +21,9 @@
 //! rule) is dropped while others remain: its streams are aborted, which frees the buffers they
 //! held, and its blocks go back to the pool at once. A killed peer's QUIC connection would
 //! only time out after its idle timeout, and meanwhile its requests would keep taking buffers.
+//! A dropped or lost source is forgotten, not banned: while the download is short of sources,
+//! the next lookup may return it and it is connected to again, so a live source that only
+//! looked silent (this task was starved for a moment) comes back.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -246,12 +249,19 @@ pub async fn download(
     while !sched.is_complete() {
         let now = Instant::now();
         // With nobody else left, a silent source is still the best hope: its requests time
-        // out one by one (REQUEST_TIMEOUT) instead.
-        for peer in sched.stalled_sources(now) {
-            if sched.usable_sources() > 1 {
-                tracing::info!(peer = %peer, "source silent with requests in flight; dropping it");
-                sched.remove_source(peer);
-                drop_source(&mut conns, &mut in_flight, peer);
+        // out one by one (REQUEST_TIMEOUT) instead. Answers already waiting in the queue are
+        // not silence: after this task was starved (a loaded machine, a paused process) every
+        // source looks silent until the queue is read, so stalls are judged only once it is
+        // empty. A wrong call is not fatal either: a dropped source is forgotten, and a later
+        // lookup connects to it again.
+        if rx.is_empty() {
+            for peer in sched.stalled_sources(now) {
+                if sched.usable_sources() > 1 {
+                    tracing::info!(peer = %peer, "source silent with requests in flight; dropping it");
+                    sched.remove_source(peer);
+                    drop_source(&mut conns, &mut in_flight, peer);
+                    known.retain(|s| s.peer != peer);
+                }
             }
         }
         for (peer, block) in sched.next_requests(now) {
@@ -375,6 +385,7 @@ pub async fn download(
                         tracing::info!(peer = %peer, error = %e, "source lost");
                         sched.remove_source(peer);
                         drop_source(&mut conns, &mut in_flight, peer);
+                        known.retain(|s| s.peer != peer);
                     }
                     Err(RequestError::Refused(ResponseStatus::Busy { estimated_wait, .. })) => {
                         tracing::trace!(peer = %peer, block, ?estimated_wait, "source busy");
