@@ -20,9 +20,31 @@ pub struct Entry {
     /// Where its bytes are; opened only when a peer asks for them.
     pub path: PathBuf,
     pub size: u64,
-    /// The pre-order outboard (see the module doc). Shared, not copied: an entry is looked up
-    /// for every range request, and a 1 GiB file's outboard is 4 MiB.
-    pub outboard: bytes::Bytes,
+    /// The pre-order outboard (see the module doc): 4 MiB per GiB of file.
+    pub outboard: OutboardData,
+}
+
+/// Where an entry's outboard is. An entry is looked up for every range request, so neither
+/// variant copies the outboard: bytes are shared, a file is opened only to serve it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutboardData {
+    /// In memory (in-memory libraries).
+    Bytes(bytes::Bytes),
+    /// In a file of `len` bytes (the store), streamed in pieces when served.
+    File { path: PathBuf, len: u64 },
+}
+
+impl OutboardData {
+    pub fn len(&self) -> u64 {
+        match self {
+            OutboardData::Bytes(b) => b.len() as u64,
+            OutboardData::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

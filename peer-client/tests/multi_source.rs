@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quaver_peer::fetch::download::{DownloadSpec, SourceAddr, download};
-use quaver_peer::library::{Entry, MemoryLibrary};
+use quaver_peer::library::{Entry, MemoryLibrary, OutboardData};
 use quaver_peer::serve::{ServeConfig, Server};
 use quaver_peer::tls;
 use quaver_shared::{ContentId, NodeKey};
@@ -31,7 +31,8 @@ fn fixture() -> Fixture {
         bao_tree::io::outboard::PreOrderMemOutboard::create(&data, quaver_peer::fetch::verify::block_size());
     let id = ContentId::from_array(*ob.root.as_bytes());
     assert_eq!(id, ContentId::of_bytes(&data));
-    let entry = Entry { id, path: path.clone(), size: SIZE as u64, outboard: ob.data.into() };
+    let entry =
+        Entry { id, path: path.clone(), size: SIZE as u64, outboard: OutboardData::Bytes(ob.data.into()) };
     Fixture { dir, path, id, entry }
 }
 

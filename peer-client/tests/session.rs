@@ -141,7 +141,7 @@ impl Node {
         let endpoint = quaver_peer::tls::endpoint("127.0.0.1:0".parse()?, &key)?;
         let port = endpoint.local_addr()?.port();
         let store_path = data.path().join("store");
-        let store = Arc::new(Store::open(&store_path)?);
+        let store = Arc::new(Store::open(&store_path, &store_path.with_extension("outboards"))?);
         store.add_folder(folder.path())?;
         // The directory only needs the handshake; an empty library keeps the store free to
         // be closed and reopened.
@@ -182,7 +182,8 @@ impl Node {
         let store = Arc::into_inner(store).ok_or_else(|| anyhow::anyhow!("store still in use"))?;
         store.flush()?;
         drop(store);
-        self.store = Some(Arc::new(Store::open(&self.store_path)?));
+        self.store =
+            Some(Arc::new(Store::open(&self.store_path, &self.store_path.with_extension("outboards"))?));
         Ok(())
     }
 }

@@ -94,8 +94,10 @@ pub struct DownloadOutcome {
     pub per_source: Vec<(PeerId, u64)>,
     /// Sources that sent bad data.
     pub banned: Vec<PeerId>,
-    /// The file's outboard, verified against its content id (the store keeps it as is).
-    pub outboard: Vec<u8>,
+    /// The file holding the outboard every block was verified against (its root is the
+    /// content id). The caller owns it now: the store takes it over (`Store::add_verified`),
+    /// moving it rather than reading it.
+    pub outboard: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -411,15 +413,14 @@ pub async fn download(
     for (_, h) in in_flight.drain() {
         h.abort();
     }
-    // The block buffers are not needed any more; freeing them before the final read-back and
-    // the store's bookkeeping keeps those off the download's memory peak.
+    // The block buffers are not needed any more; freeing them before the store's bookkeeping
+    // keeps that off the download's memory peak.
     buffers.release_free();
-    // For the store, which keeps it with the file (read before `finish` removes its file).
-    let outboard_bytes = outboard.to_bytes()?;
+    drop(outboard);
     let name = safe_file_name(&spec.name, &format!("{}.download", &spec.id.to_hex()[..16]));
     std::fs::create_dir_all(&spec.out_dir)?;
     let dest = unused_path(&spec.out_dir, &name);
-    part.finish(&dest)?;
+    let outboard = part.finish(&dest)?;
     for conn in conns.values() {
         crate::tls::log_transport_stats(conn, "source connection at the end of the download");
         conn.close(0u32.into(), b"done");
@@ -429,7 +430,7 @@ pub async fn download(
         fetched_bytes,
         per_source: per_source.into_iter().collect(),
         banned,
-        outboard: outboard_bytes,
+        outboard,
     })
 }
 

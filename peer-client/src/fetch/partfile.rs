@@ -185,18 +185,19 @@ impl PartFile {
         self.paths.outboard.with_extension(format!("outboard.{n}.tmp"))
     }
 
-    /// Moves the finished file to `dest` (which must not exist) and removes the state files.
-    pub fn finish(mut self, dest: &Path) -> io::Result<()> {
+    /// Moves the finished file to `dest` (which must not exist) and removes the state files,
+    /// except the outboard: its path is returned, and the caller owns that file now (the store
+    /// takes it over). Left behind by a crash, it serves a later download of the same id.
+    pub fn finish(mut self, dest: &Path) -> io::Result<PathBuf> {
         self.sync()?;
         self.part.sync_all()?;
         std::fs::hard_link(&self.paths.part, dest).or_else(|_| std::fs::rename(&self.paths.part, dest))?;
         let _ = std::fs::remove_file(&self.paths.part);
         let _ = std::fs::remove_file(&self.paths.marks);
-        let _ = std::fs::remove_file(&self.paths.outboard);
         if let Some(dir) = dest.parent() {
             File::open(dir)?.sync_all()?;
         }
-        Ok(())
+        Ok(self.paths.outboard.clone())
     }
 }
 

@@ -100,7 +100,9 @@ impl Outboard {
         self.inner.tree.size()
     }
 
-    /// The outboard's bytes, read back from its file.
+    /// The outboard's bytes, read back from its file. Only tests need them whole: a finished
+    /// download hands its outboard file to the store as it is.
+    #[cfg(test)]
     pub fn to_bytes(&self) -> std::io::Result<Vec<u8>> {
         let len = usize::try_from(self.inner.tree.outboard_size())
             .map_err(|_| std::io::Error::other("outboard too large for this platform"))?;

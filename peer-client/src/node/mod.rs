@@ -9,7 +9,8 @@
 //!
 //! ```text
 //! node.key       the Ed25519 node key (mode 0600): the node's PeerId
-//! store/         sled: shared folders, file records, outboards, what the directory acknowledged
+//! store/         sled: shared folders, file records, what the directory acknowledged
+//! outboards/     one outboard file per shared content id (named by its hex)
 //! partial/       downloads in progress (.part, .blocks, .outboard), resumed after any stop
 //! files/         finished downloads (default; --download-dir); shared automatically
 //! control.sock   the control API (mode 0600)
@@ -125,9 +126,10 @@ impl Node {
         let key = NodeKey::load_or_create(&data_dir.join("node.key"))?;
         let peer_id = key.peer_id();
         let store = {
-            let (path, downloads) = (data_dir.join("store"), config.download_dir.clone());
+            let (path, outboards) = (data_dir.join("store"), data_dir.join("outboards"));
+            let downloads = config.download_dir.clone();
             tokio::task::spawn_blocking(move || -> Result<Store, StoreError> {
-                let store = Store::open(&path)?;
+                let store = Store::open(&path, &outboards)?;
                 // Finished downloads are shared: that is how a downloader becomes a source.
                 store.add_folder(&downloads)?;
                 Ok(store)
@@ -254,19 +256,18 @@ impl Node {
         self.downloads.start(self.clone(), id, out_dir).await
     }
 
-    /// Called by a finished download: share the file (with the outboard the download verified;
-    /// it is not hashed again) and announce it.
-    async fn adopt(&self, path: PathBuf, id: ContentId, outboard: Vec<u8>) -> Result<(), NodeError> {
+    /// Called by a finished download: share the file (with the outboard file the download
+    /// verified against, which the store takes over; the file is not hashed again) and
+    /// announce it.
+    async fn adopt(&self, path: PathBuf, id: ContentId, outboard: PathBuf) -> Result<(), NodeError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            if let Some(dir) = path.parent() {
-                // A download outside the shared folders makes its folder shared: a node that
-                // downloads a file serves it (DESIGN.md, Peer node).
-                if !store.folders()?.iter().any(|f| dir.starts_with(f)) {
-                    store.add_folder(dir)?;
-                }
+            if let Err(e) = share_folder_of(&store, &path) {
+                // The store never got the outboard file: nobody else would remove it.
+                let _ = std::fs::remove_file(&outboard);
+                return Err(e);
             }
-            store.add_verified(&path, id, outboard)?;
+            store.add_verified(&path, id, &outboard)?;
             Ok(())
         })
         .await??;
@@ -296,4 +297,14 @@ async fn report_slots(node: std::sync::Weak<Node>) {
         let free = node.free_slots();
         node.free_slots.send_if_modified(|v| std::mem::replace(v, free) != free);
     }
+}
+
+/// A download outside the shared folders makes its folder shared: a node that downloads a file
+/// serves it (DESIGN.md, Peer node).
+fn share_folder_of(store: &Store, file: &Path) -> Result<(), StoreError> {
+    let Some(dir) = file.parent() else { return Ok(()) };
+    if !store.folders()?.iter().any(|f| dir.starts_with(f)) {
+        store.add_folder(dir)?;
+    }
+    Ok(())
 }

@@ -18,7 +18,7 @@ use quinn::{RecvStream, SendStream};
 use tokio::time::timeout;
 
 use super::{RESET_BAD_FRAME, RESET_INTERNAL, Shared};
-use crate::library::{Entry, LibraryError};
+use crate::library::{Entry, LibraryError, OutboardData};
 use crate::wire::{FrameDecoder, Request, ResponseHeader, WireError, encode_header, max_outboard_len};
 
 /// How long a peer may take to send its request once it opened the stream.
@@ -41,7 +41,7 @@ enum AnswerError {
     #[error("the peer stopped reading: {0}")]
     Write(#[from] quinn::WriteError),
     #[error("stored outboard of {len} bytes is too long for a file of {size} bytes")]
-    OutboardTooLong { len: usize, size: u64 },
+    OutboardTooLong { len: u64, size: u64 },
 }
 
 /// How reading the request went wrong.
@@ -152,20 +152,28 @@ async fn send_outboard(shared: &Shared, send: &mut SendStream, entry: Entry) -> 
     // Our own store's data, but a client refuses an outboard over this bound, so a broken store
     // must show up here as an error, not as peers mysteriously dropping us.
     let len = entry.outboard.len();
-    if len as u64 > max_outboard_len(entry.size) {
+    if len > max_outboard_len(entry.size) {
         return Err(AnswerError::OutboardTooLong { len, size: entry.size });
     }
     let permit = match shared.slots.try_acquire() {
         Ok(permit) => permit,
         Err(busy) => return answer_busy(shared, send, busy).await,
     };
-    send.write_chunk(encode_header(&ResponseHeader::ok_outboard(entry.size, len as u64))).await?;
-    let outboard = entry.outboard;
-    let mut at = 0;
-    while at < outboard.len() {
-        let end = (at + PIECE as usize).min(outboard.len());
-        write_piece(shared, send, outboard.slice(at..end)).await?;
-        at = end;
+    match entry.outboard {
+        OutboardData::Bytes(outboard) => {
+            send.write_chunk(encode_header(&ResponseHeader::ok_outboard(entry.size, len))).await?;
+            let mut at = 0;
+            while at < outboard.len() {
+                let end = (at + PIECE as usize).min(outboard.len());
+                write_piece(shared, send, outboard.slice(at..end)).await?;
+                at = end;
+            }
+        }
+        OutboardData::File { path, .. } => {
+            let file = tokio::task::spawn_blocking(move || File::open(path)).await??;
+            send.write_chunk(encode_header(&ResponseHeader::ok_outboard(entry.size, len))).await?;
+            send_file_range(shared, send, Arc::new(file), 0, len).await?;
+        }
     }
     deliver(send).await;
     drop(permit);
@@ -212,8 +220,24 @@ async fn send_range(
     };
 
     send.write_chunk(encode_header(&ResponseHeader::ok_range(entry.size, len))).await?;
+    // Moved in, so the file is closed before we wait on the network.
+    send_file_range(shared, send, file, offset, len).await?;
+    deliver(send).await;
+    drop(permit);
+    Ok(())
+}
+
+/// Sends `len` bytes of `file` from `offset`, one piece at a time, each read on the blocking
+/// pool. The caller checked that the range is inside the file.
+async fn send_file_range(
+    shared: &Shared,
+    send: &mut SendStream,
+    file: Arc<File>,
+    offset: u64,
+    len: u64,
+) -> Result<(), AnswerError> {
     let mut at = offset;
-    let end = offset + len; // cannot overflow: checked against entry.size above
+    let end = offset.saturating_add(len);
     while at < end {
         let n = (end - at).min(PIECE);
         let file = Arc::clone(&file);
@@ -226,9 +250,6 @@ async fn send_range(
         write_piece(shared, send, Bytes::from(piece)).await?;
         at += n;
     }
-    drop(file); // closed before we wait on the network
-    deliver(send).await;
-    drop(permit);
     Ok(())
 }
 

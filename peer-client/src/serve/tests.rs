@@ -8,7 +8,7 @@ use bao_tree::io::outboard::PreOrderMemOutboard;
 use quaver_shared::{ContentId, NodeKey};
 
 use super::*;
-use crate::library::{CHUNK_LOG, Entry, MemoryLibrary};
+use crate::library::{CHUNK_LOG, Entry, MemoryLibrary, OutboardData};
 use crate::tls;
 use crate::wire::{FrameDecoder, Request, ResponseHeader, ResponseStatus, encode_request};
 
@@ -33,7 +33,23 @@ fn file_entry(dir: &tempfile::TempDir, len: usize, seed: u8) -> (Entry, Vec<u8>)
     // The ContentId is the BLAKE3 of the file: the outboard's root must be exactly that.
     assert_eq!(outboard.root.as_bytes(), blake3::hash(&data).as_bytes());
     let id = ContentId::from_array(*outboard.root.as_bytes());
-    (Entry { id, path, size: len as u64, outboard: outboard.data.into() }, data)
+    // Odd seeds keep the outboard in a file, as the store does; even ones in memory.
+    let outboard = if seed % 2 == 1 {
+        let ob_path = path.with_extension("outboard");
+        std::fs::write(&ob_path, &outboard.data).unwrap();
+        OutboardData::File { path: ob_path, len: outboard.data.len() as u64 }
+    } else {
+        OutboardData::Bytes(outboard.data.into())
+    };
+    (Entry { id, path, size: len as u64, outboard }, data)
+}
+
+/// The outboard's bytes, wherever the entry keeps them.
+fn outboard_of(entry: &Entry) -> Vec<u8> {
+    match &entry.outboard {
+        OutboardData::Bytes(b) => b.to_vec(),
+        OutboardData::File { path, .. } => std::fs::read(path).unwrap(),
+    }
 }
 
 async fn fixture(config: ServeConfig) -> Fixture {
@@ -95,7 +111,7 @@ async fn serves_outboard_ranges_have_and_status() {
 
     let (header, outboard) = ask(&f.conn, &Request::Outboard(id)).await;
     assert_eq!((header.status, header.file_size), (ResponseStatus::Ok, f.entry.size));
-    assert_eq!(outboard, f.entry.outboard);
+    assert_eq!(outboard, outboard_of(&f.entry));
 
     // An aligned range in the middle, and the file's unaligned tail.
     for (offset, len) in [(16 * 1024, 128 * 1024), (256 * 1024, FILE_LEN as u64 - 256 * 1024)] {
@@ -110,7 +126,7 @@ async fn serves_outboard_ranges_have_and_status() {
     assert_eq!((header.free_slots, header.queue_len), (8, 0));
 
     let stats = f.server.stats();
-    assert_eq!(stats.bytes_sent, f.entry.outboard.len() as u64 + FILE_LEN as u64 - 256 * 1024 + 128 * 1024);
+    assert_eq!(stats.bytes_sent, f.entry.outboard.len() + FILE_LEN as u64 - 256 * 1024 + 128 * 1024);
     assert_eq!((stats.requests, stats.busy_answers), (5, 0));
 }
 

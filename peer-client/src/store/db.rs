@@ -5,7 +5,6 @@
 //! |---|---|---|
 //! | `roots` | shared folder (canonical path bytes) | empty |
 //! | `files` | content id | [`StoredEntry`] (prost): the first path seen with these bytes |
-//! | `outboards` | content id | the pre-order outboard |
 //! | `paths` | path bytes | [`PathEntry`]: id, size, mtime of what that path held when hashed |
 //! | `sources` | content id ‖ path bytes | empty: every path holding the id |
 //! | `meta` | `digest`, `count` | the share digest (32 bytes), the number of ids (u64 BE) |
@@ -21,7 +20,9 @@ use super::StoreError;
 
 pub const ROOTS: &str = "roots";
 pub const FILES: &str = "files";
-pub const OUTBOARDS: &str = "outboards";
+/// Where stores before outboard files kept outboards (content id → outboard); moved to files
+/// and dropped on open.
+pub const LEGACY_OUTBOARDS: &str = "outboards";
 pub const PATHS: &str = "paths";
 pub const SOURCES: &str = "sources";
 pub const META: &str = "meta";

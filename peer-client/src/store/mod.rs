@@ -6,9 +6,12 @@
 //! whose size or mtime changed and withdraws files that vanished.
 //!
 //! Rules this module keeps:
-//! - **No per-file state in memory.** Records, outboards and the path index live in sled; scans
-//!   stream over the directory walk and over sled. Only the share digest and the id count (O(1))
-//!   are mirrored in memory, and they are written in the same transaction as the records.
+//! - **No per-file state in memory.** Records and the path index live in sled, outboards in
+//!   files of their own (`outboards.rs`); scans stream over the directory walk and over sled.
+//!   Only the share digest and the id count (O(1)) are mirrored in memory, and they are written
+//!   in the same transaction as the records.
+//! - **Every shared id has its outboard file.** It is written before the record and removed
+//!   after it (`write.rs`); a crash in between leaves only an orphan, swept on open.
 //! - **Never trust a path from the network.** Peers name files by `ContentId` only; the path of
 //!   an [`Entry`](crate::library::Entry) always comes from this node's own records, and a file is
 //!   served only while its size and mtime still match what was hashed.
@@ -20,6 +23,7 @@
 
 mod db;
 pub mod hash;
+mod outboards;
 mod published;
 mod scan;
 pub mod tags;
@@ -27,6 +31,8 @@ mod write;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_outboards;
 #[cfg(test)]
 mod tests_tags;
 
@@ -38,8 +44,9 @@ use std::sync::{Mutex, MutexGuard};
 use quaver_shared::directory::v1::{FileInfo, SharedFile};
 use quaver_shared::{ContentId, ShareDigest};
 
-use crate::library::{Entry, Library, LibraryError};
+use crate::library::{Entry, Library, LibraryError, OutboardData};
 use db::{PathEntry, StoredEntry, Summary};
+use outboards::OutboardFiles;
 pub use published::Published;
 
 /// Why a store operation failed.
@@ -109,41 +116,86 @@ pub struct Store {
     db: sled::Db,
     roots: sled::Tree,
     files: sled::Tree,
-    outboards: sled::Tree,
+    outboards: OutboardFiles,
     paths: sled::Tree,
     sources: sled::Tree,
     meta: sled::Tree,
     /// Mirror of `meta`; its lock also serialises every write to the record trees.
     summary: Mutex<Summary>,
+    /// A temporary store's outboard directory, removed with the store.
+    _temp: Option<tempfile::TempDir>,
 }
 
 /// How many paths holding the same bytes `entry` tries before giving up.
 const MAX_SERVE_CANDIDATES: usize = 16;
 
 impl Store {
-    /// Opens (or creates) the store at `path`, a sled database directory.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        Self::with_db(sled::Config::new().path(path).open()?)
+    /// Opens (or creates) the store: the sled database in directory `db`, the outboard files
+    /// in directory `outboards`. Outboards an older store kept in sled move to files, and
+    /// outboard files of ids no longer shared (left by a crash) are removed.
+    pub fn open(db: &Path, outboards: &Path) -> Result<Store, StoreError> {
+        let files = OutboardFiles::open(outboards).map_err(StoreError::io(outboards))?;
+        Self::with_db(sled::Config::new().path(db).open()?, files, None)
     }
 
-    /// A store that lives in memory and a temporary directory, deleted on drop. For tests.
+    /// A store that lives in memory and temporary directories, deleted on drop. For tests.
     pub fn temporary() -> Result<Store, StoreError> {
-        Self::with_db(sled::Config::new().temporary(true).open()?)
+        let temp = tempfile::tempdir().map_err(StoreError::io(&std::env::temp_dir()))?;
+        let files = OutboardFiles::open(temp.path()).map_err(StoreError::io(temp.path()))?;
+        Self::with_db(sled::Config::new().temporary(true).open()?, files, Some(temp))
     }
 
-    fn with_db(db: sled::Db) -> Result<Store, StoreError> {
+    fn with_db(
+        db: sled::Db,
+        outboards: OutboardFiles,
+        temp: Option<tempfile::TempDir>,
+    ) -> Result<Store, StoreError> {
         let meta = db.open_tree(db::META)?;
         let summary = Mutex::new(Summary::load(&meta)?);
-        Ok(Store {
+        let store = Store {
             roots: db.open_tree(db::ROOTS)?,
             files: db.open_tree(db::FILES)?,
-            outboards: db.open_tree(db::OUTBOARDS)?,
+            outboards,
             paths: db.open_tree(db::PATHS)?,
             sources: db.open_tree(db::SOURCES)?,
             meta,
             summary,
             db,
-        })
+            _temp: temp,
+        };
+        store.move_legacy_outboards()?;
+        let swept =
+            store.outboards.sweep(|id| store.files.contains_key(id.as_bytes()).map_err(io::Error::other));
+        match swept.map_err(StoreError::io(store.outboards.dir()))? {
+            0 => {}
+            n => tracing::info!(removed = n, "removed outboard files of ids no longer shared"),
+        }
+        Ok(store)
+    }
+
+    /// Stores before outboard files kept outboards in a sled tree: write each one of a shared
+    /// id to its file, then drop the tree. A crash midway repeats the move on the next open.
+    fn move_legacy_outboards(&self) -> Result<(), StoreError> {
+        if !self.db.tree_names().iter().any(|n| &n[..] == db::LEGACY_OUTBOARDS.as_bytes()) {
+            return Ok(());
+        }
+        let legacy = self.db.open_tree(db::LEGACY_OUTBOARDS)?;
+        let mut moved = 0u64;
+        for kv in legacy.iter() {
+            let (key, outboard) = kv?;
+            let id = ContentId::from_slice(&key)
+                .map_err(|_| StoreError::Corrupt("an outboard key is not a content id".into()))?;
+            if self.files.contains_key(&key)? {
+                self.outboards
+                    .put_bytes(&id, &outboard)
+                    .map_err(StoreError::io(&self.outboards.path(&id)))?;
+                moved += 1;
+            }
+        }
+        self.db.drop_tree(db::LEGACY_OUTBOARDS)?;
+        self.db.flush()?;
+        tracing::info!(moved, "moved outboards from the database to files");
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Summary> {
@@ -237,15 +289,17 @@ impl Store {
             }
         }
         let Some((path, size)) = found else { return Ok(None) };
-        let outboard = self
+        // Only its length is read here; the file is opened when a peer asks for the outboard.
+        let outboard = self.outboards.path(id);
+        let len = self
             .outboards
-            .get(id.as_bytes())?
+            .len(id)
+            .map_err(StoreError::io(&outboard))?
             .ok_or_else(|| StoreError::Corrupt(format!("no outboard for {id}")))?;
-        if outboard.len() as u64 != hash::outboard_len(size) {
+        if len != hash::outboard_len(size) {
             return Err(StoreError::Corrupt(format!("outboard of {id} has the wrong length")));
         }
-        // Zero-copy: the bytes stay in sled's reference-counted buffer.
-        Ok(Some(Entry { id: *id, path, size, outboard: bytes::Bytes::from_owner(outboard) }))
+        Ok(Some(Entry { id: *id, path, size, outboard: OutboardData::File { path: outboard, len } }))
     }
 }
 

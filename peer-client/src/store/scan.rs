@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use quaver_shared::ContentId;
 
 use super::db::{self, PathEntry};
+use super::write::NewOutboard;
 use super::{ScanReport, SharedRecord, Store, StoreError, hash, tags};
 
 /// Deepest folder nesting a scan descends into (symlinked folders are never followed, so this
@@ -81,22 +82,39 @@ impl Store {
 
     /// Records one file, which must be inside a shared folder, whose content id and outboard
     /// are already known to be right: a finished download, every block of which was checked
-    /// against `outboard` and the whole file against `id`. Reading it again to hash it would
-    /// only repeat that work.
+    /// against the outboard in the file `outboard`, whose root is `id`. Reading the file again
+    /// to hash it would only repeat that work.
+    ///
+    /// The outboard file is the store's afterwards: moved into its outboard directory (not
+    /// read), or removed if the id has one already or recording fails.
     pub fn add_verified(
         &self,
         path: &Path,
         id: ContentId,
-        outboard: Vec<u8>,
+        outboard: &Path,
+    ) -> Result<SharedRecord, StoreError> {
+        let result = self.add_verified_inner(path, id, outboard);
+        if result.is_err() {
+            let _ = fs::remove_file(outboard);
+        }
+        result
+    }
+
+    fn add_verified_inner(
+        &self,
+        path: &Path,
+        id: ContentId,
+        outboard: &Path,
     ) -> Result<SharedRecord, StoreError> {
         let (path, meta) = self.shareable(path)?;
         let size = meta.len();
-        if outboard.len() as u64 != hash::outboard_len(size) {
+        let outboard_len = fs::metadata(outboard).map_err(StoreError::io(outboard))?.len();
+        if outboard_len != hash::outboard_len(size) {
             return Err(StoreError::Corrupt(format!("outboard of {id} does not fit a {size}-byte file")));
         }
         let entry = PathEntry { id, size, mtime_ns: db::mtime_ns(&meta) };
         let info = tags::file_info(&path, &id, size);
-        let change = self.record(&path, entry, info.clone(), outboard)?;
+        let change = self.record(&path, entry, info.clone(), NewOutboard::File(outboard))?;
         self.db.flush()?;
         Ok(SharedRecord { id, path, size, info, newly_shared: change.entered.is_some() })
     }
@@ -219,7 +237,7 @@ impl Store {
             return Err(StoreError::ChangedWhileHashing(path.to_owned()));
         }
         let info = tags::file_info(path, &hashed.id, size);
-        let change = self.record(path, entry, info.clone(), hashed.outboard)?;
+        let change = self.record(path, entry, info.clone(), NewOutboard::Bytes(hashed.outboard))?;
         let record = SharedRecord {
             id: hashed.id,
             path: path.to_owned(),

@@ -183,12 +183,12 @@ fn a_reopened_store_keeps_everything() {
     let db = dir.path().join("store");
     let id = write(&root.join("x/Band - Tune.mp3"), &data(40_000, 9));
     let (digest, entry) = {
-        let store = Store::open(&db).unwrap();
+        let store = Store::open(&db, &dir.path().join("outboards")).unwrap();
         store.add_folder(&root).unwrap();
         store.rescan().unwrap();
         (store.digest(), store.entry(&id).unwrap().unwrap())
     };
-    let store = Store::open(&db).unwrap();
+    let store = Store::open(&db, &dir.path().join("outboards")).unwrap();
     assert_eq!(store.folders().unwrap(), vec![root.canonicalize().unwrap()]);
     assert_eq!((store.len(), store.digest()), (1, digest));
     assert_eq!(store.entry(&id).unwrap().unwrap(), entry);

@@ -1,7 +1,12 @@
 //! Every change to the record trees. Each one runs under the summary lock (so writers never
-//! race) and is applied as one sled transaction across `files`, `outboards`, `paths`, `sources`
-//! and `meta`, so a crash leaves either all of it or none, and the digest always matches the ids.
+//! race) and is applied as one sled transaction across `files`, `paths`, `sources` and `meta`,
+//! so a crash leaves either all of it or none, and the digest always matches the ids.
+//!
+//! Outboard files follow the records (see `outboards.rs`): a newly shared id's outboard is on
+//! disk before its transaction commits, and an id that stops being shared loses its outboard
+//! only after its transaction committed.
 
+use std::fs;
 use std::path::Path;
 
 use prost::Message as _;
@@ -16,10 +21,17 @@ use super::{Store, StoreError};
 #[derive(Clone, Copy)]
 enum Tree {
     Files,
-    Outboards,
     Paths,
     Sources,
     Meta,
+}
+
+/// A new record's outboard, as the caller has it.
+pub(super) enum NewOutboard<'a> {
+    /// Just computed by hashing the file.
+    Bytes(Vec<u8>),
+    /// A file (a finished download's), moved into the store if the id is new, removed if not.
+    File(&'a Path),
 }
 
 /// Writes to apply together: `None` removes the key.
@@ -52,7 +64,7 @@ impl Store {
         path: &Path,
         entry: PathEntry,
         info: FileInfo,
-        outboard: Vec<u8>,
+        outboard: NewOutboard<'_>,
     ) -> Result<Change, StoreError> {
         let key = db::path_key(path);
         let id = entry.id;
@@ -77,18 +89,36 @@ impl Store {
                     record.mtime_ns = entry.mtime_ns;
                     ops.put(Tree::Files, id.to_vec(), record.encode_to_vec());
                 }
+                // The id has its outboard already: the same bytes, so the same tree.
+                if let NewOutboard::File(file) = outboard {
+                    let _ = fs::remove_file(file);
+                }
             }
             None => {
                 let record =
                     StoredEntry { path: key, size: entry.size, mtime_ns: entry.mtime_ns, info: Some(info) };
                 ops.put(Tree::Files, id.to_vec(), record.encode_to_vec());
-                ops.put(Tree::Outboards, id.to_vec(), outboard);
+                // On disk before the record that needs it commits.
+                let stored = match outboard {
+                    NewOutboard::Bytes(bytes) => self.outboards.put_bytes(&id, &bytes),
+                    NewOutboard::File(file) => self.outboards.put_file(&id, file),
+                };
+                stored.map_err(StoreError::io(&self.outboards.path(&id)))?;
                 next.digest.toggle(&id);
                 next.count += 1;
                 change.entered = Some(id);
             }
         }
-        self.commit(ops, &mut summary, next)?;
+        if let Err(e) = self.commit(ops, &mut summary, next) {
+            if let Some(id) = change.entered {
+                self.outboards.remove(&id);
+            }
+            return Err(e);
+        }
+        // After the commit: a crash before this leaves an orphan file, swept on open.
+        if let Some(left) = change.left {
+            self.outboards.remove(&left);
+        }
         Ok(change)
     }
 
@@ -105,6 +135,9 @@ impl Store {
         ops.del(Tree::Sources, db::source_key(&old.id, &key));
         let left = self.detach(&old.id, &key, &mut ops, &mut next)?;
         self.commit(ops, &mut summary, next)?;
+        if let Some(left) = left {
+            self.outboards.remove(&left);
+        }
         Ok(left)
     }
 
@@ -139,7 +172,6 @@ impl Store {
             }
         }
         ops.del(Tree::Files, id.to_vec());
-        ops.del(Tree::Outboards, id.to_vec());
         next.digest.toggle(id);
         next.count = next.count.saturating_sub(1);
         Ok(Some(*id))
@@ -151,13 +183,12 @@ impl Store {
             ops.put(Tree::Meta, db::META_DIGEST, &next.digest.as_bytes()[..]);
             ops.put(Tree::Meta, db::META_COUNT, &next.count.to_be_bytes()[..]);
         }
-        let trees = (&self.files, &self.outboards, &self.paths, &self.sources, &self.meta);
+        let trees = (&self.files, &self.paths, &self.sources, &self.meta);
         trees
-            .transaction(|(files, outboards, paths, sources, meta)| {
+            .transaction(|(files, paths, sources, meta)| {
                 for (tree, key, value) in &ops.0 {
                     let tree = match tree {
                         Tree::Files => files,
-                        Tree::Outboards => outboards,
                         Tree::Paths => paths,
                         Tree::Sources => sources,
                         Tree::Meta => meta,

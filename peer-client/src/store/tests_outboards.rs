@@ -1,0 +1,135 @@
+//! Outboard files and the records they belong to: written with a new id, moved in from a
+//! download, removed with the id's last path, moved out of an older store's sled tree, and
+//! swept when orphaned.
+
+use std::fs;
+use std::path::Path;
+
+use quaver_shared::ContentId;
+
+use super::hash::hash_reader;
+use super::*;
+use crate::library::OutboardData;
+
+fn bytes(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(17).wrapping_add(seed)).collect()
+}
+
+/// Writes `data` at `path`; returns its id and the outboard hashing computes for it.
+fn song(path: &Path, data: &[u8]) -> (ContentId, Vec<u8>) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, data).unwrap();
+    let hashed = hash_reader(data, data.len() as u64).unwrap();
+    (hashed.id, hashed.outboard)
+}
+
+/// The outboard the store serves for `id`, read from its file.
+fn served_outboard(store: &Store, id: &ContentId) -> Vec<u8> {
+    match store.entry(id).unwrap().unwrap().outboard {
+        OutboardData::File { path, len } => {
+            let bytes = fs::read(path).unwrap();
+            assert_eq!(bytes.len() as u64, len);
+            bytes
+        }
+        OutboardData::Bytes(_) => panic!("the store serves outboards from files"),
+    }
+}
+
+fn outboard_files(dir: &Path) -> usize {
+    fs::read_dir(dir).unwrap().count()
+}
+
+#[test]
+fn an_outboard_file_lives_as_long_as_some_path_holds_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("music");
+    let (id, outboard) = song(&root.join("a.flac"), &bytes(200_000, 1));
+    song(&root.join("copy of a.flac"), &bytes(200_000, 1));
+    let store = Store::open(&dir.path().join("db"), &dir.path().join("ob")).unwrap();
+    store.add_folder(&root).unwrap();
+    store.rescan().unwrap();
+    assert_eq!(served_outboard(&store, &id), outboard);
+    assert_eq!(outboard_files(&dir.path().join("ob")), 1);
+
+    fs::remove_file(root.join("a.flac")).unwrap();
+    store.rescan().unwrap();
+    assert_eq!(served_outboard(&store, &id), outboard, "the copy still holds the id");
+    fs::remove_file(root.join("copy of a.flac")).unwrap();
+    assert_eq!(store.rescan().unwrap().removed, vec![id]);
+    assert_eq!(outboard_files(&dir.path().join("ob")), 0);
+}
+
+#[test]
+fn add_verified_moves_a_download_outboard_in_and_drops_one_it_already_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("files");
+    let data = bytes(300_000, 2);
+    let (id, outboard) = song(&root.join("one.flac"), &data);
+    song(&root.join("two.flac"), &data);
+    let store = Store::temporary().unwrap();
+    store.add_folder(&root).unwrap();
+
+    let download_outboard = dir.path().join("partial.outboard");
+    fs::write(&download_outboard, &outboard).unwrap();
+    let record = store.add_verified(&root.join("one.flac"), id, &download_outboard).unwrap();
+    assert!(record.newly_shared);
+    assert!(!download_outboard.exists(), "moved, not copied");
+    assert_eq!(served_outboard(&store, &id), outboard);
+
+    // The same bytes downloaded again: the store keeps its outboard and removes the new one.
+    fs::write(&download_outboard, &outboard).unwrap();
+    let record = store.add_verified(&root.join("two.flac"), id, &download_outboard).unwrap();
+    assert!(!record.newly_shared);
+    assert!(!download_outboard.exists());
+
+    // An outboard that does not fit the file is refused, and removed all the same.
+    let (other, _) = song(&root.join("three.flac"), &bytes(50_000, 3));
+    fs::write(&download_outboard, &outboard).unwrap();
+    let err = store.add_verified(&root.join("three.flac"), other, &download_outboard).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    assert!(!download_outboard.exists());
+    assert!(store.entry(&other).unwrap().is_none());
+}
+
+#[test]
+fn a_reopened_store_moves_sled_outboards_to_files_and_sweeps_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("music");
+    let (db, ob) = (dir.path().join("db"), dir.path().join("ob"));
+    let (id, outboard) = song(&root.join("a.flac"), &bytes(120_000, 4));
+    {
+        let store = Store::open(&db, &ob).unwrap();
+        store.add_folder(&root).unwrap();
+        store.rescan().unwrap();
+        // Make it look like a store from before outboard files: the outboard in sled, plus a
+        // legacy value for an id that is not shared.
+        let legacy = store.db.open_tree(db::LEGACY_OUTBOARDS).unwrap();
+        legacy.insert(id.as_bytes(), &outboard[..]).unwrap();
+        legacy.insert(ContentId::of_bytes(b"gone").as_bytes(), &b"stale"[..]).unwrap();
+        fs::remove_file(ob.join(id.to_hex())).unwrap();
+        // And what a crash can leave: an outboard of an id no longer shared, a half-written one.
+        fs::write(ob.join(ContentId::of_bytes(b"orphan").to_hex()), b"orphan").unwrap();
+        fs::write(ob.join("x.tmp"), b"half").unwrap();
+        store.flush().unwrap();
+    }
+    let store = Store::open(&db, &ob).unwrap();
+    assert_eq!(served_outboard(&store, &id), outboard);
+    assert_eq!(outboard_files(&ob), 1, "only the shared id's outboard is left");
+    assert!(!store.db.tree_names().iter().any(|n| &n[..] == db::LEGACY_OUTBOARDS.as_bytes()));
+}
+
+#[test]
+fn a_missing_or_truncated_outboard_file_is_an_error_not_a_bad_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("music");
+    let (id, _) = song(&root.join("a.flac"), &bytes(100_000, 5));
+    let (db, ob) = (dir.path().join("db"), dir.path().join("ob"));
+    let store = Store::open(&db, &ob).unwrap();
+    store.add_folder(&root).unwrap();
+    store.rescan().unwrap();
+
+    fs::write(ob.join(id.to_hex()), b"short").unwrap();
+    assert!(store.entry(&id).is_err());
+    fs::remove_file(ob.join(id.to_hex())).unwrap();
+    assert!(store.entry(&id).is_err());
+}
