@@ -295,6 +295,38 @@ async fn a_source_killed_mid_download_and_a_killed_downloader_both_recover() {
     );
 }
 
+/// A download belongs to the node, across restarts too: killed mid-way and started again, the
+/// daemon finishes it on its own (no `get`), from its verified blocks, and shares the file.
+/// Asking for it afterwards answers at once with where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_downloader_finishes_its_download_without_being_asked() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = Directory::start().await;
+    let (_sources, id) = three_sources(root.path(), &dir, SLOW_RATE).await;
+    let mut fourth = Daemon::start(root.path(), "fourth", &dir.url(), &[]).await;
+    let watcher = Command::new(QUAVER)
+        .arg("--data-dir")
+        .arg(&fourth.data)
+        .args(["get", &id.to_hex(), "--json"])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    until("a third of the file", || async { fourth.verified_bytes().await > SIZE as u64 / 3 }).await;
+    fourth.kill();
+    drop(watcher);
+    let _ = fourth.child.wait().await;
+
+    let fourth = Daemon::start(root.path(), "fourth", &dir.url(), &[]).await;
+    until("the resumed download shared", || async { dir.locate(id).await.contains(&fourth.peer_id) }).await;
+    let got = fourth.json(&["get", &id.to_hex(), "--json"]).await;
+    assert_eq!(blake3_of(got["path"].as_str().unwrap()), id);
+    assert_eq!(got["fetched_bytes"], 0, "already there: nothing fetched for this get: {got}");
+    let partial: Vec<_> =
+        std::fs::read_dir(fourth.data.join("partial")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(partial.is_empty(), "the finished download left {partial:?}");
+}
+
 /// What CI once hit on a loaded machine: a source dies, and the downloader is starved for
 /// a while (here: stopped with SIGSTOP). On waking, every source looks silent until the queued
 /// answers are read; the download must not settle on the dead source, whose requests only

@@ -16,6 +16,7 @@ use tokio::task::AbortHandle;
 use super::Node;
 use super::lookup::LookupError;
 use crate::fetch::download::{DownloadProgress, DownloadSpec, Relocate, download};
+use crate::library::Library as _;
 
 /// A finished download.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,6 +46,8 @@ pub enum GetError {
     Lookup(#[from] LookupError),
     #[error("the directory lists this file with no usable size or name: {0}")]
     BadCatalogEntry(String),
+    #[error("cannot record the download in the work dir: {0}")]
+    Disk(#[from] std::io::Error),
 }
 
 struct Running {
@@ -63,6 +66,11 @@ impl Downloads {
         Self { endpoint, work_dir, running: Mutex::new(HashMap::new()) }
     }
 
+    /// Where downloads keep their state (`.part`, `.blocks`, `.outboard`, `.dest`).
+    pub(super) fn work_dir(&self) -> &std::path::Path {
+        &self.work_dir
+    }
+
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<ContentId, Running>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -79,7 +87,8 @@ impl Downloads {
         }
     }
 
-    /// Joins the running download of `id`, or asks the directory about it and starts one.
+    /// Joins the running download of `id`, answers at once if the node shares `id` already,
+    /// or asks the directory about it and starts one.
     pub(super) async fn start(
         &self,
         node: Arc<Node>,
@@ -88,6 +97,9 @@ impl Downloads {
     ) -> Result<Subscription, GetError> {
         if let Some(r) = self.running().get(&id).filter(|r| r.state.borrow().outcome.is_none()) {
             return Ok(r.state.clone());
+        }
+        if let Some(done) = already_shared(&node, id).await {
+            return Ok(watch::channel(done).1);
         }
         let info = node.directory.file(id).await?;
         if info.size == 0 && info.file_name.is_empty() {
@@ -110,6 +122,8 @@ impl Downloads {
             outcome: None,
         };
         let (state_tx, state_rx) = watch::channel(initial);
+        // Before the first byte: a node that stops from here on resumes this download.
+        super::resume::remember(&self.work_dir, &id, &spec.out_dir).await?;
 
         let mut running = self.running();
         // Another `get` may have started it while we asked the directory.
@@ -162,6 +176,7 @@ async fn run(
         Ok(done) => match node.adopt(done.path.clone(), id, done.outboard).await {
             Ok(()) => {
                 tracing::info!(id = %id, path = %done.path.display(), "download complete; now a source");
+                super::resume::forget(node.downloads.work_dir(), &id).await;
                 Ok(Finished {
                     path: done.path,
                     fetched_bytes: done.fetched_bytes,
@@ -185,4 +200,24 @@ async fn run(
     });
     // Subscribers keep their receivers; the registry only tracks what is still running.
     node.downloads.running().remove(&id);
+}
+
+/// The state of a finished download for an id the node shares already (a file it downloaded
+/// before, or shares from a folder): asking for it again is answered with where it is.
+async fn already_shared(node: &Arc<Node>, id: ContentId) -> Option<DownloadState> {
+    let store = node.store.clone();
+    let entry = tokio::task::spawn_blocking(move || store.entry(&id)).await.ok()?.ok()??;
+    let name = entry.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let finished =
+        Finished { path: entry.path, fetched_bytes: 0, per_source: Vec::new(), banned: Vec::new() };
+    Some(DownloadState {
+        id: Some(id),
+        name,
+        progress: DownloadProgress {
+            size: entry.size,
+            verified_bytes: entry.size,
+            ..DownloadProgress::default()
+        },
+        outcome: Some(Ok(finished)),
+    })
 }

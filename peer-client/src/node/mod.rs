@@ -11,7 +11,8 @@
 //! node.key       the Ed25519 node key (mode 0600): the node's PeerId
 //! store/         sled: shared folders, file records, what the directory acknowledged
 //! outboards/     one outboard file per shared content id (named by its hex)
-//! partial/       downloads in progress (.part, .blocks, .outboard), resumed after any stop
+//! partial/       downloads in progress (.part, .blocks, .outboard, and a .dest note naming the
+//!                folder each goes to): every noted one resumes when the node starts
 //! files/         finished downloads (default; --download-dir); shared automatically
 //! control.sock   the control API (mode 0600)
 //! ```
@@ -22,6 +23,7 @@
 
 mod downloads;
 mod lookup;
+mod resume;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -162,6 +164,7 @@ impl Node {
             free_slots,
         });
         tokio::spawn(report_slots(Arc::downgrade(&node)));
+        resume::resume_all(&node, node.downloads.work_dir());
         Ok(node)
     }
 
