@@ -148,10 +148,36 @@ fn abort<T>(e: CatalogError) -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(e))
 }
 
+/// How long [`open_sled`] waits for a lock that a just-dropped handle may still hold.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens a sled database, waiting out a lock that a handle dropped a moment ago still holds.
+///
+/// sled releases its directory lock only when the last of its background jobs lets go of the
+/// database, shortly after the last handle is dropped. So opening the same directory again at
+/// once (a restore builds a catalog in three opens; a server stopped just before a restore) can
+/// fail to lock. A lock still held after [`LOCK_WAIT`] is someone else's (another server
+/// on this data dir), and that error is returned.
+pub(crate) fn open_sled(config: sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            // sled reports the lock as an `Other` error with this text, the `WouldBlock` inside.
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Catalog {
     /// Opens (or creates) the catalog in `dir`.
     pub fn open(dir: &std::path::Path) -> Result<Self, CatalogError> {
-        Self::from_db(sled::Config::new().path(dir).open()?)
+        Self::from_db(open_sled(sled::Config::new().path(dir))?)
     }
 
     /// A catalog that lives in memory and a temporary file, for tests and benchmarks.

@@ -109,6 +109,18 @@ impl Daemon {
         assert!(v["shared_files"].as_u64().unwrap() >= 1, "{v}");
     }
 
+    /// `quaver get ID --json` left running (the CLI only watches; the node downloads).
+    fn get_in_background(&self, id: ContentId, stdout: Stdio) -> Child {
+        Command::new(QUAVER)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["get", &id.to_hex(), "--json"])
+            .stdout(stdout)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
     /// Verified bytes of the first download in `status`, or 0 when there is none (yet).
     async fn verified_bytes(&self) -> u64 {
         let out =
@@ -252,14 +264,7 @@ async fn a_source_killed_mid_download_and_a_killed_downloader_both_recover() {
     let mut fourth = Daemon::start(root.path(), "fourth", &dir.url(), &[]).await;
 
     // Start the download in the background (the CLI only watches; the node downloads).
-    let watcher = Command::new(QUAVER)
-        .arg("--data-dir")
-        .arg(&fourth.data)
-        .args(["get", &id.to_hex(), "--json"])
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let watcher = fourth.get_in_background(id, Stdio::null());
     until("a fifth of the file", || async { fourth.verified_bytes().await > SIZE as u64 / 5 }).await;
     sources[0].kill();
 
@@ -304,14 +309,7 @@ async fn a_restarted_downloader_finishes_its_download_without_being_asked() {
     let dir = Directory::start().await;
     let (_sources, id) = three_sources(root.path(), &dir, SLOW_RATE).await;
     let mut fourth = Daemon::start(root.path(), "fourth", &dir.url(), &[]).await;
-    let watcher = Command::new(QUAVER)
-        .arg("--data-dir")
-        .arg(&fourth.data)
-        .args(["get", &id.to_hex(), "--json"])
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let watcher = fourth.get_in_background(id, Stdio::null());
     until("a third of the file", || async { fourth.verified_bytes().await > SIZE as u64 / 3 }).await;
     fourth.kill();
     drop(watcher);
@@ -337,14 +335,7 @@ async fn a_downloader_paused_while_a_source_dies_still_finishes_from_the_others(
     let dir = Directory::start().await;
     let (mut sources, id) = three_sources(root.path(), &dir, SLOW_RATE).await;
     let fourth = Daemon::start(root.path(), "fourth", &dir.url(), &[]).await;
-    let watcher = Command::new(QUAVER)
-        .arg("--data-dir")
-        .arg(&fourth.data)
-        .args(["get", &id.to_hex(), "--json"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let watcher = fourth.get_in_background(id, Stdio::piped());
     until("a fifth of the file", || async { fourth.verified_bytes().await > SIZE as u64 / 5 }).await;
 
     sources[0].kill();

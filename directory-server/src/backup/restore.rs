@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use super::archive::{self, Manifest};
 use super::{BackupError, catalog_dir, index_dir, snapshot};
-use crate::catalog::{BACKUP_TREES, Catalog};
+use crate::catalog::{BACKUP_TREES, Catalog, open_sled};
 
 /// Records per sled batch while importing: large enough to be fast, small enough to bound
 /// memory.
@@ -54,8 +54,9 @@ pub fn restore(from: &Path, data_dir: &Path, force: bool) -> Result<RestoreRepor
         )));
     }
     if catalog.exists() {
-        // A server holds sled's lock for as long as it runs; opening fails then.
-        drop(sled::Config::new().path(&catalog).open().map_err(|e| {
+        // A server holds sled's lock for as long as it runs; opening fails then (after a short
+        // wait: one that just stopped may still be letting go of it).
+        drop(open_sled(sled::Config::new().path(&catalog)).map_err(|e| {
             BackupError::Refused(format!(
                 "cannot open the current catalog in {} ({e}); is a directory server running on \
                  this data dir? Stop it before restoring",
@@ -124,7 +125,7 @@ fn occupied_entries(data_dir: &Path) -> Result<Vec<String>, BackupError> {
 /// catalog with the manifest's counts.
 fn build(snapshot_path: &Path, staging: &Path, manifest: &Manifest, max_key: u64) -> Result<(), BackupError> {
     {
-        let db = sled::Config::new().path(staging).open()?;
+        let db = open_sled(sled::Config::new().path(staging))?;
         let trees: Vec<sled::Tree> =
             BACKUP_TREES.iter().map(|name| db.open_tree(name)).collect::<Result<_, _>>()?;
         let mut batch = (0usize, sled::Batch::default(), 0usize);
@@ -178,7 +179,8 @@ fn advance_id_generator(staging: &Path, max_key: u64) -> Result<(), BackupError>
         return Err(BackupError::Corrupt(format!("file key {max_key} is out of range")));
     }
     let interval = (max_key / 2 / SLED_DEFAULT_INTERVAL + 1) * SLED_DEFAULT_INTERVAL;
-    let db = sled::Config::new().path(staging).idgen_persist_interval(interval).open()?;
+    // The import's handle was just dropped: its lock may linger a moment (see `open_sled`).
+    let db = open_sled(sled::Config::new().path(staging).idgen_persist_interval(interval))?;
     let drawn = db.generate_id()?;
     db.flush()?;
     if drawn <= max_key {
