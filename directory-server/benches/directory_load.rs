@@ -475,6 +475,27 @@ async fn settle(pid: u32) -> anyhow::Result<String> {
     Ok(format!("still busy after {} s; measuring anyway", LIMIT.as_secs()))
 }
 
+/// Waits until the server has merged its index into one segment, as it does once indexing has
+/// caught up (searches are measured on the index a directory at rest serves).
+async fn compacted(c: &mut Client) -> anyhow::Result<String> {
+    const LIMIT: Duration = Duration::from_secs(120);
+    let start = Instant::now();
+    loop {
+        let stats = call(c.stats(StatsRequest {})).await.context("Stats: the server stopped answering")?;
+        if stats.index_segments <= 1 {
+            return Ok(format!("after {:.1} s", start.elapsed().as_secs_f64()));
+        }
+        if start.elapsed() > LIMIT {
+            return Ok(format!(
+                "not within {} s ({} segments); measuring anyway",
+                LIMIT.as_secs(),
+                stats.index_segments
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until every file in the catalog is searchable.
 async fn catch_up(c: &mut Client) -> anyhow::Result<String> {
     let start = Instant::now();
@@ -868,11 +889,12 @@ async fn bench_server(songs: Arc<Vec<Song>>, settings: Settings, report: &mut Re
     println!("\n## 4. Index catch-up");
     add(report, "Index catch-up after the last Publish", catch_up(&mut c).await?);
     let pid = server.child.id().context("server exited")?;
+    add(report, "Index compacted to one segment", compacted(&mut c).await?);
     add(report, "Server idle again (background index merges done)", settle(pid).await?);
     let stats = call(c.stats(StatsRequest {})).await?;
     println!(
-        "  stats: {} files, {} online peers, {} sources, {} indexed",
-        stats.files, stats.online_peers, stats.sources, stats.indexed_documents
+        "  stats: {} files, {} online peers, {} sources, {} indexed in {} segment(s)",
+        stats.files, stats.online_peers, stats.sources, stats.indexed_documents, stats.index_segments
     );
     let queries = bench_search(&mut c, (&server.url, pid), &songs, scale, report).await?;
     let tokens = Arc::new(work.tokens);

@@ -75,7 +75,7 @@ fn source_weight(online: u32, complete: bool) -> f32 {
 }
 
 /// How many catalog entries one indexing round takes at most.
-const INDEX_BATCH: usize = 20_000;
+pub(crate) const INDEX_BATCH: usize = 20_000;
 
 pub struct Directory {
     config: Config,
@@ -542,6 +542,7 @@ impl Directory {
             known_peers: self.catalog.peer_count()?,
             sources: self.sources_total.load(Ordering::Relaxed),
             indexed_documents: self.index.num_docs(),
+            index_segments: u32::try_from(self.index.segment_count()).unwrap_or(u32::MAX),
             uptime_seconds: self.started.elapsed().as_secs(),
         })
     }
@@ -582,6 +583,18 @@ impl Directory {
         }
         tracing::debug!(docs = files.len(), elapsed = ?started.elapsed(), "index commit");
         Ok(files.len())
+    }
+
+    /// Segments the search index has now (each one costs every search a set-up).
+    pub fn index_segments(&self) -> usize {
+        self.index.segment_count()
+    }
+
+    /// Merges the search index into one segment (see `index::compaction` for when). Blocking
+    /// for the whole merge; searches and indexing go on meanwhile. False if there was nothing
+    /// to merge or a background merge got in the way.
+    pub fn compact_index(&self) -> Result<bool> {
+        Ok(self.index.merge_all()?)
     }
 
     /// Indexes until nothing is pending (start-up and shutdown).

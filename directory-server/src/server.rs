@@ -24,11 +24,17 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::DirectoryError;
+use crate::index::compaction::Compaction;
 use crate::ops::layer::OpsLayer;
 use crate::ops::tls::{CertStore, TlsSetupError};
 use crate::ops::{Limits, Metrics, incoming, metrics_http};
 use crate::reach::ConnectBack;
 use crate::service::DirectoryService;
+
+/// Shortest time between two merges of the whole search index (see `index::compaction`): at
+/// 1M files one costs about 10 s of one core, so a busy directory spends under 2 % of a core on
+/// them.
+const COMPACT_AT_MOST_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -246,13 +252,16 @@ async fn expire_leases(directory: Arc<Directory>, tick: Duration, mut stop: watc
 }
 
 /// Commits new catalog entries to the index in batches, one commit per interval at most:
-/// commits are the expensive part of indexing.
+/// commits are the expensive part of indexing. Once caught up, it merges the index into one
+/// segment now and then (`index::compaction`), in the same task, so indexing waits for it
+/// rather than piling segments on a merge in progress.
 async fn index_loop(
     directory: Arc<Directory>,
     metrics: Arc<Metrics>,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut compaction = Compaction::new(COMPACT_AT_MOST_EVERY);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -260,11 +269,38 @@ async fn index_loop(
         }
         let d = directory.clone();
         let started = Instant::now();
-        match tokio::task::spawn_blocking(move || d.index_pending()).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => metrics.index_round(n, started),
-            Ok(Err(e)) => tracing::error!(error = %e, "indexing failed; will retry"),
-            Err(e) => tracing::error!(error = %e, "indexing task failed"),
+        let indexed = match tokio::task::spawn_blocking(move || d.index_pending()).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "indexing failed; will retry");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "indexing task failed");
+                continue;
+            }
+        };
+        if indexed > 0 {
+            metrics.index_round(indexed, started);
+        }
+        let segments = directory.index_segments();
+        if compaction.due(indexed, crate::directory::INDEX_BATCH, segments, Instant::now()) {
+            compaction.ran(Instant::now());
+            let (d, started) = (directory.clone(), Instant::now());
+            let merge = tokio::task::spawn_blocking(move || d.compact_index());
+            // A stop does not wait for the merge: its output is only used once committed, and
+            // what a stopped merge wrote is removed by tantivy at the next start.
+            let merged = tokio::select! {
+                merged = merge => merged,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match merged {
+                Ok(Ok(merged)) => {
+                    tracing::info!(segments, merged, elapsed = ?started.elapsed(), "search index compacted")
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "index compaction failed"),
+                Err(e) => tracing::error!(error = %e, "index compaction task failed"),
+            }
         }
     }
 }

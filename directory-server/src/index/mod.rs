@@ -15,6 +15,7 @@
 
 mod analyzer;
 mod collect;
+pub mod compaction;
 mod query;
 mod query_parse;
 mod romanize;
@@ -249,6 +250,34 @@ impl SearchIndex {
             found = collect::top(&searcher, loose.as_ref(), filters, n, weight, max_weight)?;
         }
         Ok(found.hits.into_iter().skip(offset).take(limit).collect())
+    }
+
+    /// Merges every segment into one, if there are several and none is being merged already
+    /// (then it returns false: try again later). Blocking for as long as the merge takes (about
+    /// 10 s of one core at 1M documents); commits go on meanwhile, since the writer's lock is
+    /// held only to start the merge.
+    ///
+    /// Why: every search pays a set-up per segment (term lookups per query word and field,
+    /// scorer construction). On the 1M-document bench, one segment instead of the seven the
+    /// merge policy leaves cut the mean search time by about a third.
+    pub fn merge_all(&self) -> Result<bool, IndexError> {
+        let merging = {
+            let mut writer = self.writer();
+            // The committed segments as of now (a reader's view may predate a background merge).
+            let ids = writer.index().searchable_segment_ids()?;
+            if ids.len() < 2 {
+                return Ok(false);
+            }
+            writer.merge(&ids)
+        }; // The lock is released before the wait: commits go on during the merge.
+        if let Err(e) = merging.wait() {
+            // Typically a background merge took some of the segments first; tantivy cancels
+            // ours then. Nothing is lost either way: the old segments stay until one succeeds.
+            tracing::info!(error = %e, "index compaction did not complete; it is tried again later");
+            return Ok(false);
+        }
+        self.reader.reload()?;
+        Ok(true)
     }
 
     /// Number of committed, live documents.

@@ -470,3 +470,30 @@ fn one_and_two_character_queries_are_plain_unions_of_terms() {
     let top = collect::top(&searcher, plan.strict.as_ref(), ALL, 10, &all_online, 1.0).unwrap();
     assert_eq!(top.hits.len(), 10);
 }
+
+#[test]
+fn merging_every_segment_into_one_keeps_every_answer() {
+    // One document per commit lands in one segment: two commits, two segments, under the merge
+    // policy's threshold, so no background merge interferes.
+    let idx = SearchIndex::in_memory().unwrap();
+    idx.upsert(&[song(1, "晴天", "周杰伦"), song(2, "七里香", "周杰伦")]).unwrap();
+    idx.commit().unwrap();
+    idx.upsert(&[song(4, "稻香", "周杰伦")]).unwrap();
+    idx.commit().unwrap();
+    idx.delete(&[2]);
+    idx.commit().unwrap();
+    let segments = idx.segment_count();
+    let queries = ["周杰伦", "稻香", "晴天", "七里香"];
+    let before: Vec<_> = queries.iter().map(|q| keys(&idx, q)).collect();
+    assert_eq!(before[0].len(), 2, "{before:?}");
+    assert!(before[3].is_empty(), "the deleted document is not found");
+
+    if segments > 1 {
+        assert!(idx.merge_all().unwrap());
+    }
+    assert_eq!(idx.segment_count(), 1, "from {segments}");
+    assert_eq!(idx.num_docs(), 2);
+    let after: Vec<_> = queries.iter().map(|q| keys(&idx, q)).collect();
+    assert_eq!(after, before);
+    assert!(!idx.merge_all().unwrap(), "one segment: nothing to merge");
+}

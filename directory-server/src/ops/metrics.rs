@@ -216,6 +216,8 @@ impl Collector for StateCollector {
         gauge(e, "files", "Distinct files in the catalog", None, stats.files)?;
         gauge(e, "sources", "(file, peer) pairs in the catalog", None, stats.sources)?;
         gauge(e, "index_documents", "Documents in the search index", None, stats.indexed_documents)?;
+        let segments = u64::from(stats.index_segments);
+        gauge(e, "index_segments", "Segments of the search index (each costs every search)", None, segments)?;
         gauge(
             e,
             "index_size",
