@@ -476,7 +476,7 @@ async fn settle(pid: u32) -> anyhow::Result<String> {
 }
 
 /// Waits until the server has merged its index into one segment, as it does once indexing has
-/// caught up (searches are measured on the index a directory at rest serves).
+/// gone quiet (searches are measured on the index a directory at rest serves).
 async fn compacted(c: &mut Client) -> anyhow::Result<String> {
     const LIMIT: Duration = Duration::from_secs(120);
     let start = Instant::now();

@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
             segments = (idx.segment_count(), Instant::now());
         }
     }
-    // A directory merges its index into one segment once indexing has caught up
+    // A directory merges its index into one segment when indexing goes quiet
     // (`index::compaction`): measure the index it serves at rest.
     let merged = Instant::now();
     idx.merge_all()?;

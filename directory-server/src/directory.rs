@@ -75,7 +75,7 @@ fn source_weight(online: u32, complete: bool) -> f32 {
 }
 
 /// How many catalog entries one indexing round takes at most.
-pub(crate) const INDEX_BATCH: usize = 20_000;
+const INDEX_BATCH: usize = 20_000;
 
 pub struct Directory {
     config: Config,

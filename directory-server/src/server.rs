@@ -31,10 +31,10 @@ use crate::ops::{Limits, Metrics, incoming, metrics_http};
 use crate::reach::ConnectBack;
 use crate::service::DirectoryService;
 
-/// Shortest time between two merges of the whole search index (see `index::compaction`): at
-/// 1M files one costs about 10 s of one core, so a busy directory spends under 2 % of a core on
-/// them.
-const COMPACT_AT_MOST_EVERY: Duration = Duration::from_secs(600);
+/// After a merge of the whole search index (see `index::compaction`), the next one waits this
+/// many times as long as it took: merges then take at most 2 % of one core (at 1M files one
+/// costs about 10 s, so at most one every 8 minutes).
+const COMPACT_REST_FACTOR: u32 = 50;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -252,8 +252,8 @@ async fn expire_leases(directory: Arc<Directory>, tick: Duration, mut stop: watc
 }
 
 /// Commits new catalog entries to the index in batches, one commit per interval at most:
-/// commits are the expensive part of indexing. Once caught up, it merges the index into one
-/// segment now and then (`index::compaction`), in the same task, so indexing waits for it
+/// commits are the expensive part of indexing. When a round finds nothing to index, it may merge
+/// the index into one segment (`index::compaction`), in the same task, so indexing waits for it
 /// rather than piling segments on a merge in progress.
 async fn index_loop(
     directory: Arc<Directory>,
@@ -261,7 +261,7 @@ async fn index_loop(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut compaction = Compaction::new(COMPACT_AT_MOST_EVERY);
+    let mut compaction = Compaction::new(COMPACT_REST_FACTOR);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -284,8 +284,7 @@ async fn index_loop(
             metrics.index_round(indexed, started);
         }
         let segments = directory.index_segments();
-        if compaction.due(indexed, crate::directory::INDEX_BATCH, segments, Instant::now()) {
-            compaction.ran(Instant::now());
+        if compaction.due(indexed, segments, Instant::now()) {
             let (d, started) = (directory.clone(), Instant::now());
             let merge = tokio::task::spawn_blocking(move || d.compact_index());
             // A stop does not wait for the merge: its output is only used once committed, and
@@ -294,6 +293,7 @@ async fn index_loop(
                 merged = merge => merged,
                 _ = stop.wait_for(|s| *s) => return,
             };
+            compaction.ran(started, started.elapsed());
             match merged {
                 Ok(Ok(merged)) => {
                     tracing::info!(segments, merged, elapsed = ?started.elapsed(), "search index compacted")

@@ -2,12 +2,13 @@
 //! after every indexing round (the merge itself is [`SearchIndex::merge_all`]).
 //!
 //! Every search pays a set-up per segment, and tantivy's log merge policy leaves several
-//! (seven at 1M files). One segment cut the mean search time by about a third on the 1M bench,
-//! but a full merge rewrites the whole index (about 10 s of one core at 1M files). So:
-//! - **only when caught up**: a round indexed less than a full batch, so no backlog is waiting
-//!   behind the merge (after a bulk load, as soon as it is in);
-//! - **not too often**: at most once per `min_gap` (an index that keeps changing costs one full
-//!   rewrite per `min_gap`, the price of searching one segment most of the time);
+//! (four to seven at 1M files). One segment cut the mean search time by about a third on the
+//! 1M bench, but a full merge rewrites the whole index (about 10 s of one core at 1M files). So:
+//! - **only when quiet**: a round found nothing to index, so no backlog waits behind the merge
+//!   and no bulk load is still adding segments (after a bulk load, as soon as it is in);
+//! - **on a CPU budget**: after a merge that took `t`, the next waits at least `t` times
+//!   `rest_factor`, so merges take at most 1 / `rest_factor` of one core however busy the
+//!   directory is, and a cheap merge of a small index does not hold back the next one;
 //! - **only if it helps**: more than one segment.
 //!
 //! [`SearchIndex::merge_all`]: super::SearchIndex::merge_all
@@ -17,26 +18,25 @@ use std::time::{Duration, Instant};
 /// The compaction policy's state (see the module doc).
 #[derive(Debug)]
 pub struct Compaction {
-    min_gap: Duration,
-    last: Option<Instant>,
+    rest_factor: u32,
+    next_allowed: Option<Instant>,
 }
 
 impl Compaction {
-    pub fn new(min_gap: Duration) -> Self {
-        Self { min_gap, last: None }
+    pub fn new(rest_factor: u32) -> Self {
+        Self { rest_factor, next_allowed: None }
     }
 
-    /// After an indexing round that indexed `indexed` documents out of at most `batch`, with
-    /// `segments` segments now: whether to merge them all now.
-    pub fn due(&self, indexed: usize, batch: usize, segments: usize, now: Instant) -> bool {
-        let caught_up = indexed < batch;
-        let rested = self.last.is_none_or(|t| now.saturating_duration_since(t) >= self.min_gap);
-        caught_up && rested && segments > 1
+    /// After an indexing round that indexed `indexed` documents, with `segments` segments now:
+    /// whether to merge them all now.
+    pub fn due(&self, indexed: usize, segments: usize, now: Instant) -> bool {
+        indexed == 0 && segments > 1 && self.next_allowed.is_none_or(|t| now >= t)
     }
 
-    /// A merge ran at `now` (whether or not it completed: a failed one is not retried at once).
-    pub fn ran(&mut self, now: Instant) {
-        self.last = Some(now);
+    /// A merge started at `started` took `took` (whether or not it completed: a failed one is
+    /// not retried at once either).
+    pub fn ran(&mut self, started: Instant, took: Duration) {
+        self.next_allowed = Some(started + took + took.saturating_mul(self.rest_factor));
     }
 }
 
@@ -44,20 +44,25 @@ impl Compaction {
 mod tests {
     use super::*;
 
-    const BATCH: usize = 100;
-    const GAP: Duration = Duration::from_secs(600);
+    const REST: u32 = 50;
 
     #[test]
-    fn merges_once_caught_up_with_several_segments_then_rests() {
+    fn merges_when_quiet_with_several_segments_then_rests_in_proportion() {
         let t0 = Instant::now();
-        let mut c = Compaction::new(GAP);
-        assert!(!c.due(BATCH, BATCH, 7, t0), "a full batch: more is waiting");
-        assert!(!c.due(10, BATCH, 1, t0), "one segment: nothing to merge");
-        assert!(c.due(10, BATCH, 7, t0), "caught up");
-        assert!(c.due(0, BATCH, 2, t0), "an idle round after the last batch counts too");
-        c.ran(t0);
-        assert!(!c.due(0, BATCH, 3, t0 + GAP / 2), "rests between merges");
-        assert!(c.due(0, BATCH, 3, t0 + GAP));
-        assert!(!c.due(BATCH, BATCH, 3, t0 + GAP), "not with a backlog");
+        let s = Duration::from_secs(1);
+        let mut c = Compaction::new(REST);
+        assert!(!c.due(10, 7, t0), "still indexing");
+        assert!(!c.due(0, 1, t0), "one segment: nothing to merge");
+        assert!(c.due(0, 7, t0), "quiet, several segments");
+
+        // A 2 s merge: the next one waits 2 s + 100 s from its start.
+        c.ran(t0, 2 * s);
+        assert!(!c.due(0, 3, t0 + 101 * s), "rests in proportion to the last merge");
+        assert!(c.due(0, 3, t0 + 102 * s));
+        assert!(!c.due(5, 3, t0 + 102 * s), "not while indexing");
+
+        // A cheap merge of a small index barely delays the next.
+        c.ran(t0, Duration::from_millis(10));
+        assert!(c.due(0, 2, t0 + s));
     }
 }
