@@ -99,6 +99,8 @@ impl Downloads {
             return Ok(r.state.clone());
         }
         if let Some(done) = already_shared(&node, id).await {
+            // A note left by a crash between sharing the file and removing the note.
+            super::resume::forget(&self.work_dir, &id).await;
             return Ok(watch::channel(done).1);
         }
         let info = node.directory.file(id).await?;
