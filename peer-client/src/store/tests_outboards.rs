@@ -106,6 +106,7 @@ fn a_reopened_store_moves_sled_outboards_to_files_and_sweeps_orphans() {
         let legacy = store.db.open_tree(db::LEGACY_OUTBOARDS).unwrap();
         legacy.insert(id.as_bytes(), &outboard[..]).unwrap();
         legacy.insert(ContentId::of_bytes(b"gone").as_bytes(), &b"stale"[..]).unwrap();
+        legacy.insert(&b"not an id"[..], &b"junk"[..]).unwrap();
         fs::remove_file(ob.join(id.to_hex())).unwrap();
         // And what a crash can leave: an outboard of an id no longer shared, a half-written one.
         fs::write(ob.join(ContentId::of_bytes(b"orphan").to_hex()), b"orphan").unwrap();
