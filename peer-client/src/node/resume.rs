@@ -73,22 +73,28 @@ pub(super) fn unfinished(work_dir: &Path) -> Vec<(ContentId, PathBuf)> {
 /// (directory unreachable, file no longer listed) is tried again a few times, then left for
 /// the next start or a `quaver get`.
 pub(super) fn resume_all(node: &Arc<Node>, work_dir: &Path) {
-    for (id, out_dir) in unfinished(work_dir) {
-        let node = Arc::downgrade(node);
-        tokio::spawn(async move {
-            for attempt in 1..=ATTEMPTS {
-                let Some(node) = node.upgrade() else { return };
-                match node.get(id, Some(out_dir.clone())).await {
-                    Ok(_) => {
-                        tracing::info!(id = %id, "resuming an unfinished download");
-                        return;
-                    }
-                    Err(e) => tracing::info!(id = %id, attempt, error = %e, "cannot resume a download yet"),
-                }
-                drop(node);
-                tokio::time::sleep(RETRY_AFTER).await;
+    let (node, work_dir) = (Arc::downgrade(node), work_dir.to_owned());
+    tokio::spawn(async move {
+        // Reading the work dir is disk work: off the runtime.
+        let noted = tokio::task::spawn_blocking(move || unfinished(&work_dir)).await.unwrap_or_default();
+        for (id, out_dir) in noted {
+            tokio::spawn(resume_one(node.clone(), id, out_dir));
+        }
+    });
+}
+
+async fn resume_one(node: std::sync::Weak<Node>, id: ContentId, out_dir: PathBuf) {
+    for attempt in 1..=ATTEMPTS {
+        let Some(node) = node.upgrade() else { return };
+        match node.get(id, Some(out_dir.clone())).await {
+            Ok(_) => {
+                tracing::info!(id = %id, "resuming an unfinished download");
+                return;
             }
-        });
+            Err(e) => tracing::info!(id = %id, attempt, error = %e, "cannot resume a download yet"),
+        }
+        drop(node);
+        tokio::time::sleep(RETRY_AFTER).await;
     }
 }
 
