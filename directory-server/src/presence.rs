@@ -14,9 +14,10 @@
 //! has swept it. The directory's online counts hold the files of exactly the peers whose lease
 //! in the table is reachable, expired or not: every call that changes or removes a lease says
 //! whether the peer counted before (`was_source`) and, for `announce`, whether it counts after.
+//! `by_ip` holds exactly the peers of `by_peer`, each under the IP of its lease's address.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use quaver_shared::PeerId;
@@ -39,6 +40,10 @@ pub struct Presence {
     lease: Duration,
     by_peer: HashMap<PeerId, Lease>,
     by_token: HashMap<Token, PeerId>,
+    /// The peers in `by_peer` by the IP of their lease's address (canonical): the per-IP limit
+    /// is checked at every Announce, and a scan of the whole table there would cost O(online
+    /// peers) each time.
+    by_ip: HashMap<IpAddr, HashSet<PeerId>>,
 }
 
 /// What `announce` did.
@@ -64,7 +69,7 @@ pub struct Departed {
 
 impl Presence {
     pub fn new(lease: Duration) -> Self {
-        Self { lease, by_peer: HashMap::new(), by_token: HashMap::new() }
+        Self { lease, by_peer: HashMap::new(), by_token: HashMap::new(), by_ip: HashMap::new() }
     }
 
     pub fn lease_length(&self) -> Duration {
@@ -94,7 +99,9 @@ impl Presence {
         let old = self.by_peer.insert(peer, lease);
         if let Some(old) = &old {
             self.by_token.remove(&old.token);
+            self.unindex_ip(old.address.ip(), &peer);
         }
+        self.by_ip.entry(address.ip().to_canonical()).or_default().insert(peer);
         AnnounceOutcome {
             came_online: old.as_ref().is_none_or(|l| l.expires <= now),
             was_source: old.as_ref().is_some_and(|l| l.reachable),
@@ -124,6 +131,7 @@ impl Presence {
     pub fn leave(&mut self, token: &str) -> Option<Departed> {
         let peer = self.by_token.remove(token)?;
         let lease = self.by_peer.remove(&peer)?;
+        self.unindex_ip(lease.address.ip(), &peer);
         Some(Departed { peer, was_source: lease.reachable })
     }
 
@@ -135,6 +143,7 @@ impl Presence {
         for peer in expired {
             if let Some(lease) = self.by_peer.remove(&peer) {
                 self.by_token.remove(&lease.token);
+                self.unindex_ip(lease.address.ip(), &peer);
                 departed.push(Departed { peer, was_source: lease.reachable });
             }
         }
@@ -160,11 +169,21 @@ impl Presence {
         self.lease(peer, now).is_some()
     }
 
-    /// Peers other than `except` with a live lease at an address on `ip`. A scan of the table:
-    /// it runs once per Announce, and the table holds one entry per online peer.
-    pub fn live_peers_at(&self, ip: std::net::IpAddr, except: &PeerId, now: Instant) -> usize {
+    /// Peers other than `except` with a live lease at an address on `ip`. Looks only at the
+    /// leases on that IP (see `by_ip`), not the whole table.
+    pub fn live_peers_at(&self, ip: IpAddr, except: &PeerId, now: Instant) -> usize {
+        let Some(peers) = self.by_ip.get(&ip.to_canonical()) else { return 0 };
+        peers.iter().filter(|p| *p != except && self.lease(p, now).is_some()).count()
+    }
+
+    fn unindex_ip(&mut self, ip: IpAddr, peer: &PeerId) {
         let ip = ip.to_canonical();
-        self.by_peer.iter().filter(|(p, l)| *p != except && l.expires > now && l.address.ip() == ip).count()
+        if let Some(peers) = self.by_ip.get_mut(&ip) {
+            peers.remove(peer);
+            if peers.is_empty() {
+                self.by_ip.remove(&ip);
+            }
+        }
     }
 
     /// Peers holding a lease, including ones that ran out but were not swept yet.
@@ -281,5 +300,37 @@ mod tests {
         assert_eq!(expired, vec![gone(1, false), gone(2, true)]);
         p.announce(peer(3), addr(), 4, false, "e".into(), t0);
         assert_eq!(p.leave("e"), Some(gone(3, false)));
+    }
+
+    #[test]
+    fn peers_per_ip_follow_announces_moves_leaves_and_expiry() {
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(60);
+        let mut p = Presence::new(lease);
+        let at = |ip: &str| SocketAddr::new(ip.parse().unwrap(), 9000);
+        let home: IpAddr = "10.0.0.1".parse().unwrap();
+        let nobody = peer(99);
+        p.announce(peer(1), at("10.0.0.1"), 0, true, "t1".into(), t0);
+        p.announce(peer(2), at("10.0.0.1"), 0, true, "t2".into(), t0);
+        p.announce(peer(3), at("10.0.0.2"), 0, true, "t3".into(), t0);
+        assert_eq!(p.live_peers_at(home, &nobody, t0), 2);
+        assert_eq!(p.live_peers_at(home, &peer(1), t0), 1, "the asking peer is not counted");
+        // The same IP written as an IPv4-mapped IPv6 address.
+        assert_eq!(p.live_peers_at("::ffff:10.0.0.1".parse().unwrap(), &nobody, t0), 2);
+
+        // Peer 2 moves to another address; peer 1 leaves.
+        p.announce(peer(2), at("10.0.0.2"), 0, true, "t2b".into(), t0);
+        assert_eq!(p.live_peers_at(home, &nobody, t0), 1);
+        p.leave("t1");
+        assert_eq!(p.live_peers_at(home, &nobody, t0), 0);
+        assert!(!p.by_ip.contains_key(&home), "an emptied IP leaves the index");
+
+        // A lease that ran out stops counting at once, and leaves the index when swept.
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(p.live_peers_at(other, &nobody, t0), 2);
+        p.heartbeat("t3", 0, t0 + lease / 2);
+        assert_eq!(p.live_peers_at(other, &nobody, t0 + lease), 1);
+        p.expire(t0 + lease);
+        assert_eq!(p.by_ip.get(&other).map(HashSet::len), Some(1));
     }
 }
