@@ -252,10 +252,10 @@ impl SearchIndex {
         Ok(found.hits.into_iter().skip(offset).take(limit).collect())
     }
 
-    /// Merges every segment into one, if there are several and none is being merged already
-    /// (then it returns false: try again later). Blocking for as long as the merge takes (about
-    /// 10 s of one core at 1M documents); commits go on meanwhile, since the writer's lock is
-    /// held only to start the merge.
+    /// Merges every committed segment into one, if there are several; false if there was
+    /// nothing to merge or the merge did not complete (try again later). Blocking for as long
+    /// as the merge takes (about 10 s of one core at 1M documents); commits go on meanwhile,
+    /// since the writer's lock is held only to start the merge.
     ///
     /// Why: every search pays a set-up per segment (term lookups per query word and field,
     /// scorer construction). On the 1M-document bench, one segment instead of the seven the

@@ -252,7 +252,7 @@ impl<S: SourceKey> Scheduler<S> {
         self.sources
             .iter()
             .filter(|s| s.status == SourceStatus::Active && !s.in_flight.is_empty())
-            .filter(|s| s.stall_deadline(&self.cfg, block_size).is_some_and(|t| now >= t))
+            .filter(|s| s.is_stalled(&self.cfg, block_size, now))
             .map(|s| s.id)
             .collect()
     }
@@ -267,8 +267,7 @@ impl<S: SourceKey> Scheduler<S> {
         let mut all: Vec<(Block, f64)> = Vec::new();
         for holder in &self.sources {
             let rate = holder.rate(&self.cfg);
-            let stalled =
-                holder.stall_deadline(&self.cfg, self.blocks.block_size()).is_some_and(|t| now >= t);
+            let stalled = holder.is_stalled(&self.cfg, self.blocks.block_size(), now);
             for (pos, req) in holder.in_flight.iter().enumerate() {
                 let due = if stalled { f64::INFINITY } else { (pos as f64 + 0.5) * block_size / rate };
                 let holders = self.blocks.holders(req.block);

@@ -147,6 +147,11 @@ impl<S> Source<S> {
         Some(since + cfg.stall_after.max(per_block))
     }
 
+    /// Silent past its [`stall_deadline`](Self::stall_deadline) at `now`.
+    pub(super) fn is_stalled(&self, cfg: &SchedulerConfig, block_size: u64, now: Instant) -> bool {
+        self.stall_deadline(cfg, block_size).is_some_and(|t| now >= t)
+    }
+
     /// A block arrived and verified `elapsed` after it was requested.
     pub(super) fn record_success(
         &mut self,

@@ -164,7 +164,7 @@ impl Node {
             free_slots,
         });
         tokio::spawn(report_slots(Arc::downgrade(&node)));
-        resume::resume_all(&node, node.downloads.work_dir());
+        resume::resume_all(&node);
         Ok(node)
     }
 

@@ -72,8 +72,9 @@ pub(super) fn unfinished(work_dir: &Path) -> Vec<(ContentId, PathBuf)> {
 /// Resumes every unfinished download, each in its own task; a download that cannot start
 /// (directory unreachable, file no longer listed) is tried again a few times, then left for
 /// the next start or a `quaver get`.
-pub(super) fn resume_all(node: &Arc<Node>, work_dir: &Path) {
-    let (node, work_dir) = (Arc::downgrade(node), work_dir.to_owned());
+pub(super) fn resume_all(node: &Arc<Node>) {
+    let work_dir = node.downloads.work_dir().to_owned();
+    let node = Arc::downgrade(node);
     tokio::spawn(async move {
         // Reading the work dir is disk work: off the runtime.
         let noted = tokio::task::spawn_blocking(move || unfinished(&work_dir)).await.unwrap_or_default();
