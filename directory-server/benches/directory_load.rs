@@ -39,7 +39,8 @@
 //! 5. Search latency (sequential), throughput (8 clients) and recall@10, for queries derived
 //!    from every 97th song: its exact title, its first artist, a 2-character CJK fragment.
 //! 6. Locate latency (sequential) and throughput (16 clients) over 2,000 content ids spread over
-//!    all F files; Heartbeat throughput (16 clients).
+//!    all F files; Heartbeat throughput (16 clients): as calls, and as beats on 16 open
+//!    KeepAlive streams (how peers beat).
 //! 7. The mixed workload: `QUAVER_BENCH_MIX_CLIENTS` closed-loop clients (one connection each)
 //!    for `QUAVER_BENCH_MIX_SECONDS`, each call drawn 70 % Heartbeat, 15 % Search, 15 % Locate;
 //!    requests/s and p50/p99 per kind.
@@ -575,34 +576,46 @@ fn cpu_seconds(pid: Option<u32>) -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0) // USER_HZ is 100 on Linux
 }
 
-/// Calls per second of `workers` clients (one connection each) running `op` for `window`, and
-/// the CPU each call cost the server (`pid`) and this load generator. Both share the machine's
-/// cores, so the server's CPU per call says what it could serve alone.
-async fn throughput<F, Fut>(
-    (url, pid): (&str, u32),
-    workers: usize,
-    window: Duration,
-    op: F,
-) -> anyhow::Result<String>
-where
-    F: Fn(Client, usize) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Result<(), tonic::Status>> + Send + 'static,
-{
-    let mut clients = Vec::new();
-    for _ in 0..workers {
+/// Opens `n` connections to `url`, one client each.
+async fn clients(url: &str, n: usize) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
         clients.push(connect(url).await?);
     }
+    Ok(clients)
+}
+
+/// Calls per second of one closed-loop worker per state in `states` (a client, or an open
+/// stream) running `op` for `window`, and the CPU each call cost the server (`pid`) and this
+/// load generator. Both share the machine's cores, so the server's CPU per call says what it
+/// could serve alone. `op` takes the worker's state and hands it back with the call's outcome;
+/// a call that does not answer within `CALL_TIMEOUT` ends its worker.
+async fn throughput<S, F, Fut>(pid: u32, states: Vec<S>, window: Duration, op: F) -> anyhow::Result<String>
+where
+    S: Send + 'static,
+    F: Fn(S, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = (S, Result<(), tonic::Status>)> + Send + 'static,
+{
+    let workers = states.len();
     let (server_cpu, own_cpu) = (cpu_seconds(Some(pid))?, cpu_seconds(None)?);
     let start = Instant::now();
-    let handles: Vec<_> = (clients.into_iter().enumerate())
-        .map(|(w, client)| {
+    let handles: Vec<_> = (states.into_iter().enumerate())
+        .map(|(w, state)| {
             let op = op.clone();
             tokio::spawn(async move {
-                let (mut ok, mut failed) = (0, 0);
+                let (mut ok, mut failed, mut state) = (0, 0, Some(state));
                 for k in (0..CALLS_PER_WORKER).take_while(|_| start.elapsed() < window) {
-                    match tokio::time::timeout(CALL_TIMEOUT, op(client.clone(), w + k * workers)).await {
-                        Ok(Ok(())) => ok += 1,
-                        _ => failed += 1,
+                    let Some(s) = state.take() else { break };
+                    match tokio::time::timeout(CALL_TIMEOUT, op(s, w + k * workers)).await {
+                        Ok((s, outcome)) => {
+                            if outcome.is_ok() {
+                                ok += 1
+                            } else {
+                                failed += 1
+                            }
+                            state = Some(s);
+                        }
+                        Err(_) => failed += 1,
                     }
                 }
                 (ok, failed)
@@ -624,6 +637,30 @@ where
         per_call(server_cpu),
         per_call(own_cpu)
     ))
+}
+
+/// One open KeepAlive stream of the load generator: beats go into `outbox`, answers come back.
+struct BeatStream {
+    token: String,
+    outbox: tokio::sync::mpsc::Sender<HeartbeatRequest>,
+    answers: tonic::Streaming<HeartbeatResponse>,
+}
+
+impl BeatStream {
+    async fn open(mut client: Client, token: String) -> anyhow::Result<Self> {
+        let (outbox, requests) = tokio::sync::mpsc::channel(1);
+        let answers = call(client.keep_alive(tokio_stream::wrappers::ReceiverStream::new(requests))).await?;
+        Ok(Self { token, outbox, answers })
+    }
+
+    async fn beat(&mut self) -> Result<(), tonic::Status> {
+        let request = HeartbeatRequest { session_token: self.token.clone(), free_upload_slots: 4 };
+        self.outbox.send(request).await.map_err(|_| tonic::Status::cancelled("stream closed"))?;
+        match self.answers.message().await? {
+            Some(_) => Ok(()),
+            None => Err(tonic::Status::cancelled("stream ended")),
+        }
+    }
 }
 
 /// Runs the recall pass and returns the query texts that answered.
@@ -657,9 +694,13 @@ async fn bench_search(
     add(report, "Search latency, sequential (page of 10)", latencies(samples));
     let texts: Arc<Vec<String>> = Arc::new(queries.into_iter().map(|q| q.text).collect());
     let shared = texts.clone();
-    let rate = throughput((url, pid), SEARCH_CLIENTS, Duration::from_secs(10), move |mut c, seq| {
+    let searchers = clients(url, SEARCH_CLIENTS).await?;
+    let rate = throughput(pid, searchers, Duration::from_secs(10), move |mut c: Client, seq| {
         let query = search_request(&shared[seq % shared.len()]);
-        async move { c.search(query).await.map(|_| ()) }
+        async move {
+            let outcome = c.search(query).await.map(|_| ());
+            (c, outcome)
+        }
     });
     add(report, format!("Search throughput, {SEARCH_CLIENTS} clients"), rate.await?);
     let recall = (KINDS.iter().zip(recall))
@@ -694,18 +735,40 @@ async fn bench_locate_heartbeat(
     println!("  {:.1} sources per answer on average", sources as f64 / samples.len().max(1) as f64);
     add(report, "Locate latency, sequential", latencies(samples));
     let ids = Arc::new(ids);
-    let rate = throughput((url, pid), LOCATE_CLIENTS, Duration::from_secs(5), move |mut c, seq| {
+    let locators = clients(url, LOCATE_CLIENTS).await?;
+    let rate = throughput(pid, locators, Duration::from_secs(5), move |mut c: Client, seq| {
         let req = LocateRequest { content_id: ids[seq % ids.len()].clone(), ..Default::default() };
-        async move { c.locate(req).await.map(|_| ()) }
+        async move {
+            let outcome = c.locate(req).await.map(|_| ());
+            (c, outcome)
+        }
     });
     add(report, format!("Locate throughput, {LOCATE_CLIENTS} clients"), rate.await?);
     anyhow::ensure!(!tokens.is_empty(), "no session tokens");
-    let rate = throughput((url, pid), HEARTBEAT_CLIENTS, Duration::from_secs(5), move |mut c, seq| {
-        let req =
-            HeartbeatRequest { session_token: tokens[seq % tokens.len()].clone(), free_upload_slots: 4 };
-        async move { c.heartbeat(req).await.map(|_| ()) }
+    let beaters = clients(url, HEARTBEAT_CLIENTS).await?;
+    let calls = tokens.clone();
+    let rate = throughput(pid, beaters, Duration::from_secs(5), move |mut c: Client, seq| {
+        let req = HeartbeatRequest { session_token: calls[seq % calls.len()].clone(), free_upload_slots: 4 };
+        async move {
+            let outcome = c.heartbeat(req).await.map(|_| ());
+            (c, outcome)
+        }
     });
-    add(report, format!("Heartbeat throughput, {HEARTBEAT_CLIENTS} clients"), rate.await?);
+    add(report, format!("Heartbeat throughput (calls), {HEARTBEAT_CLIENTS} clients"), rate.await?);
+    // How peers beat: each session keeps one KeepAlive stream open and sends a message per beat.
+    let mut streams = Vec::with_capacity(HEARTBEAT_CLIENTS);
+    for (client, w) in clients(url, HEARTBEAT_CLIENTS).await?.into_iter().zip(0..) {
+        streams.push(BeatStream::open(client, tokens[w % tokens.len()].clone()).await?);
+    }
+    let rate = throughput(pid, streams, Duration::from_secs(5), |mut s: BeatStream, _| async move {
+        let outcome = s.beat().await;
+        (s, outcome)
+    });
+    add(
+        report,
+        format!("Heartbeat throughput (KeepAlive streams), {HEARTBEAT_CLIENTS} clients"),
+        rate.await?,
+    );
     Ok(())
 }
 

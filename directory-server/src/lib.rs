@@ -16,6 +16,7 @@ pub mod directory;
 pub mod error;
 pub mod grouping;
 pub mod index;
+pub mod keep_alive;
 pub mod online;
 pub mod ops;
 pub mod presence;

@@ -92,11 +92,12 @@ impl RunningServer {
         let limits = Arc::new(Limits::new(config.limits.clone()));
         let metrics = Arc::new(Metrics::new(directory.clone(), limits.clone()));
         let (stop, mut stopped) = watch::channel(false);
+        let stopping = stopped.clone();
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
         let ops = Ops { tls: tls.clone(), limits, metrics: metrics.clone(), metrics_listener };
-        let task = tokio::spawn(serve(directory.clone(), config, listener, ops, shutdown));
+        let task = tokio::spawn(serve(directory.clone(), config, listener, ops, (shutdown, stopping)));
         Ok(Self { local_addr, metrics_addr, directory, metrics, tls, stop, task })
     }
 
@@ -138,13 +139,14 @@ struct Ops {
     metrics_listener: Option<TcpListener>,
 }
 
-/// Serves until `shutdown` completes, then stops gracefully.
+/// Serves until `shutdown` completes, then stops gracefully; `stopping` turns true at the same
+/// moment (it ends the streams that would otherwise hold the graceful stop open).
 async fn serve(
     directory: Arc<Directory>,
     config: Config,
     listener: TcpListener,
     ops: Ops,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    (shutdown, stopping): (impl Future<Output = ()> + Send + 'static, watch::Receiver<bool>),
 ) -> Result<(), ServerError> {
     // Index what the catalog holds but the index does not (first start after a crash, or a
     // lost index) before answering searches.
@@ -164,7 +166,7 @@ async fn serve(
         .build_v1()?;
     let reach = Arc::new(ConnectBack::bind(config.listen, config.verify_timeout())?);
     let Ops { tls, limits, metrics, metrics_listener } = ops;
-    let service = DirectoryService::new(directory.clone(), reach, limits.clone(), metrics.clone());
+    let service = DirectoryService::new(directory.clone(), reach, limits.clone(), metrics.clone(), stopping);
     let api = DirectoryServer::new(service).max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
     let (stop_timers, timers_stopped) = watch::channel(false);

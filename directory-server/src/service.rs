@@ -3,7 +3,7 @@
 //! before they are acknowledged. No policy lives here.
 //!
 //! Two calls skip the blocking pool, because handing a call to another thread costs more than
-//! they do: Heartbeat (memory only) and most Locates (a few in-memory sled reads; a Locate that
+//! they do: Heartbeat and the beats of a KeepAlive stream (memory only) and most Locates (a few in-memory sled reads; a Locate that
 //! would scan many sources or wait for a publish transaction goes to the pool after all).
 //!
 //! `Announce` is the one async step before the domain call: the connect-back check of the
@@ -12,16 +12,18 @@
 //! The per-peer request rate (`ops::limits`) is checked here, where the peer id or session
 //! token is known: before any domain work, answered RESOURCE_EXHAUSTED.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use quaver_shared::directory::v1::directory_server::Directory as DirectoryApi;
 use quaver_shared::directory::v1::*;
-use tokio::sync::Semaphore;
-use tonic::{Request, Response, Status};
+use tokio::sync::{Semaphore, watch};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::directory::{Directory, ValidAnnounce};
 use crate::error::DirectoryError;
+use crate::keep_alive::Answers;
 use crate::ops::limits::{Limits, PeerKey};
 use crate::ops::metrics::Metrics;
 use crate::reach::ConnectBack;
@@ -36,6 +38,9 @@ pub struct DirectoryService {
     /// than cores only interleave on the blocking pool's threads, each evicting the others'
     /// data from the caches, and every one finishes later. The rest wait here, in order.
     search_slots: Arc<Semaphore>,
+    /// Turns true when the server begins to stop: open KeepAlive streams end then, or the
+    /// graceful stop would wait for them forever.
+    stopping: watch::Receiver<bool>,
 }
 
 impl DirectoryService {
@@ -44,9 +49,10 @@ impl DirectoryService {
         reach: Arc<ConnectBack>,
         limits: Arc<Limits>,
         metrics: Arc<Metrics>,
+        stopping: watch::Receiver<bool>,
     ) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self { dir, reach, limits, metrics, search_slots: Arc::new(Semaphore::new(cores)) }
+        Self { dir, reach, limits, metrics, search_slots: Arc::new(Semaphore::new(cores)), stopping }
     }
 
     /// Counts a call of one peer against its rate.
@@ -56,6 +62,25 @@ impl DirectoryService {
             self.metrics.rate_limited(refusal.label());
             Status::resource_exhausted(refusal.to_string())
         })
+    }
+
+    /// One beat of a KeepAlive stream: the limits a Heartbeat call meets (its IP's rate, which
+    /// the request layer counts for a call, and the peer's), then the same lease renewal.
+    fn beat(&self, ip: Option<IpAddr>, beat: HeartbeatRequest) -> Result<HeartbeatResponse, Status> {
+        let admitted = match ip {
+            Some(ip) => self.limits.admit_rate_only(ip),
+            None => Ok(()),
+        }
+        .and_then(|()| self.limits.admit_peer(ip, PeerKey::Token(beat.session_token.clone())));
+        let answer = match admitted {
+            Ok(()) => self.dir.heartbeat(beat, Instant::now()).map_err(Status::from),
+            Err(refusal) => {
+                self.metrics.rate_limited(refusal.label());
+                Err(Status::resource_exhausted(refusal.to_string()))
+            }
+        };
+        self.metrics.beat(answer.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
+        answer
     }
 
     /// Runs a domain call on the blocking pool.
@@ -121,6 +146,23 @@ impl DirectoryApi for DirectoryService {
         self.admit(&request, PeerKey::Token(request.get_ref().session_token.clone()))?;
         // Memory only and short: no need for the blocking pool.
         self.dir.heartbeat(request.into_inner(), Instant::now()).map(Response::new).map_err(Status::from)
+    }
+
+    type KeepAliveStream = Answers<Streaming<HeartbeatRequest>>;
+
+    async fn keep_alive(
+        &self,
+        request: Request<Streaming<HeartbeatRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let ip = request.remote_addr().map(|a| a.ip());
+        let service = self.clone();
+        let beat = Box::new(move |beat: HeartbeatRequest| service.beat(ip, beat));
+        let mut stop = self.stopping.clone();
+        let stopping = Box::pin(async move {
+            // A dropped sender means the server is gone: stopping too.
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        });
+        Ok(Response::new(Answers::new(request.into_inner(), beat, stopping)))
     }
 
     async fn withdraw(

@@ -6,9 +6,10 @@
 //! The status comes from the response headers: tonic sends a failed unary call as a
 //! trailers-only response whose headers carry `grpc-status`; a response without it is a
 //! success. A call cut off before it answers (client gone, tonic's timeout) is recorded as
-//! CANCELLED when its future is dropped. For a server-streaming call (Admin/Backup, health
-//! Watch) the duration ends when the response starts, and a failure sent later in the
-//! trailers is not seen: every Directory method is unary.
+//! CANCELLED when its future is dropped. For a streaming call (Admin/Backup, health Watch,
+//! Directory/KeepAlive) the duration ends when the response starts, and so does its place among
+//! the IP's requests in progress: an open stream holds none. A failure sent later in the
+//! trailers is not seen here: KeepAlive counts its beats itself (`Metrics::beat`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ const METHODS: &[&str] = &[
     "/quaver.directory.v1.Directory/Announce",
     "/quaver.directory.v1.Directory/Publish",
     "/quaver.directory.v1.Directory/Heartbeat",
+    "/quaver.directory.v1.Directory/KeepAlive",
     "/quaver.directory.v1.Directory/Withdraw",
     "/quaver.directory.v1.Directory/Search",
     "/quaver.directory.v1.Directory/Locate",

@@ -228,14 +228,30 @@ impl Limits {
         if !self.config.applies_to(ip) {
             return Ok(None);
         }
-        if let Some(limiter) = &self.by_ip
-            && limiter.check_key(&ip).is_err()
-        {
-            let (rate, burst) = (self.config.ip_requests_per_second, self.config.ip_request_burst);
-            return Err(Refusal::IpRate { ip, rate, burst });
-        }
+        self.check_ip_rate(ip)?;
         let limit = self.config.ip_concurrent_requests;
         self.in_flight.try_take(ip, limit).map(Some).ok_or(Refusal::IpConcurrency { ip, limit })
+    }
+
+    /// Counts one request from `ip` against its rate only, taking no place among its requests
+    /// in progress: for a message on a stream that is already open (a KeepAlive beat), whose
+    /// opening call was admitted as a request.
+    pub fn admit_rate_only(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let ip = ip.to_canonical();
+        if !self.config.applies_to(ip) {
+            return Ok(());
+        }
+        self.check_ip_rate(ip)
+    }
+
+    fn check_ip_rate(&self, ip: IpAddr) -> Result<(), Refusal> {
+        match &self.by_ip {
+            Some(limiter) if limiter.check_key(&ip).is_err() => {
+                let (rate, burst) = (self.config.ip_requests_per_second, self.config.ip_request_burst);
+                Err(Refusal::IpRate { ip, rate, burst })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Counts one call of a peer against its rate (`ip` is where the call came from).

@@ -54,6 +54,7 @@ pub struct Metrics {
     tls_reloads: Family<ResultLabels, Counter>,
     index_commits: Histogram,
     indexed_documents: Counter,
+    keep_alive_beats: Family<ResultLabels, Counter>,
 }
 
 fn request_histogram() -> Histogram {
@@ -108,6 +109,12 @@ impl Metrics {
             "Catalog entries added to the search index",
             indexed_documents.clone(),
         );
+        let keep_alive_beats = Family::<ResultLabels, Counter>::default();
+        r.register(
+            "keep_alive_beats",
+            "Beats received on KeepAlive streams, by result (the gRPC code of the answer)",
+            keep_alive_beats.clone(),
+        );
         r.register_collector(Box::new(StateCollector { directory, limits }));
         Self {
             registry,
@@ -119,6 +126,7 @@ impl Metrics {
             tls_reloads,
             index_commits,
             indexed_documents,
+            keep_alive_beats,
         }
     }
 
@@ -126,6 +134,11 @@ impl Metrics {
         let labels = RequestLabels { method, code: code_name(code) };
         self.requests.get_or_create(&labels).inc();
         self.durations.get_or_create(&labels).observe(elapsed.as_secs_f64());
+    }
+
+    /// One beat on a KeepAlive stream (its stream is counted as one request by the layer).
+    pub fn beat(&self, code: tonic::Code) {
+        self.keep_alive_beats.get_or_create(&ResultLabels { result: code_name(code) }).inc();
     }
 
     pub fn rate_limited(&self, limit: &'static str) {

@@ -4,7 +4,9 @@
 //! [`Session::spawn`] starts one tokio task that keeps the node announced for as long as it
 //! runs. It owns:
 //! - **the session**: `Announce` (peer id, QUIC port, share digest and count, free upload
-//!   slots, agent), then `Heartbeat` every `heartbeat_interval_seconds`; an `UNAUTHENTICATED`
+//!   slots, agent), then a beat every `heartbeat_interval_seconds`, sent on one `KeepAlive`
+//!   stream kept open for the session ([`keep_alive`]; `Heartbeat` calls if the directory has
+//!   no such stream); an `UNAUTHENTICATED`
 //!   answer (lease expired, directory restarted, the peer announced elsewhere) re-announces at
 //!   once, any other failure reconnects after a [`Backoff`] wait (250 ms doubling to 30 s,
 //!   jittered, reset by a success);
@@ -29,6 +31,7 @@
 
 pub mod backoff;
 pub mod diff;
+mod keep_alive;
 mod sync;
 mod worker;
 

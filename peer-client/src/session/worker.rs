@@ -12,6 +12,7 @@ use quaver_shared::{PeerId, ShareDigest};
 use tokio::sync::{Notify, watch};
 use tonic::transport::Channel;
 
+use super::keep_alive::Beats;
 use super::{AGENT, Backoff, SessionConfig, SessionError, SessionState};
 use crate::store::{Published, Store};
 use quaver_shared::directory_endpoint::directory_endpoint;
@@ -44,6 +45,7 @@ pub(super) struct Live {
     /// it sent something that is not a digest (then everything is resent).
     pub known: Option<ShareDigest>,
     heartbeat: Duration,
+    beats: Beats,
 }
 
 pub(super) struct Worker {
@@ -208,7 +210,7 @@ impl Worker {
             s.observed_address = observed;
             s.reachable = Some(answer.reachable);
         });
-        Ok(Live { client: c, token: answer.session_token, known, heartbeat })
+        Ok(Live { client: c, token: answer.session_token, known, heartbeat, beats: Beats::default() })
     }
 
     async fn connect(&self) -> Result<Client, SessionError> {
@@ -259,7 +261,7 @@ impl Worker {
             session_token: live.token.clone(),
             free_upload_slots: *self.free_slots.borrow_and_update(),
         };
-        bounded("Heartbeat", self.config.call_timeout, live.client.heartbeat(request)).await?;
+        live.beats.beat(&mut live.client, request, self.config.call_timeout).await?;
         // Safety net: a store change nobody reported is published within one beat.
         if self.remembered != Some(self.store.digest()) {
             self.sync(live, stop).await?;

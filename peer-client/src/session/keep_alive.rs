@@ -1,0 +1,88 @@
+//! Beats over the directory's KeepAlive stream: opened at a session's first beat, one message
+//! each way per beat, so a beat costs the directory a small frame instead of a whole call. A
+//! directory without KeepAlive (UNIMPLEMENTED) gets unary `Heartbeat` calls for the rest of the
+//! session.
+//!
+//! Any failure of the stream (a refused beat, a reset, a timeout, the directory closing it) is a
+//! failed beat: the caller ends the session as it would after a failed `Heartbeat` call, and the
+//! next session opens a new stream.
+
+use std::time::Duration;
+
+use quaver_shared::directory::v1::{HeartbeatRequest, HeartbeatResponse};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use super::SessionError;
+use super::worker::{Client, bounded};
+
+const CALL: &str = "KeepAlive";
+
+/// How this session's beats travel.
+#[derive(Default)]
+pub(super) enum Beats {
+    /// No stream yet: the next beat opens one.
+    #[default]
+    NotOpen,
+    Open {
+        /// Beats to send; the stream's request side ends when this is dropped.
+        outbox: mpsc::Sender<HeartbeatRequest>,
+        /// Boxed: far larger than the other variants.
+        answers: Box<Streaming<HeartbeatResponse>>,
+    },
+    /// The directory has no KeepAlive: one `Heartbeat` call per beat.
+    Unary,
+}
+
+impl Beats {
+    /// Sends one beat and waits for its answer, each step bounded by `timeout`.
+    pub async fn beat(
+        &mut self,
+        client: &mut Client,
+        request: HeartbeatRequest,
+        timeout: Duration,
+    ) -> Result<HeartbeatResponse, SessionError> {
+        if matches!(self, Beats::NotOpen) {
+            *self = open(client, timeout).await?;
+        }
+        let Beats::Open { outbox, answers } = self else {
+            return bounded("Heartbeat", timeout, client.heartbeat(request)).await;
+        };
+        let exchange = async {
+            outbox.send(request).await.map_err(|_| closed())?;
+            match answers.message().await {
+                Ok(Some(answer)) => Ok(answer),
+                Ok(None) => Err(closed()),
+                Err(status) => Err(SessionError::Rpc { call: CALL, status }),
+            }
+        };
+        let answer = match tokio::time::timeout(timeout, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => Err(SessionError::Timeout { call: CALL, after: timeout }),
+        };
+        if answer.is_err() {
+            // A stream that failed once is not trusted with the next beat.
+            *self = Beats::NotOpen;
+        }
+        answer
+    }
+}
+
+/// Opens the stream, or settles on unary calls if the directory does not know KeepAlive.
+async fn open(client: &mut Client, timeout: Duration) -> Result<Beats, SessionError> {
+    // One beat in flight at a time: a capacity of one never holds a beat back.
+    let (outbox, requests) = mpsc::channel(1);
+    match bounded(CALL, timeout, client.keep_alive(ReceiverStream::new(requests))).await {
+        Ok(answers) => Ok(Beats::Open { outbox, answers: Box::new(answers) }),
+        Err(SessionError::Rpc { status, .. }) if status.code() == tonic::Code::Unimplemented => {
+            tracing::info!("the directory has no KeepAlive stream; beating with Heartbeat calls");
+            Ok(Beats::Unary)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn closed() -> SessionError {
+    SessionError::BadAnswer { call: CALL, what: "the directory closed the stream" }
+}
