@@ -42,8 +42,9 @@
 //!    all F files; Heartbeat throughput (16 clients): as calls, and as beats on 16 open
 //!    KeepAlive streams (how peers beat).
 //! 7. The mixed workload: `QUAVER_BENCH_MIX_CLIENTS` closed-loop clients (one connection each)
-//!    for `QUAVER_BENCH_MIX_SECONDS`, each call drawn 70 % Heartbeat, 15 % Search, 15 % Locate;
-//!    requests/s and p50/p99 per kind.
+//!    for `QUAVER_BENCH_MIX_SECONDS`, each call drawn 70 % Heartbeat (a beat on the client's
+//!    KeepAlive stream, as peers beat), 15 % Search, 15 % Locate; requests/s and p50/p99 per
+//!    kind.
 //! 8. Server memory (VmRSS, VmHWM), SIGTERM-to-exit time, and restart-to-serving time on the
 //!    same data dir.
 //!
@@ -785,9 +786,10 @@ struct MixInputs {
 type MixSamples = [(Vec<Duration>, usize); 3];
 
 /// One closed-loop client of the mix: draws each call's kind (70/15/15) and argument from its
-/// own LCG, until `window` has passed or `CALLS_PER_WORKER` calls were made.
+/// own LCG, until `window` has passed or `CALLS_PER_WORKER` calls were made. Its heartbeats are
+/// beats on its KeepAlive stream.
 async fn mix_worker(
-    mut c: Client,
+    (mut c, mut beats): (Client, BeatStream),
     w: usize,
     inputs: Arc<MixInputs>,
     start: Instant,
@@ -806,10 +808,7 @@ async fn mix_worker(
         };
         let began = Instant::now();
         let ok = match kind {
-            0 => {
-                let session_token = inputs.tokens[pick % inputs.tokens.len()].clone();
-                call(c.heartbeat(HeartbeatRequest { session_token, free_upload_slots: 4 })).await.is_ok()
-            }
+            0 => matches!(tokio::time::timeout(CALL_TIMEOUT, beats.beat()).await, Ok(Ok(()))),
             1 => call(c.search(search_request(&inputs.queries[pick % inputs.queries.len()]))).await.is_ok(),
             _ => {
                 let content_id = inputs.ids[pick % inputs.ids.len()].clone();
@@ -843,8 +842,10 @@ async fn bench_mixed(
     );
     let inputs = Arc::new(inputs);
     let mut conns = Vec::new();
-    for _ in 0..clients {
-        conns.push(connect(url).await?);
+    for (c, w) in self::clients(url, clients).await?.into_iter().zip(0..) {
+        // A client is a peer: it beats on its own session's KeepAlive stream, as peers do.
+        let beats = BeatStream::open(c.clone(), inputs.tokens[w % inputs.tokens.len()].clone()).await?;
+        conns.push((c, beats));
     }
     let start = Instant::now();
     let handles: Vec<_> = (conns.into_iter().enumerate())

@@ -11,9 +11,11 @@
 //! tantivy's collectors do internally).
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use tantivy::columnar::Column;
+use tantivy::index::SegmentId;
 use tantivy::query::{EnableScoring, Query};
 use tantivy::{Searcher, SegmentReader};
 
@@ -36,7 +38,7 @@ pub struct Collected {
 /// counted in `admitted`; while fewer than `n` are held nothing is skipped, so `admitted` is 0
 /// exactly when nothing was admitted.
 pub fn top(
-    searcher: &Searcher,
+    (searcher, columns): (&Searcher, &ColumnCache),
     query: &dyn Query,
     filters: &IndexFilters,
     n: usize,
@@ -50,7 +52,7 @@ pub fn top(
     let filters = (!filters.is_empty()).then_some(filters);
     let mut threshold = NOTHING_SKIPPED;
     for segment in searcher.segment_readers() {
-        let cols = Columns::open(segment, filters.is_some())?;
+        let cols = columns.get(searcher, segment)?;
         let alive = segment.alive_bitset();
         weight.for_each_pruning(threshold, segment, &mut |doc, score| {
             if alive.is_some_and(|a| a.is_deleted(doc)) {
@@ -99,11 +101,45 @@ fn skip_below(worst: f32, max_weight: f32) -> f32 {
     worst / max_weight * (1.0 - 1e-4)
 }
 
-/// The fast-field columns of one segment: the key, and the filter columns when a filter is set
-/// (opening a column costs a lookup and a header parse per segment, paid on every search).
+/// The fast-field columns of the segments searched lately, opened once per segment instead of
+/// once per search. Opening a column is not free: tantivy stores the key column with its
+/// blockwise-linear codec, whose opening reads the parameters of every block, and at 1M
+/// documents that was 6.6 % of a search's time. A segment's columns never change (deletions
+/// live in a separate bitset), so they can be kept for as long as the segment is searched.
+#[derive(Default)]
+pub struct ColumnCache(Mutex<HashMap<SegmentId, Arc<Columns>>>);
+
+impl ColumnCache {
+    fn get(&self, searcher: &Searcher, segment: &SegmentReader) -> Result<Arc<Columns>, IndexError> {
+        let id = segment.segment_id();
+        if let Some(cols) = self.lock().get(&id) {
+            return Ok(cols.clone());
+        }
+        // Opened outside the lock; two searches may both open a new segment's columns once.
+        let cols = Arc::new(Columns::open(segment)?);
+        let mut cache = self.lock();
+        // Forget segments merged away (a search on an older searcher may reopen one: harmless).
+        let live: Vec<SegmentId> = searcher.segment_readers().iter().map(SegmentReader::segment_id).collect();
+        cache.retain(|id, _| live.contains(id));
+        cache.insert(id, cols.clone());
+        Ok(cols)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SegmentId, Arc<Columns>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Segments whose columns are held.
+    #[cfg(test)]
+    pub(super) fn segments(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// The fast-field columns of one segment: the key, and the filter columns.
 struct Columns {
     key: Column<u64>,
-    filters: Option<FilterColumns>,
+    filters: FilterColumns,
 }
 
 struct FilterColumns {
@@ -114,16 +150,13 @@ struct FilterColumns {
 }
 
 impl Columns {
-    fn open(segment: &SegmentReader, with_filters: bool) -> Result<Columns, IndexError> {
+    fn open(segment: &SegmentReader) -> Result<Columns, IndexError> {
         let ff = segment.fast_fields();
-        let filters = match with_filters {
-            true => Some(FilterColumns {
-                media_kind: ff.i64(MEDIA_KIND)?,
-                size: ff.u64(SIZE)?,
-                duration_ms: ff.u64(DURATION_MS)?,
-                bitrate_kbps: ff.u64(BITRATE_KBPS)?,
-            }),
-            false => None,
+        let filters = FilterColumns {
+            media_kind: ff.i64(MEDIA_KIND)?,
+            size: ff.u64(SIZE)?,
+            duration_ms: ff.u64(DURATION_MS)?,
+            bitrate_kbps: ff.u64(BITRATE_KBPS)?,
         };
         Ok(Columns { key: ff.u64(KEY)?, filters })
     }
@@ -131,7 +164,7 @@ impl Columns {
     /// The document's key if it passes every filter (with none, only the key is read).
     fn admit(&self, doc: u32, filters: Option<&IndexFilters>) -> Option<u64> {
         let key = self.key.first(doc)?;
-        let (Some(f), Some(cols)) = (filters, &self.filters) else { return Some(key) };
+        let (Some(f), cols) = (filters, &self.filters) else { return Some(key) };
         if f.media_kind != 0 && cols.media_kind.first(doc) != Some(i64::from(f.media_kind)) {
             return None;
         }

@@ -120,6 +120,7 @@ pub struct SearchIndex {
     reader: IndexReader,
     writer: Mutex<IndexWriter>,
     dir: Option<PathBuf>,
+    columns: collect::ColumnCache,
 }
 
 impl SearchIndex {
@@ -174,7 +175,7 @@ impl SearchIndex {
     ) -> Result<SearchIndex, IndexError> {
         let writer = index.writer::<TantivyDocument>(WRITER_MEMORY_BYTES)?;
         writer.set_merge_policy(Box::new(merge_policy()));
-        Ok(SearchIndex { fields, reader, writer: Mutex::new(writer), dir })
+        Ok(SearchIndex { fields, reader, writer: Mutex::new(writer), dir, columns: Default::default() })
     }
 
     /// Adds or replaces (by key) documents; not visible until `commit`.
@@ -243,11 +244,12 @@ impl SearchIndex {
             return Ok(Vec::new());
         }
         let n = offset.saturating_add(limit);
-        let mut found = collect::top(&searcher, plan.strict.as_ref(), filters, n, weight, max_weight)?;
+        let on = (&searcher, &self.columns);
+        let mut found = collect::top(on, plan.strict.as_ref(), filters, n, weight, max_weight)?;
         if found.admitted == 0
             && let Some(loose) = &plan.loose
         {
-            found = collect::top(&searcher, loose.as_ref(), filters, n, weight, max_weight)?;
+            found = collect::top(on, loose.as_ref(), filters, n, weight, max_weight)?;
         }
         Ok(found.hits.into_iter().skip(offset).take(limit).collect())
     }

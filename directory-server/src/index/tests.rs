@@ -467,7 +467,8 @@ fn one_and_two_character_queries_are_plain_unions_of_terms() {
     let plan = query::plan(&idx.fields, &searcher, "周杰伦").unwrap();
     let shape = format!("{:?}", plan.strict);
     assert!(shape.contains("周杰") && shape.contains("杰伦"), "{shape}");
-    let top = collect::top(&searcher, plan.strict.as_ref(), ALL, 10, &all_online, 1.0).unwrap();
+    let columns = collect::ColumnCache::default();
+    let top = collect::top((&searcher, &columns), plan.strict.as_ref(), ALL, 10, &all_online, 1.0).unwrap();
     assert_eq!(top.hits.len(), 10);
 }
 
@@ -488,6 +489,7 @@ fn merging_every_segment_into_one_keeps_every_answer() {
     assert_eq!(before[0].len(), 2, "{before:?}");
     assert!(before[3].is_empty(), "the deleted document is not found");
 
+    assert_eq!(idx.columns.segments(), segments, "the columns of every searched segment are kept");
     if segments > 1 {
         assert!(idx.merge_all().unwrap());
     }
@@ -495,5 +497,20 @@ fn merging_every_segment_into_one_keeps_every_answer() {
     assert_eq!(idx.num_docs(), 2);
     let after: Vec<_> = queries.iter().map(|q| keys(&idx, q)).collect();
     assert_eq!(after, before);
+    assert_eq!(idx.columns.segments(), 1, "the merged-away segments' columns are forgotten");
     assert!(!idx.merge_all().unwrap(), "one segment: nothing to merge");
+}
+
+#[test]
+fn a_deletion_after_a_search_is_seen_by_the_next_search() {
+    // The first search caches the segment's columns; the deletion lives in the segment's alive
+    // bitset, which must still be read fresh.
+    let idx = SearchIndex::in_memory().unwrap();
+    idx.upsert(&[song(1, "晴天", "周杰伦"), song(2, "稻香", "周杰伦")]).unwrap();
+    idx.commit().unwrap();
+    assert_eq!(keys(&idx, "周杰伦").len(), 2);
+    idx.delete(&[2]);
+    idx.commit().unwrap();
+    assert_eq!(keys(&idx, "周杰伦"), vec![1]);
+    assert!(keys(&idx, "稻香").is_empty());
 }
