@@ -86,3 +86,37 @@ async fn open(client: &mut Client, timeout: Duration) -> Result<Beats, SessionEr
 fn closed() -> SessionError {
     SessionError::BadAnswer { call: CALL, what: "the directory closed the stream" }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quaver_shared::directory::v1::directory_client::DirectoryClient;
+
+    /// A real gRPC server on loopback that knows no method at all: every call, KeepAlive
+    /// included, is answered UNIMPLEMENTED, as by a directory from before KeepAlive.
+    async fn server_without_methods() -> anyhow::Result<Client> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let router = tonic::transport::Server::builder().add_routes(tonic::service::Routes::default());
+        tokio::spawn(router.serve_with_incoming(incoming));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+        Ok(DirectoryClient::new(channel))
+    }
+
+    #[tokio::test]
+    async fn a_directory_without_keep_alive_gets_heartbeat_calls() -> anyhow::Result<()> {
+        let mut client = server_without_methods().await?;
+        let mut beats = Beats::default();
+        let request = || HeartbeatRequest { session_token: "t".into(), free_upload_slots: 1 };
+        let error = beats.beat(&mut client, request(), Duration::from_secs(10)).await.err();
+        // The stream was refused, so the beat went out as a Heartbeat call (refused too here).
+        assert!(
+            matches!(&error, Some(SessionError::Rpc { call: "Heartbeat", status })
+                if status.code() == tonic::Code::Unimplemented),
+            "{error:?}"
+        );
+        assert!(matches!(beats, Beats::Unary), "the session stays on calls");
+        Ok(())
+    }
+}
