@@ -10,7 +10,6 @@
 //! limits and optional TLS (reloaded on SIGHUP), the request layer (limits, metrics, debug
 //! log) and, when `metrics_listen` is set, the `/metrics` endpoint.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,13 +90,9 @@ impl RunningServer {
         };
         let limits = Arc::new(Limits::new(config.limits.clone()));
         let metrics = Arc::new(Metrics::new(directory.clone(), limits.clone()));
-        let (stop, mut stopped) = watch::channel(false);
-        let stopping = stopped.clone();
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
+        let (stop, stopping) = watch::channel(false);
         let ops = Ops { tls: tls.clone(), limits, metrics: metrics.clone(), metrics_listener };
-        let task = tokio::spawn(serve(directory.clone(), config, listener, ops, (shutdown, stopping)));
+        let task = tokio::spawn(serve(directory.clone(), config, listener, ops, stopping));
         Ok(Self { local_addr, metrics_addr, directory, metrics, tls, stop, task })
     }
 
@@ -139,14 +134,14 @@ struct Ops {
     metrics_listener: Option<TcpListener>,
 }
 
-/// Serves until `shutdown` completes, then stops gracefully; `stopping` turns true at the same
-/// moment (it ends the streams that would otherwise hold the graceful stop open).
+/// Serves until `stopping` turns true, then stops gracefully. The service sees the same signal:
+/// it ends the KeepAlive streams that would otherwise hold the graceful stop open.
 async fn serve(
     directory: Arc<Directory>,
     config: Config,
     listener: TcpListener,
     ops: Ops,
-    (shutdown, stopping): (impl Future<Output = ()> + Send + 'static, watch::Receiver<bool>),
+    stopping: watch::Receiver<bool>,
 ) -> Result<(), ServerError> {
     // Index what the catalog holds but the index does not (first start after a crash, or a
     // lost index) before answering searches.
@@ -166,6 +161,11 @@ async fn serve(
         .build_v1()?;
     let reach = Arc::new(ConnectBack::bind(config.listen, config.verify_timeout())?);
     let Ops { tls, limits, metrics, metrics_listener } = ops;
+    let mut stopped = stopping.clone();
+    let shutdown = async move {
+        // A dropped sender means nobody can ask any more: stop too.
+        let _ = stopped.wait_for(|s| *s).await;
+    };
     let service = DirectoryService::new(directory.clone(), reach, limits.clone(), metrics.clone(), stopping);
     let api = DirectoryServer::new(service).max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 

@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::directory::{Directory, ValidAnnounce};
 use crate::error::DirectoryError;
 use crate::keep_alive::Answers;
-use crate::ops::limits::{Limits, PeerKey};
+use crate::ops::limits::{Limits, PeerKey, Refusal};
 use crate::ops::metrics::Metrics;
 use crate::reach::ConnectBack;
 
@@ -59,26 +59,21 @@ impl DirectoryService {
     /// Counts a call of one peer against its rate.
     fn admit<T>(&self, request: &Request<T>, key: PeerKey) -> Result<(), Status> {
         let ip = request.remote_addr().map(|a| a.ip());
-        self.limits.admit_peer(ip, key).map_err(|refusal| {
-            self.metrics.rate_limited(refusal.label());
-            Status::resource_exhausted(refusal.to_string())
-        })
+        self.limits.admit_peer(ip, key).map_err(|refusal| self.refused(refusal))
     }
 
-    /// One beat of a KeepAlive stream: the limits a Heartbeat call meets (its IP's rate, which
-    /// the request layer counts for a call, and the peer's), then the same lease renewal.
+    /// The answer to a request a limit refused, counted.
+    fn refused(&self, refusal: Refusal) -> Status {
+        self.metrics.rate_limited(refusal.label());
+        Status::resource_exhausted(refusal.to_string())
+    }
+
+    /// One beat of a KeepAlive stream: the limits a Heartbeat call meets, then the same lease
+    /// renewal.
     fn beat(&self, ip: Option<IpAddr>, beat: HeartbeatRequest) -> Result<HeartbeatResponse, Status> {
-        let admitted = match ip {
-            Some(ip) => self.limits.admit_rate_only(ip),
-            None => Ok(()),
-        }
-        .and_then(|()| self.limits.admit_peer(ip, PeerKey::Token(beat.session_token.clone())));
-        let answer = match admitted {
+        let answer = match self.limits.admit_beat(ip, PeerKey::Token(beat.session_token.clone())) {
             Ok(()) => self.dir.heartbeat(beat, Instant::now()).map_err(Status::from),
-            Err(refusal) => {
-                self.metrics.rate_limited(refusal.label());
-                Err(Status::resource_exhausted(refusal.to_string()))
-            }
+            Err(refusal) => Err(self.refused(refusal)),
         };
         self.metrics.beat(answer.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
         answer

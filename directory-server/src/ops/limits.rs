@@ -233,15 +233,16 @@ impl Limits {
         self.in_flight.try_take(ip, limit).map(Some).ok_or(Refusal::IpConcurrency { ip, limit })
     }
 
-    /// Counts one request from `ip` against its rate only, taking no place among its requests
-    /// in progress: for a message on a stream that is already open (a KeepAlive beat), whose
-    /// opening call was admitted as a request.
-    pub fn admit_rate_only(&self, ip: IpAddr) -> Result<(), Refusal> {
-        let ip = ip.to_canonical();
-        if !self.config.applies_to(ip) {
-            return Ok(());
+    /// Admits one beat on an open KeepAlive stream: counted against its IP's rate, as a call
+    /// would be in the request layer, and against the peer's, as `admit_peer`; it takes no
+    /// place among the IP's requests in progress (the stream's opening call had one).
+    pub fn admit_beat(&self, ip: Option<IpAddr>, key: PeerKey) -> Result<(), Refusal> {
+        if let Some(ip) = ip.map(|ip| ip.to_canonical())
+            && self.config.applies_to(ip)
+        {
+            self.check_ip_rate(ip)?;
         }
-        self.check_ip_rate(ip)
+        self.admit_peer(ip, key)
     }
 
     fn check_ip_rate(&self, ip: IpAddr) -> Result<(), Refusal> {
