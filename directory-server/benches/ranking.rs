@@ -5,7 +5,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use quaver_directory::ranking::{Candidate, rank};
 use quaver_shared::PeerId;
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 /// `n` candidates spread over a few /24s (some sharing the asker's), a few IPv6, mixed
@@ -28,7 +28,7 @@ fn candidates(n: usize) -> Vec<Candidate> {
             id[8..16].copy_from_slice(&(i as u64).to_le_bytes());
             Candidate {
                 peer: PeerId::from_array(id),
-                ip,
+                address: SocketAddr::new(ip, 4000),
                 complete: !b[3].is_multiple_of(4),
                 free_upload_slots: u32::from(b[4] % 5),
                 since_last_seen: Duration::from_millis(u64::from(b[5]) * 250),

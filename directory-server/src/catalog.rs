@@ -77,10 +77,11 @@ pub struct Addition {
     pub complete: bool,
 }
 
-/// A change in who shares a file, for the in-memory online counts.
+/// A change in who shares a file, for the in-memory online sources.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SourceChange {
     pub key: u64,
+    pub id: ContentId,
     /// The peer's entry before (None: it did not share the file) and after the batch.
     pub before: Option<bool>,
     pub after: Option<bool>,
@@ -344,7 +345,27 @@ impl Catalog {
         })
     }
 
-    /// Every peer that shares a file, as (peer, complete).
+    /// A peer's share list with each file's content id, as (key, id, complete): what the
+    /// online sources need when the peer comes online or leaves. One `keys` read per file.
+    pub fn peer_file_ids(&self, peer: &PeerId) -> Result<Vec<(u64, ContentId, bool)>, CatalogError> {
+        let mut out = Vec::new();
+        for item in self.peer_files(peer) {
+            let (key, complete) = item?;
+            let Some(id) = self.keys.get(key.to_be_bytes())? else {
+                return Err(CatalogError::Corrupt {
+                    tree: "keys",
+                    detail: format!("no content id for key {key}"),
+                });
+            };
+            let id = ContentId::from_slice(&id)
+                .map_err(|e| CatalogError::Corrupt { tree: "keys", detail: e.to_string() })?;
+            out.push((key, id, complete));
+        }
+        Ok(out)
+    }
+
+    /// Every peer that shares a file, as (peer, complete). The durable record: Locate reads
+    /// the directory's online sources in memory instead, filled from `peer_file_ids`.
     pub fn sources_of(&self, key: u64) -> impl Iterator<Item = Result<(PeerId, bool), CatalogError>> + '_ {
         self.sources.scan_prefix(key.to_be_bytes()).map(|item| {
             let (k, v) = item?;
@@ -447,7 +468,12 @@ impl Catalog {
                     digest.toggle(&addition.id);
                 }
                 if before != Some(addition.complete) {
-                    changes.push(SourceChange { key, before, after: Some(addition.complete) });
+                    changes.push(SourceChange {
+                        key,
+                        id: addition.id,
+                        before,
+                        after: Some(addition.complete),
+                    });
                 }
             }
             if stored.count > max_files {
@@ -547,7 +573,7 @@ fn drop_source(
         sources.remove(&source_key(key, peer)[..])?;
         stored.count = stored.count.saturating_sub(1);
         digest.toggle(id);
-        changes.push(SourceChange { key, before: Some(old.first() == Some(&1)), after: None });
+        changes.push(SourceChange { key, id: *id, before: Some(old.first() == Some(&1)), after: None });
     }
     Ok(())
 }

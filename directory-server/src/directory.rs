@@ -1,7 +1,7 @@
 //! The directory's domain logic: one method per RPC, over the catalog (durable), the presence
-//! table and online counts (memory) and the search index.
+//! table and online sources (memory) and the search index.
 //!
-//! Sources: a peer counts as a source of its files (online counts, Locate) only while it holds
+//! Sources: a peer counts as a source of its files (online sources: counts, Locate) only while it holds
 //! a lease that passed the connect-back check at its last Announce (`reachable`; the service
 //! layer runs the check before calling [`Directory::announce`]). An unreachable peer still gets
 //! its session, and its share list is stored, but it is never handed out.
@@ -9,11 +9,12 @@
 //! Concurrency, and why it is correct:
 //! - `membership` serialises everything that changes *who is online with what*: announce,
 //!   publish, withdraw and lease expiry. Each of them first sweeps expired leases, so the
-//!   invariant "a file's online count = the online, reachable peers sharing it" holds whenever
-//!   the lock is free.
-//! - `presence` is locked briefly for heartbeats and lookups; `counts` is read-locked for the
-//!   length of one search, so the ranking sees a consistent picture.
-//! - Lock order is always membership → presence → counts, and membership → `storage`.
+//!   invariant "a file's online sources = the online, reachable peers sharing it" holds
+//!   whenever the lock is free.
+//! - `presence` is locked briefly for heartbeats and lookups; `online` is read-locked for the
+//!   length of one search, so the ranking sees a consistent picture, and for the copy of one
+//!   file's source list a Locate takes (it then ranks them under `presence`, never both).
+//! - Lock order is always membership → presence → online, and membership → `storage`.
 //! - `storage` keeps sled's multi-tree transaction (a `Publish`) from running while any other
 //!   request of ours is inside sled or flushing it: the transaction holds it for writing,
 //!   every other catalog read and every flush for reading. sled 0.34 can deadlock otherwise:
@@ -37,14 +38,14 @@ use crate::catalog::{Catalog, PublishOutcome, SourceChange, StoredFile};
 use crate::config::Config;
 use crate::error::{DirectoryError, Result, invalid};
 use crate::index::{IndexDoc, IndexFilters, OpenOutcome, SearchIndex};
-use crate::online::OnlineCounts;
+use crate::online::{OnlineSource, OnlineSources};
 use crate::presence::{AnnounceOutcome, Departed, Presence};
 use crate::ranking::{self, Candidate};
 use crate::validate;
 
-/// Stored sources (online or not) a Locate scans on the caller's thread at most; a file with
-/// more is located on the blocking pool (see [`Directory::try_locate_quickly`]).
-pub const INLINE_LOCATE_SCAN: usize = 256;
+/// Online sources a Locate ranks on the caller's thread at most; a file with more is located
+/// on the blocking pool (see [`Directory::try_locate_quickly`]).
+pub const INLINE_LOCATE_SOURCES: usize = 256;
 
 /// A validated Locate: which file, who asks (left out of the answer), how many sources at most.
 struct LocateAsk {
@@ -84,7 +85,7 @@ pub struct Directory {
     membership: Mutex<()>,
     storage: RwLock<()>,
     presence: Mutex<Presence>,
-    counts: RwLock<OnlineCounts>,
+    online: RwLock<OnlineSources>,
     started: Instant,
     files_total: AtomicU64,
     sources_total: AtomicU64,
@@ -183,7 +184,7 @@ impl Directory {
             sources_total: AtomicU64::new(catalog.source_count()?),
             leases_expired: AtomicU64::new(0),
             presence: Mutex::new(Presence::new(config.lease())),
-            counts: RwLock::new(OnlineCounts::default()),
+            online: RwLock::new(OnlineSources::default()),
             membership: Mutex::new(()),
             storage: RwLock::new(()),
             started: Instant::now(),
@@ -221,14 +222,25 @@ impl Directory {
         Ok(expired.len())
     }
 
-    /// Adds (online) or removes (offline) all of a peer's files from the online counts.
+    /// Adds (online) or removes (offline) all of a peer's files from the online sources.
     fn apply_peer_files(&self, peer: &PeerId, online: bool) -> Result<()> {
-        let files: Vec<(u64, bool)> = self.catalog.peer_files(peer).collect::<Result<_, _>>()?;
-        let mut counts = self.counts.write().unwrap_or_else(|e| e.into_inner());
-        for (key, complete) in files {
-            if online { counts.add(key, complete) } else { counts.remove(key, complete) }
+        let files = {
+            let _storage = shared(&self.storage);
+            self.catalog.peer_file_ids(peer)?
+        };
+        let mut sources = self.online_mut();
+        for (key, id, complete) in files {
+            if online { sources.add(key, &id, *peer, complete) } else { sources.remove(key, &id, peer) }
         }
         Ok(())
+    }
+
+    fn online_mut(&self) -> std::sync::RwLockWriteGuard<'_, OnlineSources> {
+        self.online.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn online(&self) -> std::sync::RwLockReadGuard<'_, OnlineSources> {
+        self.online.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn expire_leases(&self, now: Instant) -> Result<usize> {
@@ -327,18 +339,18 @@ impl Directory {
             self.catalog.publish(&peer, reset, &additions, &removed, MAX_FILES_PER_PEER)?
         };
         self.files_total.fetch_add(outcome.new_files as u64, Ordering::Relaxed);
-        let mut counts = self.counts.write().unwrap_or_else(|e| e.into_inner());
-        for &SourceChange { key, before, after } in &outcome.changes {
+        let mut online = self.online_mut();
+        for &SourceChange { key, id, before, after } in &outcome.changes {
             // The catalog keeps every peer's list; only a reachable peer's files are online.
-            if let Some(complete) = before {
+            if before.is_some() {
                 if is_source {
-                    counts.remove(key, complete);
+                    online.remove(key, &id, &peer);
                 }
                 self.sources_total.fetch_sub(1, Ordering::Relaxed);
             }
             if let Some(complete) = after {
                 if is_source {
-                    counts.add(key, complete);
+                    online.add(key, &id, peer, complete);
                 }
                 self.sources_total.fetch_add(1, Ordering::Relaxed);
             }
@@ -394,7 +406,7 @@ impl Directory {
         };
         let min_online = f.min_online_sources.unwrap_or(1);
         let hits = {
-            let counts = self.counts.read().unwrap_or_else(|e| e.into_inner());
+            let counts = self.online();
             let weight = |key: u64| {
                 let c = counts.get(key);
                 if c.online < min_online || (f.complete_only && c.complete == 0) {
@@ -422,8 +434,8 @@ impl Directory {
         Ok(SearchResponse { hits: crate::grouping::group_copies(out), has_more })
     }
 
-    /// Answers a Locate in full: may scan every stored source of the file and wait for a
-    /// publish transaction. Blocking: run it on the blocking pool.
+    /// Answers a Locate in full, however many online sources the file has. Memory only, but
+    /// O(sources): a file with many is best located on the blocking pool.
     pub fn locate(
         &self,
         req: &LocateRequest,
@@ -431,17 +443,15 @@ impl Directory {
         now: Instant,
     ) -> Result<LocateResponse> {
         let ask = LocateAsk::new(req)?;
-        let sources = {
-            let _storage = shared(&self.storage);
-            self.stored_sources(&ask.id, usize::MAX)?
-        };
-        Ok(self.rank_sources(&ask, sources.unwrap_or_default(), remote, now))
+        let sources = self.online_sources(&ask.id, usize::MAX).unwrap_or_default();
+        Ok(self.rank_sources(&ask, sources, remote, now))
     }
 
-    /// Answers a Locate if that is quick: the file has at most `INLINE_LOCATE_SCAN` stored
-    /// sources and no publish transaction holds the catalog. `Ok(None)` means "not quick": call
-    /// [`Directory::locate`] on the blocking pool instead. Most files have a handful of sources,
-    /// so most Locates skip the hand-off to another thread, which costs more than they do.
+    /// Answers a Locate if that is quick: the file has at most `INLINE_LOCATE_SOURCES` online
+    /// sources. `Ok(None)` means "not quick": call [`Directory::locate`] on the blocking pool
+    /// instead. Most files have a handful of sources, so most Locates skip the hand-off to
+    /// another thread, which costs more than they do. Neither touches storage: the online
+    /// sources of every file are in memory.
     pub fn try_locate_quickly(
         &self,
         req: &LocateRequest,
@@ -449,24 +459,17 @@ impl Directory {
         now: Instant,
     ) -> Result<Option<LocateResponse>> {
         let ask = LocateAsk::new(req)?;
-        let sources = {
-            let _storage = match self.storage.try_read() {
-                Ok(guard) => guard,
-                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
-            };
-            self.stored_sources(&ask.id, INLINE_LOCATE_SCAN)?
-        };
+        let sources = self.online_sources(&ask.id, INLINE_LOCATE_SOURCES);
         Ok(sources.map(|sources| self.rank_sources(&ask, sources, remote, now)))
     }
 
-    /// Every stored source of `id` (online or not; none for an unknown file), or `None` when
-    /// there are more than `at_most`. The caller holds `storage`.
-    fn stored_sources(&self, id: &ContentId, at_most: usize) -> Result<Option<Vec<(PeerId, bool)>>> {
-        let Some(key) = self.catalog.key_of(id)? else { return Ok(Some(Vec::new())) };
-        let sources: Vec<_> =
-            self.catalog.sources_of(key).take(at_most.saturating_add(1)).collect::<Result<_, _>>()?;
-        Ok((sources.len() <= at_most).then_some(sources))
+    /// A copy of the online sources of `id` (none for an unknown file), or `None` when there
+    /// are more than `at_most`. Copied so that ranking, which locks `presence`, runs after the
+    /// `online` lock is released.
+    fn online_sources(&self, id: &ContentId, at_most: usize) -> Option<Vec<OnlineSource>> {
+        let online = self.online();
+        let sources = online.sources(id);
+        (sources.len() <= at_most).then(|| sources.to_vec())
     }
 
     /// The online, reachable ones of `sources`, best first for the asker.
@@ -477,7 +480,7 @@ impl Directory {
         remote: Option<SocketAddr>,
         now: Instant,
     ) -> LocateResponse {
-        let candidates: Vec<(Candidate, SocketAddr)> = {
+        let candidates: Vec<Candidate> = {
             let presence = lock(&self.presence);
             sources
                 .into_iter()
@@ -485,27 +488,23 @@ impl Directory {
                 .filter_map(|(peer, complete)| {
                     // Only peers that passed the connect-back check at their last Announce.
                     let lease = presence.source(&peer, now)?;
-                    let candidate = Candidate {
+                    Some(Candidate {
                         peer,
-                        ip: lease.address.ip(),
+                        address: lease.address,
                         complete,
                         free_upload_slots: lease.free_upload_slots,
                         since_last_seen: now.saturating_duration_since(lease.last_seen),
-                    };
-                    Some((candidate, lease.address))
+                    })
                 })
                 .collect()
         };
         let asker_ip: Option<IpAddr> = remote.map(|r| r.ip().to_canonical());
-        let addresses: std::collections::HashMap<PeerId, SocketAddr> =
-            candidates.iter().map(|(c, a)| (c.peer, *a)).collect();
-        let ranked =
-            ranking::rank(asker_ip, candidates.into_iter().map(|(c, _)| c).collect(), ask.max as usize);
+        let ranked = ranking::rank(asker_ip, candidates, ask.max as usize);
         let sources = ranked
             .into_iter()
             .map(|c| Source {
                 peer_id: c.peer.to_vec(),
-                address: addresses.get(&c.peer).map(|a| a.to_string()).unwrap_or_default(),
+                address: c.address.to_string(),
                 complete: c.complete,
                 free_upload_slots: c.free_upload_slots,
                 last_seen_ms_ago: c.since_last_seen.as_millis() as u64,
@@ -521,7 +520,7 @@ impl Directory {
             self.catalog.file(&id)?
         }
         .ok_or_else(|| DirectoryError::NotFound(format!("no file with content id {id}")))?;
-        let counts = self.counts.read().unwrap_or_else(|e| e.into_inner()).get(file.key);
+        let counts = self.online().get(file.key);
         Ok(GetFileResponse {
             file: file.info,
             online_sources: counts.online,

@@ -1,4 +1,5 @@
-//! Domain tests of `Directory` that need no sockets: the Locate hand-off rule.
+//! Domain tests of `Directory` that need no sockets: the Locate hand-off rule, and the online
+//! sources Locate reads following every way a share list or a lease changes.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -6,7 +7,7 @@ use std::time::Instant;
 use quaver_shared::directory::v1::*;
 use quaver_shared::{ContentId, NodeKey, PeerId};
 
-use super::{Directory, INLINE_LOCATE_SCAN, ValidAnnounce};
+use super::{Directory, INLINE_LOCATE_SOURCES, ValidAnnounce};
 use crate::config::Config;
 
 fn song(id: &ContentId) -> SharedFile {
@@ -65,10 +66,10 @@ fn a_file_with_few_sources_is_located_quickly_and_the_same_as_in_full() {
 }
 
 #[test]
-fn a_file_with_many_stored_sources_is_left_to_the_full_locate() {
+fn a_file_with_many_online_sources_is_left_to_the_full_locate() {
     let dir = Directory::temporary(Config::default()).unwrap();
     let id = ContentId::of_bytes(b"many sources");
-    sources(&dir, &id, INLINE_LOCATE_SCAN + 1);
+    sources(&dir, &id, INLINE_LOCATE_SOURCES + 1);
     let now = Instant::now();
     assert_eq!(dir.try_locate_quickly(&locate(&id, 0), None, now).unwrap(), None);
     let max = quaver_shared::limits::MAX_LOCATE_SOURCES;
@@ -80,4 +81,61 @@ fn bad_input_is_refused_on_the_quick_path_too() {
     let dir = Directory::temporary(Config::default()).unwrap();
     let short = LocateRequest { content_id: vec![1; 31], ..Default::default() };
     assert!(dir.try_locate_quickly(&short, None, Instant::now()).is_err());
+}
+
+/// The located sources of `id` as (peer, complete), and the file's online and complete counts.
+fn online(dir: &Directory, id: &ContentId) -> (Vec<(PeerId, bool)>, u32, u32) {
+    let answer = dir.locate(&locate(id, 0), None, Instant::now()).unwrap();
+    let located =
+        answer.sources.iter().map(|s| (PeerId::from_slice(&s.peer_id).unwrap(), s.complete)).collect();
+    let counts = dir.get_file(GetFileRequest { content_id: id.to_vec() });
+    let (online, complete) = counts.map_or((0, 0), |c| (c.online_sources, c.complete_sources));
+    (located, online, complete)
+}
+
+#[test]
+fn online_sources_follow_publish_reset_leave_and_reannounce() {
+    let dir = Directory::temporary(Config::default()).unwrap();
+    let (a, b) = (ContentId::of_bytes(b"a"), ContentId::of_bytes(b"b"));
+    let peer = NodeKey::generate().unwrap().peer_id();
+    let address = SocketAddr::from(([127, 0, 0, 1], 4000));
+    let announce = |reachable: bool| {
+        let valid = ValidAnnounce { peer, address, free_upload_slots: 2 };
+        dir.announce(valid, reachable, Instant::now()).unwrap().session_token
+    };
+    let publish = |token: &str, reset: bool, id: &ContentId, complete: bool| {
+        let added = vec![SharedFile { complete, ..song(id) }];
+        let req = PublishRequest { session_token: token.into(), reset, added, ..Default::default() };
+        dir.publish(req, Instant::now()).unwrap();
+    };
+
+    let token = announce(true);
+    publish(&token, false, &a, false);
+    assert_eq!(online(&dir, &a), (vec![(peer, false)], 1, 0), "a partial copy");
+    publish(&token, false, &a, true);
+    assert_eq!(online(&dir, &a), (vec![(peer, true)], 1, 1), "now complete, listed once");
+    publish(&token, true, &b, true);
+    assert_eq!(online(&dir, &a), (vec![], 0, 0), "forgotten by the reset");
+    assert_eq!(online(&dir, &b), (vec![(peer, true)], 1, 1));
+
+    let leave = WithdrawRequest { session_token: token, go_offline: true, ..Default::default() };
+    dir.withdraw(leave, Instant::now()).unwrap();
+    assert_eq!(online(&dir, &b), (vec![], 0, 0), "offline");
+    let token = announce(true);
+    assert_eq!(online(&dir, &b), (vec![(peer, true)], 1, 1), "back, with its stored list");
+    announce(false);
+    assert_eq!(online(&dir, &b), (vec![], 0, 0), "unreachable: no longer a source");
+    let token_is_void = PublishRequest { session_token: token, ..Default::default() };
+    assert!(dir.publish(token_is_void, Instant::now()).is_err());
+}
+
+#[test]
+fn an_expired_lease_takes_its_files_offline() {
+    let dir = Directory::temporary(Config::default()).unwrap();
+    let id = ContentId::of_bytes(b"expiring");
+    let peers = sources(&dir, &id, 2);
+    assert_eq!(online(&dir, &id).1, 2);
+    let later = Instant::now() + dir.config.lease() + std::time::Duration::from_secs(1);
+    assert_eq!(dir.expire_leases(later).unwrap(), peers.len());
+    assert_eq!(online(&dir, &id), (vec![], 0, 0));
 }

@@ -11,7 +11,7 @@
 //!
 //! Invariants: a peer has at most one live token; a token maps to exactly one online peer; a
 //! peer whose lease has run out is not online for `is_online`/`lease`, even before `expire`
-//! has swept it. The directory's online counts hold the files of exactly the peers whose lease
+//! has swept it. The directory's online sources hold the files of exactly the peers whose lease
 //! in the table is reachable, expired or not: every call that changes or removes a lease says
 //! whether the peer counted before (`was_source`) and, for `announce`, whether it counts after.
 //! `by_ip` holds exactly the peers of `by_peer`, each under the IP of its lease's address.

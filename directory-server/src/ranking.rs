@@ -10,7 +10,7 @@
 //! and finally the peer id, so the answer is deterministic.
 
 use std::cmp::Reverse;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use quaver_shared::PeerId;
@@ -18,7 +18,8 @@ use quaver_shared::PeerId;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Candidate {
     pub peer: PeerId,
-    pub ip: IpAddr,
+    /// The address Locate hands out; its IP decides closeness.
+    pub address: SocketAddr,
     pub complete: bool,
     pub free_upload_slots: u32,
     pub since_last_seen: Duration,
@@ -42,7 +43,7 @@ fn closeness(asker: Option<IpAddr>, ip: IpAddr) -> u8 {
 pub fn rank(asker: Option<IpAddr>, mut candidates: Vec<Candidate>, max: usize) -> Vec<Candidate> {
     let key = |c: &Candidate| {
         (
-            Reverse(closeness(asker, c.ip)),
+            Reverse(closeness(asker, c.address.ip())),
             Reverse(c.complete),
             Reverse(c.free_upload_slots),
             c.since_last_seen,
@@ -66,7 +67,7 @@ mod tests {
     fn cand(n: u8, ip: &str, complete: bool, slots: u32, seen_s: u64) -> Candidate {
         Candidate {
             peer: PeerId::from_array([n; 32]),
-            ip: ip.parse().unwrap(),
+            address: SocketAddr::new(ip.parse().unwrap(), 4000),
             complete,
             free_upload_slots: slots,
             since_last_seen: Duration::from_secs(seen_s),

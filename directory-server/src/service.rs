@@ -3,9 +3,9 @@
 //! before they are acknowledged. No policy lives here.
 //!
 //! Some calls skip the blocking pool, because handing a call to another thread costs more than
-//! they do: Heartbeat and the beats of a KeepAlive stream (memory only), and most Locates (a
-//! few in-memory sled reads; a Locate that would scan many sources or wait for a publish
-//! transaction goes to the pool after all).
+//! they do: Heartbeat and the beats of a KeepAlive stream, and most Locates (all memory only;
+//! a Locate of a file with many online sources, whose ranking takes longer, goes to the pool
+//! after all).
 //!
 //! `Announce` is the one async step before the domain call: the connect-back check of the
 //! announced address (`reach`), whose verdict the domain receives as `reachable`.

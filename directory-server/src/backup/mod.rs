@@ -6,7 +6,7 @@
 //! - the search index: it is derived from the catalog, and a directory whose index is missing
 //!   rebuilds it at start (`Directory::open` marks everything unindexed, `server` indexes the
 //!   backlog before serving). A restore deletes the old index so that happens.
-//! - presence (who is online, sessions, online counts): it lives in memory only. A restored
+//! - presence (who is online, sessions, online sources): it lives in memory only. A restored
 //!   directory starts with every peer offline; peers find out at their next heartbeat
 //!   (UNAUTHENTICATED) and announce again, and the stored share-list digest spares them a full
 //!   re-publish when it matches.
