@@ -266,6 +266,7 @@ fn bench_index_build(songs: &[Song], report: &mut Report) -> anyhow::Result<()> 
     let docs: Vec<IndexDoc<'_>> = (songs.iter().enumerate())
         .map(|(row, s)| IndexDoc {
             key: row as u64,
+            content_id: s.cid,
             title: &s.info.title,
             artist: &s.info.artist,
             album: "",

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use quality::{Category, Report, TOP};
 use quaver_directory::index::{IndexDoc, IndexError, IndexFilters, SearchIndex};
+use quaver_shared::ContentId;
 
 const DEFAULT_DOCS: usize = 1_000_000;
 const BATCH: usize = 50_000;
@@ -51,6 +52,7 @@ fn main() -> anyhow::Result<()> {
                 let (_, kbps) = ENCODINGS[(k / n) % 4];
                 IndexDoc {
                     key: k as u64,
+                    content_id: ContentId::of_bytes(&(k as u64).to_be_bytes()),
                     title: &r.title,
                     artist: &r.artists,
                     album: "",
@@ -115,7 +117,7 @@ fn main() -> anyhow::Result<()> {
         let res = idx.search_bounded(&q.text, &IndexFilters::default(), 0, TOP, &weight, max_weight);
         latencies.push((q.category, t0.elapsed()));
         let top: Vec<u32> = match res {
-            Ok(hits) => hits.iter().map(|(k, _)| (*k as usize % n) as u32).collect(),
+            Ok(hits) => hits.iter().map(|h| (h.key as usize % n) as u32).collect(),
             Err(IndexError::BadQuery(_)) => Vec::new(),
             Err(e) => anyhow::bail!("{:?}: {e}", q.text),
         };

@@ -416,18 +416,22 @@ impl Directory {
             };
             let max_weight = source_weight(counts.most_online(), true);
             let hits = self.index.search_bounded(query, &filters, offset, size + 1, &weight, max_weight)?;
-            hits.into_iter().map(|(key, score)| (key, score, counts.get(key))).collect::<Vec<_>>()
+            hits.into_iter().map(|hit| (hit, counts.get(hit.key))).collect::<Vec<_>>()
         };
         let has_more = hits.len() > size;
         let mut out = Vec::with_capacity(size);
         let _storage = shared(&self.storage);
-        for (key, score, counts) in hits.into_iter().take(size) {
-            if let Some(StoredFile { info: Some(file), .. }) = self.catalog.file_by_key(key)? {
+        for (hit, counts) in hits.into_iter().take(size) {
+            // One read per hit: the index knows the content id. The key check only matters if
+            // the index ever disagreed with the catalog; such a hit is left out.
+            if let Some(StoredFile { key, info: Some(file), .. }) = self.catalog.file(&hit.content_id)?
+                && key == hit.key
+            {
                 out.push(SearchHit {
                     file: Some(file),
                     online_sources: counts.online,
                     complete_sources: counts.complete,
-                    score,
+                    score: hit.score,
                 });
             }
         }
@@ -560,8 +564,11 @@ impl Directory {
             .iter()
             .filter_map(|f| {
                 let info = f.info.as_ref()?;
+                // Checked at Publish; a record without a valid id is not searchable.
+                let content_id = ContentId::from_slice(&info.content_id).ok()?;
                 Some(IndexDoc {
                     key: f.key,
+                    content_id,
                     title: &info.title,
                     artist: &info.artist,
                     album: &info.album,

@@ -7,6 +7,7 @@ mod quality;
 
 use quality::{Category, Report, TOP};
 use quaver_directory::index::{IndexDoc, IndexError, IndexFilters, SearchIndex};
+use quaver_shared::ContentId;
 
 #[test]
 fn recall_and_mrr_per_category_on_real_songs() {
@@ -16,7 +17,10 @@ fn recall_and_mrr_per_category_on_real_songs() {
     let docs: Vec<IndexDoc<'_>> = rows
         .iter()
         .enumerate()
-        .map(|(i, r)| IndexDoc { key: i as u64, title: &r.title, artist: &r.artists, ..IndexDoc::default() })
+        .map(|(i, r)| {
+            let id = ContentId::of_bytes(&(i as u64).to_be_bytes());
+            IndexDoc { title: &r.title, artist: &r.artists, ..IndexDoc::blank(i as u64, id) }
+        })
         .collect();
     idx.upsert(&docs).unwrap();
     idx.commit().unwrap();
@@ -28,7 +32,7 @@ fn recall_and_mrr_per_category_on_real_songs() {
     let started = std::time::Instant::now();
     for q in &queries {
         let top: Vec<u32> = match idx.search(&q.text, &IndexFilters::default(), 0, TOP, &|_| Some(1.0)) {
-            Ok(hits) => hits.iter().map(|(k, _)| *k as u32).collect(),
+            Ok(hits) => hits.iter().map(|h| h.key as u32).collect(),
             Err(IndexError::BadQuery(_)) => Vec::new(),
             Err(e) => panic!("{:?}: {e}", q.text),
         };

@@ -19,12 +19,22 @@ use tantivy::index::SegmentId;
 use tantivy::query::{EnableScoring, Query};
 use tantivy::{Searcher, SegmentReader};
 
-use super::schema::{BITRATE_KBPS, DURATION_MS, KEY, MEDIA_KIND, SIZE};
+use quaver_shared::ContentId;
+
+use super::schema::{BITRATE_KBPS, CONTENT_ID, DURATION_MS, KEY, MEDIA_KIND, SIZE, content_id_of};
 use super::{IndexError, IndexFilters};
+
+/// One search hit: the file's catalog key and content id, and its score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hit {
+    pub key: u64,
+    pub content_id: ContentId,
+    pub score: f32,
+}
 
 /// The best `n` admitted hits (best first) and how many documents were admitted in total.
 pub struct Collected {
-    pub hits: Vec<(u64, f32)>,
+    pub hits: Vec<Hit>,
     pub admitted: usize,
 }
 
@@ -51,8 +61,12 @@ pub fn top(
     // Decided once per search, not per matching document.
     let filters = (!filters.is_empty()).then_some(filters);
     let mut threshold = NOTHING_SKIPPED;
-    for segment in searcher.segment_readers() {
+    // Each searched segment's columns, by segment ord: the winners' content ids are read at
+    // the end, so a document that only passes through the heap never has its id read.
+    let mut opened = Vec::with_capacity(searcher.segment_readers().len());
+    for (segment_ord, segment) in (0u32..).zip(searcher.segment_readers()) {
         let cols = columns.get(searcher, segment)?;
+        opened.push(cols.clone());
         let alive = segment.alive_bitset();
         weight.for_each_pruning(threshold, segment, &mut |doc, score| {
             if alive.is_some_and(|a| a.is_deleted(doc)) {
@@ -69,7 +83,7 @@ pub fn top(
                 return threshold;
             }
             let w = if w.is_nan() { 0.0 } else { w };
-            let entry = Entry { score: score * w, key };
+            let entry = Entry { score: score * w, key, segment_ord, doc };
             if heap.len() < n {
                 heap.push(entry);
             } else if heap.peek().is_some_and(|worst| entry < *worst) {
@@ -84,7 +98,14 @@ pub fn top(
             threshold
         })?;
     }
-    let hits = heap.into_sorted_vec().into_iter().map(|e| (e.key, e.score)).collect();
+    let hits = heap
+        .into_sorted_vec()
+        .into_iter()
+        .filter_map(|e| {
+            let content_id = opened.get(e.segment_ord as usize)?.content_id(e.doc)?;
+            Some(Hit { key: e.key, content_id, score: e.score })
+        })
+        .collect();
     Ok(Collected { hits, admitted })
 }
 
@@ -136,9 +157,10 @@ impl ColumnCache {
     }
 }
 
-/// The fast-field columns of one segment: the key, and the filter columns.
+/// The fast-field columns of one segment: the key, the content id, and the filter columns.
 struct Columns {
     key: Column<u64>,
+    content_id: [Column<u64>; 4],
     filters: FilterColumns,
 }
 
@@ -158,7 +180,15 @@ impl Columns {
             duration_ms: ff.u64(DURATION_MS)?,
             bitrate_kbps: ff.u64(BITRATE_KBPS)?,
         };
-        Ok(Columns { key: ff.u64(KEY)?, filters })
+        let [a, b, c, d] = CONTENT_ID;
+        let content_id = [ff.u64(a)?, ff.u64(b)?, ff.u64(c)?, ff.u64(d)?];
+        Ok(Columns { key: ff.u64(KEY)?, content_id, filters })
+    }
+
+    /// The document's content id (every document has one).
+    fn content_id(&self, doc: u32) -> Option<ContentId> {
+        let [a, b, c, d] = &self.content_id;
+        Some(content_id_of([a.first(doc)?, b.first(doc)?, c.first(doc)?, d.first(doc)?]))
     }
 
     /// The document's key if it passes every filter (with none, only the key is read).
@@ -192,6 +222,9 @@ impl Columns {
 struct Entry {
     score: f32,
     key: u64,
+    /// Where the document is, to read its content id if it wins; not part of the order.
+    segment_ord: u32,
+    doc: u32,
 }
 
 impl Ord for Entry {

@@ -30,9 +30,11 @@ use std::sync::{Mutex, MutexGuard};
 use tantivy::indexer::LogMergePolicy;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
+use quaver_shared::ContentId;
 use schema::Fields;
 
 pub use analyzer::is_cjk;
+pub use collect::Hit;
 pub use romanize::spell as pinyin_spelling;
 
 /// `text` folded the way the index folds it before matching (full width to ASCII, traditional
@@ -58,9 +60,10 @@ const MERGE_AT_SEGMENTS: usize = 3;
 const WRITER_MEMORY_BYTES: usize = 50_000_000;
 
 /// One catalog entry as the index sees it. `key` is the catalog's numeric id of the file, unique.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct IndexDoc<'a> {
     pub key: u64,
+    pub content_id: ContentId,
     pub title: &'a str,
     pub artist: &'a str,
     pub album: &'a str,
@@ -70,6 +73,24 @@ pub struct IndexDoc<'a> {
     pub size: u64,
     pub duration_ms: u32,
     pub bitrate_kbps: u32,
+}
+
+impl IndexDoc<'_> {
+    /// A document with no text and no metadata, to fill in with struct update syntax.
+    pub fn blank(key: u64, content_id: ContentId) -> Self {
+        IndexDoc {
+            key,
+            content_id,
+            title: "",
+            artist: "",
+            album: "",
+            file_name: "",
+            media_kind: 0,
+            size: 0,
+            duration_ms: 0,
+            bitrate_kbps: 0,
+        }
+    }
 }
 
 /// Constraints evaluated inside the index (fast fields). 0 = no bound.
@@ -208,7 +229,7 @@ impl SearchIndex {
     }
 
     /// Top `limit` documents matching `query` after skipping `offset`, best first, as
-    /// `(key, score)`. `weight(key)` is called for each matching document that passes
+    /// [`Hit`]s (key, content id, score). `weight(key)` is called for each matching document that passes
     /// `filters`: `None` excludes it, `Some(w)` multiplies its text relevance. Exclusion
     /// happens before the top-k cut, so pages only ever contain admitted documents.
     ///
@@ -222,7 +243,7 @@ impl SearchIndex {
         offset: usize,
         limit: usize,
         weight: &(dyn Fn(u64) -> Option<f32> + Sync),
-    ) -> Result<Vec<(u64, f32)>, IndexError> {
+    ) -> Result<Vec<Hit>, IndexError> {
         self.search_bounded(query, filters, offset, limit, weight, f32::INFINITY)
     }
 
@@ -237,7 +258,7 @@ impl SearchIndex {
         limit: usize,
         weight: &(dyn Fn(u64) -> Option<f32> + Sync),
         max_weight: f32,
-    ) -> Result<Vec<(u64, f32)>, IndexError> {
+    ) -> Result<Vec<Hit>, IndexError> {
         let searcher = self.reader.searcher();
         let plan = query::plan(&self.fields, &searcher, query)?;
         if limit == 0 {

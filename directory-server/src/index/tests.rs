@@ -19,16 +19,19 @@ fn all_online(_: u64) -> Option<f32> {
 
 fn song(key: u64, title: &'static str, artist: &'static str) -> IndexDoc<'static> {
     IndexDoc {
-        key,
         title,
         artist,
-        album: "",
-        file_name: "",
         media_kind: 1,
         size: 4_000_000,
         duration_ms: 240_000,
         bitrate_kbps: 320,
+        ..blank(key)
     }
+}
+
+/// A blank document whose content id follows from its key.
+fn blank(key: u64) -> IndexDoc<'static> {
+    IndexDoc::blank(key, ContentId::of_bytes(&key.to_be_bytes()))
 }
 
 /// A small catalog; keys are stable and referenced by the tests.
@@ -52,7 +55,7 @@ fn fixture() -> SearchIndex {
 }
 
 fn keys(idx: &SearchIndex, q: &str) -> Vec<u64> {
-    idx.search(q, ALL, 0, 20, &all_online).unwrap().into_iter().map(|(k, _)| k).collect()
+    idx.search(q, ALL, 0, 20, &all_online).unwrap().into_iter().map(|h| h.key).collect()
 }
 
 #[test]
@@ -154,8 +157,8 @@ fn pinyin_full_initials_prefix_and_spaced() {
 fn none_weight_excludes_even_the_best_match() {
     let idx = fixture();
     let got = idx.search("晴天", ALL, 0, 10, &|k| (k != 1).then_some(1.0)).unwrap();
-    assert!(!got.iter().any(|(k, _)| *k == 1), "{got:?}");
-    assert!(got.iter().any(|(k, _)| *k == 10), "{got:?}");
+    assert!(!got.iter().any(|h| h.key == 1), "{got:?}");
+    assert!(got.iter().any(|h| h.key == 10), "{got:?}");
 }
 
 #[test]
@@ -165,7 +168,7 @@ fn weight_reorders_equal_relevance_docs() {
     idx.commit().unwrap();
     let ks = |w: &(dyn Fn(u64) -> Option<f32> + Sync)| -> Vec<u64> {
         let hits = idx.search("same song", ALL, 0, 10, w).unwrap();
-        hits.into_iter().map(|(k, _)| k).collect()
+        hits.into_iter().map(|h| h.key).collect()
     };
     assert_eq!(ks(&all_online), [1, 2], "tie broken by key");
     assert_eq!(ks(&|k| Some(if k == 2 { 3.0 } else { 1.0 })), [2, 1]);
@@ -175,21 +178,18 @@ fn weight_reorders_equal_relevance_docs() {
 fn paging_gives_disjoint_consecutive_pages_of_admitted_docs() {
     let idx = SearchIndex::in_memory().unwrap();
     let titles: Vec<String> = (0..50).map(|i| format!("love song {i}")).collect();
-    let docs: Vec<IndexDoc<'_>> = titles
-        .iter()
-        .enumerate()
-        .map(|(i, t)| IndexDoc { key: i as u64, title: t, ..IndexDoc::default() })
-        .collect();
+    let docs: Vec<IndexDoc<'_>> =
+        titles.iter().enumerate().map(|(i, t)| IndexDoc { title: t, ..blank(i as u64) }).collect();
     idx.upsert(&docs).unwrap();
     idx.commit().unwrap();
     let w = |k: u64| (!k.is_multiple_of(5)).then_some(1.0 + (k % 3) as f32);
-    let all: Vec<u64> = idx.search("love", ALL, 0, 100, &w).unwrap().iter().map(|h| h.0).collect();
+    let all: Vec<u64> = idx.search("love", ALL, 0, 100, &w).unwrap().iter().map(|h| h.key).collect();
     assert_eq!(all.len(), 40);
     let mut paged = Vec::new();
     for page in 0..5 {
         let hits = idx.search("love", ALL, page * 9, 9, &w).unwrap();
         assert!(hits.len() == 9 || page == 4, "page {page}: {}", hits.len());
-        paged.extend(hits.into_iter().map(|h| h.0));
+        paged.extend(hits.into_iter().map(|h| h.key));
     }
     assert_eq!(paged, all);
     assert!(idx.search("love", ALL, 40, 10, &w).unwrap().is_empty());
@@ -199,7 +199,7 @@ fn paging_gives_disjoint_consecutive_pages_of_admitted_docs() {
 #[test]
 fn filters_exclude_the_right_docs() {
     let idx = SearchIndex::in_memory().unwrap();
-    let base = IndexDoc { title: "track", ..IndexDoc::default() };
+    let base = IndexDoc { title: "track", ..blank(0) };
     idx.upsert(&[
         IndexDoc { key: 1, media_kind: 1, size: 1_000, duration_ms: 60_000, bitrate_kbps: 128, ..base },
         IndexDoc { key: 2, media_kind: 1, size: 5_000, duration_ms: 200_000, bitrate_kbps: 320, ..base },
@@ -209,7 +209,7 @@ fn filters_exclude_the_right_docs() {
     idx.commit().unwrap();
     let run = |f: IndexFilters| -> Vec<u64> {
         let hits = idx.search("track", &f, 0, 10, &all_online).unwrap();
-        let mut k: Vec<u64> = hits.into_iter().map(|h| h.0).collect();
+        let mut k: Vec<u64> = hits.into_iter().map(|h| h.key).collect();
         k.sort();
         k
     };
@@ -427,7 +427,7 @@ fn wand_fixture() -> SearchIndex {
     let docs: Vec<IndexDoc<'_>> = titles
         .iter()
         .enumerate()
-        .map(|(i, t)| IndexDoc { key: i as u64, title: t, artist: artists[i % 4], ..IndexDoc::default() })
+        .map(|(i, t)| IndexDoc { title: t, artist: artists[i % 4], ..blank(i as u64) })
         .collect();
     idx.upsert(&docs).unwrap();
     idx.commit().unwrap();
@@ -513,4 +513,21 @@ fn a_deletion_after_a_search_is_seen_by_the_next_search() {
     idx.commit().unwrap();
     assert_eq!(keys(&idx, "周杰伦"), vec![1]);
     assert!(keys(&idx, "稻香").is_empty());
+}
+
+#[test]
+fn hits_carry_the_content_id_they_were_indexed_with() {
+    let idx = fixture();
+    let hits = idx.search("周杰伦", ALL, 0, 20, &all_online).unwrap();
+    assert!(hits.len() >= 4, "{hits:?}");
+    for hit in &hits {
+        assert_eq!(hit.content_id, blank(hit.key).content_id, "key {}", hit.key);
+    }
+    // Every bit of the id survives the four columns, the high bits of each word included.
+    let id = ContentId::from_array(std::array::from_fn(|i| 0xff - i as u8));
+    let idx = SearchIndex::in_memory().unwrap();
+    idx.upsert(&[IndexDoc { title: "only", ..IndexDoc::blank(99, id) }]).unwrap();
+    idx.commit().unwrap();
+    let hits = idx.search("only", ALL, 0, 1, &all_online).unwrap();
+    assert_eq!(hits.iter().map(|h| (h.key, h.content_id)).collect::<Vec<_>>(), vec![(99, id)]);
 }
