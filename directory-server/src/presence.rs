@@ -44,6 +44,16 @@ pub struct Presence {
     /// is checked at every Announce, and a scan of the whole table there would cost O(online
     /// peers) each time.
     by_ip: HashMap<IpAddr, HashSet<PeerId>>,
+    /// No lease in the table expires before this (`None`: the table is empty, or nothing was
+    /// added since the last sweep found it so). `expire` runs on every Announce, Publish and
+    /// Withdraw and on a timer; with this bound it scans the table only once a lease may really
+    /// have run out, not once per call: at 100k peers a scan is some 100k entries.
+    ///
+    /// Why a bound stays true without bookkeeping: a lease's expiry only moves when a call sets
+    /// it to `now + lease`, and each such call lowers the bound to it if it is earlier (so a
+    /// test's `now` may even go backwards); removing a lease can only make the true minimum
+    /// later. Only `expire` raises it, to the exact minimum of the leases it kept.
+    next_expiry: Option<Instant>,
 }
 
 /// What `announce` did.
@@ -69,7 +79,13 @@ pub struct Departed {
 
 impl Presence {
     pub fn new(lease: Duration) -> Self {
-        Self { lease, by_peer: HashMap::new(), by_token: HashMap::new(), by_ip: HashMap::new() }
+        Self {
+            lease,
+            by_peer: HashMap::new(),
+            by_token: HashMap::new(),
+            by_ip: HashMap::new(),
+            next_expiry: None,
+        }
     }
 
     pub fn lease_length(&self) -> Duration {
@@ -95,6 +111,7 @@ impl Presence {
             free_upload_slots,
             reachable,
         };
+        self.lower_next_expiry(lease.expires);
         self.by_token.insert(token, peer);
         let old = self.by_peer.insert(peer, lease);
         if let Some(old) = &old {
@@ -119,11 +136,17 @@ impl Presence {
     /// Renews a live lease; `None` if the token is unknown or its lease has run out.
     pub fn heartbeat(&mut self, token: &str, free_upload_slots: u32, now: Instant) -> Option<PeerId> {
         let peer = self.peer_of(token, now)?;
+        let expires = now + self.lease;
         let lease = self.by_peer.get_mut(&peer)?;
-        lease.expires = now + self.lease;
+        lease.expires = expires;
         lease.last_seen = now;
         lease.free_upload_slots = free_upload_slots;
+        self.lower_next_expiry(expires);
         Some(peer)
+    }
+
+    fn lower_next_expiry(&mut self, expires: Instant) {
+        self.next_expiry = Some(self.next_expiry.map_or(expires, |next| next.min(expires)));
     }
 
     /// Ends a session at once. Returns the lease's peer if the token was in the table; a lease
@@ -136,9 +159,21 @@ impl Presence {
     }
 
     /// Removes every lease that has run out and returns the peers that went offline.
+    /// Scans the table only when some lease may have run out by `now` (see `next_expiry`).
     pub fn expire(&mut self, now: Instant) -> Vec<Departed> {
-        let expired: Vec<PeerId> =
-            self.by_peer.iter().filter(|(_, l)| l.expires <= now).map(|(p, _)| *p).collect();
+        if self.next_expiry.is_none_or(|next| next > now) {
+            return Vec::new();
+        }
+        let mut expired = Vec::new();
+        let mut next_expiry: Option<Instant> = None;
+        for (peer, lease) in &self.by_peer {
+            if lease.expires <= now {
+                expired.push(*peer);
+            } else {
+                next_expiry = Some(next_expiry.map_or(lease.expires, |next| next.min(lease.expires)));
+            }
+        }
+        self.next_expiry = next_expiry;
         let mut departed = Vec::with_capacity(expired.len());
         for peer in expired {
             if let Some(lease) = self.by_peer.remove(&peer) {
@@ -199,6 +234,7 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn peer(n: u8) -> PeerId {
         PeerId::from_array([n; 32])
@@ -332,5 +368,67 @@ mod tests {
         assert_eq!(p.live_peers_at(other, &nobody, t0 + lease), 1);
         p.expire(t0 + lease);
         assert_eq!(p.by_ip.get(&other).map(HashSet::len), Some(1));
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Announce(u8, u64),
+        Heartbeat(u8, u64),
+        Leave(u8),
+        Expire(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Times in seconds, in any order: the bound must hold even if `now` goes backwards.
+        prop_oneof![
+            (0..6u8, 0..400u64).prop_map(|(n, t)| Op::Announce(n, t)),
+            (0..6u8, 0..400u64).prop_map(|(n, t)| Op::Heartbeat(n, t)),
+            (0..6u8).prop_map(Op::Leave),
+            (0..400u64).prop_map(Op::Expire),
+        ]
+    }
+
+    proptest! {
+        /// `expire` skips its scan while no lease can have run out; it must still return
+        /// exactly what a scan of the whole table would.
+        #[test]
+        fn expire_finds_exactly_the_leases_a_full_scan_finds(ops in proptest::collection::vec(op(), 1..60)) {
+            let (t0, lease) = (Instant::now(), Duration::from_secs(90));
+            let at = |s: u64| t0 + Duration::from_secs(s);
+            let mut p = Presence::new(lease);
+            // The model: peer → (token, expires).
+            let mut model: HashMap<u8, (String, Instant)> = HashMap::new();
+            for (i, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Announce(n, t) => {
+                        let token = format!("{n}-{i}");
+                        p.announce(peer(n), addr(), 1, true, token.clone(), at(t));
+                        model.insert(n, (token, at(t) + lease));
+                    }
+                    Op::Heartbeat(n, t) => {
+                        let Some((token, expires)) = model.get_mut(&n) else { continue };
+                        let renewed = p.heartbeat(token, 1, at(t)).is_some();
+                        prop_assert_eq!(renewed, *expires > at(t));
+                        if renewed {
+                            *expires = at(t) + lease;
+                        }
+                    }
+                    Op::Leave(n) => {
+                        if let Some((token, _)) = model.remove(&n) {
+                            prop_assert!(p.leave(&token).is_some());
+                        }
+                    }
+                    Op::Expire(t) => {
+                        let mut got: Vec<PeerId> = p.expire(at(t)).into_iter().map(|d| d.peer).collect();
+                        let mut want: Vec<PeerId> =
+                            model.iter().filter(|(_, (_, e))| *e <= at(t)).map(|(n, _)| peer(*n)).collect();
+                        model.retain(|_, (_, e)| *e > at(t));
+                        got.sort();
+                        want.sort();
+                        prop_assert_eq!(got, want);
+                    }
+                }
+            }
+        }
     }
 }
