@@ -75,6 +75,14 @@ fn source_weight(online: u32, complete: bool) -> f32 {
     1.0 + 0.25 * (online as f32).ln_1p() + 0.1 * f32::from(u8::from(complete))
 }
 
+/// A copy of the online sources of `id` (none for an unknown file), or `None` when there are
+/// more than `at_most`. Copied so that ranking, which locks `presence`, runs after the `online`
+/// lock is released.
+fn copy_sources(online: &OnlineSources, id: &ContentId, at_most: usize) -> Option<Vec<OnlineSource>> {
+    let sources = online.sources(id);
+    (sources.len() <= at_most).then(|| sources.to_vec())
+}
+
 /// How many catalog entries one indexing round takes at most.
 const INDEX_BATCH: usize = 20_000;
 
@@ -447,15 +455,16 @@ impl Directory {
         now: Instant,
     ) -> Result<LocateResponse> {
         let ask = LocateAsk::new(req)?;
-        let sources = self.online_sources(&ask.id, usize::MAX).unwrap_or_default();
+        let sources = copy_sources(&self.online(), &ask.id, usize::MAX).unwrap_or_default();
         Ok(self.rank_sources(&ask, sources, remote, now))
     }
 
     /// Answers a Locate if that is quick: the file has at most `INLINE_LOCATE_SOURCES` online
-    /// sources. `Ok(None)` means "not quick": call [`Directory::locate`] on the blocking pool
-    /// instead. Most files have a handful of sources, so most Locates skip the hand-off to
-    /// another thread, which costs more than they do. Neither touches storage: the online
-    /// sources of every file are in memory.
+    /// sources, and no writer holds or waits for the online sources (a Publish or Announce
+    /// waits for the searches reading them, a millisecond or more). `Ok(None)` means "not
+    /// quick": call [`Directory::locate`] on the blocking pool instead. Most files have a
+    /// handful of sources, so most Locates skip the hand-off to another thread, which costs
+    /// more than they do. Neither touches storage: the online sources are in memory.
     pub fn try_locate_quickly(
         &self,
         req: &LocateRequest,
@@ -463,17 +472,14 @@ impl Directory {
         now: Instant,
     ) -> Result<Option<LocateResponse>> {
         let ask = LocateAsk::new(req)?;
-        let sources = self.online_sources(&ask.id, INLINE_LOCATE_SOURCES);
+        let sources = match self.online.try_read() {
+            Ok(online) => copy_sources(&online, &ask.id, INLINE_LOCATE_SOURCES),
+            Err(std::sync::TryLockError::Poisoned(e)) => {
+                copy_sources(&e.into_inner(), &ask.id, INLINE_LOCATE_SOURCES)
+            }
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
         Ok(sources.map(|sources| self.rank_sources(&ask, sources, remote, now)))
-    }
-
-    /// A copy of the online sources of `id` (none for an unknown file), or `None` when there
-    /// are more than `at_most`. Copied so that ranking, which locks `presence`, runs after the
-    /// `online` lock is released.
-    fn online_sources(&self, id: &ContentId, at_most: usize) -> Option<Vec<OnlineSource>> {
-        let online = self.online();
-        let sources = online.sources(id);
-        (sources.len() <= at_most).then(|| sources.to_vec())
     }
 
     /// The online, reachable ones of `sources`, best first for the asker.

@@ -77,6 +77,19 @@ fn a_file_with_many_online_sources_is_left_to_the_full_locate() {
 }
 
 #[test]
+fn a_locate_never_waits_on_the_quick_path_for_a_writer_of_the_online_sources() {
+    let dir = Directory::temporary(Config::default()).unwrap();
+    let id = ContentId::of_bytes(b"busy");
+    sources(&dir, &id, 2);
+    let now = Instant::now();
+    let writer = dir.online_mut();
+    assert_eq!(dir.try_locate_quickly(&locate(&id, 0), None, now).unwrap(), None, "left to the pool");
+    drop(writer);
+    let quick = dir.try_locate_quickly(&locate(&id, 0), None, now).unwrap().expect("quick again");
+    assert_eq!(quick.sources.len(), 2);
+}
+
+#[test]
 fn bad_input_is_refused_on_the_quick_path_too() {
     let dir = Directory::temporary(Config::default()).unwrap();
     let short = LocateRequest { content_id: vec![1; 31], ..Default::default() };

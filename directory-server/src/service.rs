@@ -4,8 +4,8 @@
 //!
 //! Some calls skip the blocking pool, because handing a call to another thread costs more than
 //! they do: Heartbeat and the beats of a KeepAlive stream, and most Locates (all memory only;
-//! a Locate of a file with many online sources, whose ranking takes longer, goes to the pool
-//! after all).
+//! a Locate of a file with many online sources, whose ranking takes longer, or one that would
+//! wait for a writer of the online sources, goes to the pool after all).
 //!
 //! `Announce` is the one async step before the domain call: the connect-back check of the
 //! announced address (`reach`), whose verdict the domain receives as `reachable`.
