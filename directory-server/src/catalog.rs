@@ -346,20 +346,24 @@ impl Catalog {
     }
 
     /// A peer's share list with each file's content id, as (key, id, complete): what the
-    /// online sources need when the peer comes online or leaves. One `keys` read per file.
+    /// online sources need when the peer comes online or leaves. One `keys` read per file. An
+    /// entry whose key has no valid content id (a damaged catalog) is logged and left out, as a
+    /// publish's reset leaves it: it could never be located by id, and the peer's other files
+    /// still can.
     pub fn peer_file_ids(&self, peer: &PeerId) -> Result<Vec<(u64, ContentId, bool)>, CatalogError> {
         let mut out = Vec::new();
         for item in self.peer_files(peer) {
             let (key, complete) = item?;
-            let Some(id) = self.keys.get(key.to_be_bytes())? else {
-                return Err(CatalogError::Corrupt {
-                    tree: "keys",
-                    detail: format!("no content id for key {key}"),
-                });
-            };
-            let id = ContentId::from_slice(&id)
-                .map_err(|e| CatalogError::Corrupt { tree: "keys", detail: e.to_string() })?;
-            out.push((key, id, complete));
+            let id = self.keys.get(key.to_be_bytes())?;
+            match id.as_deref().map(ContentId::from_slice) {
+                Some(Ok(id)) => out.push((key, id, complete)),
+                Some(Err(e)) => {
+                    tracing::warn!(%peer, key, error = %e, "a shared file's content id is damaged; left out")
+                }
+                None => {
+                    tracing::warn!(%peer, key, "a shared file has no content id in the catalog; left out")
+                }
+            }
         }
         Ok(out)
     }
@@ -589,6 +593,27 @@ mod tests {
             info: FileInfo { content_id: id.to_vec(), file_name: format!("{n}.mp3"), ..Default::default() },
             complete,
         }
+    }
+
+    #[test]
+    fn a_peers_files_come_with_their_ids_and_a_damaged_entry_is_left_out() {
+        let c = Catalog::temporary().unwrap();
+        let p = PeerId::from_array([1; 32]);
+        c.publish(&p, false, &[add(1, true), add(2, false), add(3, true)], &[], 10).unwrap();
+        let key = |n: u8| c.file(&ContentId::of_bytes(&[n])).unwrap().unwrap().key;
+        let mut listed = c.peer_file_ids(&p).unwrap();
+        listed.sort();
+        let mut want: Vec<_> = [(1, true), (2, false), (3, true)]
+            .into_iter()
+            .map(|(n, complete)| (key(n), ContentId::of_bytes(&[n]), complete))
+            .collect();
+        want.sort();
+        assert_eq!(listed, want);
+
+        c.keys.remove(key(2).to_be_bytes()).unwrap();
+        c.keys.insert(key(3).to_be_bytes(), &b"short"[..]).unwrap();
+        let listed = c.peer_file_ids(&p).unwrap();
+        assert_eq!(listed, vec![(key(1), ContentId::of_bytes(&[1]), true)]);
     }
 
     #[test]
