@@ -283,20 +283,6 @@ impl Catalog {
         }
     }
 
-    /// The catalog key of a file, without decoding the rest of its record (Locate's hot path).
-    pub fn key_of(&self, id: &ContentId) -> Result<Option<u64>, CatalogError> {
-        /// The first field of `StoredFile` alone; prost skips the others.
-        #[derive(Clone, PartialEq, prost::Message)]
-        struct KeyOnly {
-            #[prost(uint64, tag = "1")]
-            key: u64,
-        }
-        match self.files.get(id.as_bytes())? {
-            Some(bytes) => Ok(Some(decode::<KeyOnly>("files", &bytes)?.key)),
-            None => Ok(None),
-        }
-    }
-
     pub fn file_by_key(&self, key: u64) -> Result<Option<StoredFile>, CatalogError> {
         match self.keys.get(key.to_be_bytes())? {
             Some(id) => match self.files.get(&id)? {
@@ -368,8 +354,10 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Every peer that shares a file, as (peer, complete). The durable record: Locate reads
-    /// the directory's online sources in memory instead, filled from `peer_file_ids`.
+    /// Every peer that shares a file, as (peer, complete): the `sources` tree read back, for
+    /// tests. No request reads it: Locate reads the directory's online sources in memory,
+    /// filled from `peer_file_ids`; backups carry the tree whole.
+    #[cfg(test)]
     pub fn sources_of(&self, key: u64) -> impl Iterator<Item = Result<(PeerId, bool), CatalogError>> + '_ {
         self.sources.scan_prefix(key.to_be_bytes()).map(|item| {
             let (k, v) = item?;

@@ -164,16 +164,8 @@ impl Presence {
         if self.next_expiry.is_none_or(|next| next > now) {
             return Vec::new();
         }
-        let mut expired = Vec::new();
-        let mut next_expiry: Option<Instant> = None;
-        for (peer, lease) in &self.by_peer {
-            if lease.expires <= now {
-                expired.push(*peer);
-            } else {
-                next_expiry = Some(next_expiry.map_or(lease.expires, |next| next.min(lease.expires)));
-            }
-        }
-        self.next_expiry = next_expiry;
+        let expired: Vec<PeerId> =
+            self.by_peer.iter().filter(|(_, l)| l.expires <= now).map(|(p, _)| *p).collect();
         let mut departed = Vec::with_capacity(expired.len());
         for peer in expired {
             if let Some(lease) = self.by_peer.remove(&peer) {
@@ -182,6 +174,7 @@ impl Presence {
                 departed.push(Departed { peer, was_source: lease.reachable });
             }
         }
+        self.next_expiry = self.by_peer.values().map(|l| l.expires).min();
         departed
     }
 

@@ -26,7 +26,7 @@ pub const BITRATE_KBPS: &str = "bitrate_kbps";
 pub const CONTENT_ID: [&str; 4] = ["content_id_0", "content_id_1", "content_id_2", "content_id_3"];
 
 /// A content id as the four column values `CONTENT_ID` stores.
-pub fn content_id_words(id: &ContentId) -> [u64; 4] {
+fn content_id_words(id: &ContentId) -> [u64; 4] {
     let bytes = id.as_bytes();
     std::array::from_fn(|i| {
         let mut word = [0u8; 8];
