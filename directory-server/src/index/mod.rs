@@ -157,7 +157,7 @@ impl SearchIndex {
         let (schema, fields) = schema::build();
         let (index, reader, outcome) = if empty {
             std::fs::create_dir_all(dir).map_err(io)?;
-            let index = Index::create_in_dir(dir, schema)?;
+            let index = Index::builder().schema(schema).settings(settings()).create_in_dir(dir)?;
             let reader = prepare(&index)?;
             (index, reader, OpenOutcome::Created)
         } else {
@@ -170,7 +170,7 @@ impl SearchIndex {
                     );
                     std::fs::remove_dir_all(dir).map_err(io)?;
                     std::fs::create_dir_all(dir).map_err(io)?;
-                    let index = Index::create_in_dir(dir, schema)?;
+                    let index = Index::builder().schema(schema).settings(settings()).create_in_dir(dir)?;
                     let reader = prepare(&index)?;
                     (index, reader, OpenOutcome::RebuiltCorrupt)
                 }
@@ -183,7 +183,7 @@ impl SearchIndex {
     /// A new, empty index held in memory (tests, benches).
     pub fn in_memory() -> Result<SearchIndex, IndexError> {
         let (schema, fields) = schema::build();
-        let index = Index::create_in_ram(schema);
+        let index = Index::builder().schema(schema).settings(settings()).create_in_ram()?;
         let reader = prepare(&index)?;
         SearchIndex::with_index(&index, fields, reader, None)
     }
@@ -328,6 +328,14 @@ impl SearchIndex {
     }
 }
 
+/// The settings every index is created with: documents sorted by [`schema::song_order`], so
+/// that the copies of a song are adjacent (segments are sorted when written, and merges keep
+/// the order).
+fn settings() -> tantivy::IndexSettings {
+    let order = tantivy::IndexSortByField { field: schema::SONG_ORDER.into(), order: tantivy::Order::Asc };
+    tantivy::IndexSettings { sort_by_field: Some(order), ..Default::default() }
+}
+
 /// Registers the analyzers and builds the reader. `commit` reloads it at once (a search after
 /// a commit sees it); the reader also follows the index's meta file by itself, so segments that
 /// background merges produce are searched as soon as they are done, not at the next commit.
@@ -352,6 +360,9 @@ fn try_open(dir: &Path, schema: &tantivy::schema::Schema) -> Result<(Index, Inde
     let index = Index::open_in_dir(dir).map_err(|e| e.to_string())?;
     if index.schema() != *schema {
         return Err("schema differs from this version's".to_string());
+    }
+    if index.settings().sort_by_field != settings().sort_by_field {
+        return Err("documents are not stored in this version's order".to_string());
     }
     let reader = prepare(&index).map_err(|e| e.to_string())?;
     Ok((index, reader))

@@ -17,6 +17,8 @@ use super::{analyzer, romanize};
 
 /// Fast field names (also used by the collector).
 pub const KEY: &str = "key";
+/// The order documents are stored in: see [`song_order`].
+pub const SONG_ORDER: &str = "song_order";
 pub const MEDIA_KIND: &str = "media_kind";
 pub const SIZE: &str = "size";
 pub const DURATION_MS: &str = "duration_ms";
@@ -56,6 +58,8 @@ pub const PINYIN_BOOST: f32 = 2.0;
 #[derive(Clone, Debug)]
 pub struct Fields {
     pub key: Field,
+    /// [`song_order`] of the document; the index is sorted by it.
+    pub song_order: Field,
     pub media_kind: Field,
     pub size: Field,
     pub duration_ms: Field,
@@ -116,6 +120,7 @@ impl Fields {
     pub fn to_document(&self, doc: &IndexDoc<'_>) -> TantivyDocument {
         let mut d = TantivyDocument::default();
         d.add_u64(self.key, doc.key);
+        d.add_u64(self.song_order, song_order(doc.artist, doc.title));
         d.add_i64(self.media_kind, i64::from(doc.media_kind));
         d.add_u64(self.size, doc.size);
         d.add_u64(self.duration_ms, u64::from(doc.duration_ms));
@@ -142,6 +147,35 @@ impl Fields {
         }
         d
     }
+}
+
+/// Where a document goes in the index's order: its artist's hash in the high 32 bits, its
+/// title's in the low 32, both folded as search folds them (case, width, traditional Chinese,
+/// spaces ignored). The index is sorted by this (see `SearchIndex::open_or_create`), so the
+/// copies of one song are adjacent, and an artist's songs are one run.
+///
+/// Why: a song is typically shared as many files (about 26 per song on the 1M-file bench),
+/// added in whatever order peers publish them. Scattered, each query term's matches are spread
+/// over the whole index, and tantivy's union of terms walks a window of 4,096 doc ids, and
+/// decodes a posting block, for nearly every match. Adjacent, one window and one block hold
+/// them all. On the bench's queries at 1M files that cut a search's time by about a third.
+///
+/// FNV-1a, not std's hasher: the values are stored, so the function must not change between
+/// builds. A collision only puts two songs next to each other.
+pub fn song_order(artist: &str, title: &str) -> u64 {
+    let hash = |text: &str| {
+        let mut folded = String::with_capacity(text.len());
+        analyzer::fold_into(text, &mut folded);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for c in folded.chars().flat_map(char::to_lowercase).filter(|c| !c.is_whitespace()) {
+            let mut utf8 = [0u8; 4];
+            for b in c.encode_utf8(&mut utf8).bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
+    };
+    (hash(artist) & 0xffff_ffff_0000_0000) | (hash(title) >> 32)
 }
 
 /// Builds the schema and its field handles.
@@ -171,6 +205,7 @@ pub fn build() -> (Schema, Fields) {
     };
     let fields = Fields {
         key: b.add_u64_field(KEY, INDEXED | FAST),
+        song_order: b.add_u64_field(SONG_ORDER, FAST),
         media_kind: b.add_i64_field(MEDIA_KIND, FAST),
         size: b.add_u64_field(SIZE, FAST),
         duration_ms: b.add_u64_field(DURATION_MS, FAST),

@@ -531,3 +531,74 @@ fn hits_carry_the_content_id_they_were_indexed_with() {
     let hits = idx.search("only", ALL, 0, 1, &all_online).unwrap();
     assert_eq!(hits.iter().map(|h| (h.key, h.content_id)).collect::<Vec<_>>(), vec![(99, id)]);
 }
+
+/// The keys of every live document, in the order the index stores them, segment by segment.
+fn stored_order(idx: &SearchIndex) -> Vec<u64> {
+    let searcher = idx.reader.searcher();
+    let mut keys = Vec::new();
+    for segment in searcher.segment_readers() {
+        let column = segment.fast_fields().u64(schema::KEY).unwrap();
+        keys.extend(
+            (0..segment.max_doc()).filter(|d| !segment.is_deleted(*d)).filter_map(|d| column.first(d)),
+        );
+    }
+    keys
+}
+
+#[test]
+fn the_copies_of_a_song_are_stored_next_to_each_other() {
+    // Copies published in scattered order, over two commits (two segments), then merged.
+    let idx = SearchIndex::in_memory().unwrap();
+    let title = |key: u64| ["晴天", "Hello", "七里香"][key as usize % 3];
+    let artist = |key: u64| ["周杰伦", "Adele", "周杰伦"][key as usize % 3];
+    let copy = |key| IndexDoc { title: title(key), artist: artist(key), ..blank(key) };
+    idx.upsert(&(0..12).map(copy).collect::<Vec<_>>()).unwrap();
+    idx.commit().unwrap();
+    idx.upsert(&(12..24).map(copy).collect::<Vec<_>>()).unwrap();
+    idx.commit().unwrap();
+    for segment in idx.reader.searcher().segment_readers() {
+        let column = segment.fast_fields().u64(schema::KEY).unwrap();
+        let songs: Vec<u64> = (0..segment.max_doc()).filter_map(|d| column.first(d)).map(|k| k % 3).collect();
+        let distinct = songs.iter().collect::<std::collections::HashSet<_>>().len();
+        assert_eq!(songs.chunk_by(|a, b| a == b).count(), distinct, "sorted within each segment: {songs:?}");
+    }
+    // A background merge may take some of the segments first and cancel ours: try again.
+    for _ in 0..100 {
+        if idx.segment_count() == 1 || idx.merge_all().unwrap() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(idx.segment_count(), 1);
+    let songs: Vec<u64> = stored_order(&idx).into_iter().map(|k| k % 3).collect();
+    assert_eq!(songs.len(), 24);
+    assert_eq!(songs.chunk_by(|a, b| a == b).count(), 3, "one run per song after the merge: {songs:?}");
+    // And the two songs of one artist are one run.
+    let artists: Vec<&str> = stored_order(&idx).into_iter().map(artist).collect();
+    assert_eq!(artists.chunk_by(|a, b| a == b).count(), 2, "{artists:?}");
+}
+
+#[test]
+fn song_order_folds_as_search_does() {
+    use schema::song_order;
+    assert_eq!(song_order("周杰倫", "晴天"), song_order("周杰伦", "晴天"), "traditional = simplified");
+    assert_eq!(song_order("JAY  chou", "Ｈｅｌｌｏ"), song_order("jay chou", "hello"), "case, width, spaces");
+    assert_ne!(song_order("周杰伦", "晴天"), song_order("周杰伦", "稻香"));
+    assert_eq!(song_order("周杰伦", "晴天") >> 32, song_order("周杰伦", "稻香") >> 32, "one artist, one run");
+    assert_ne!(song_order("周杰伦", "晴天") >> 32, song_order("孙燕姿", "晴天") >> 32);
+}
+
+#[test]
+fn an_index_stored_in_another_order_is_rebuilt() {
+    // As an older version created it: the same schema, no sort order.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("index");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (schema, _) = schema::build();
+    drop(Index::create_in_dir(&dir, schema).unwrap());
+    let (idx, outcome) = SearchIndex::open_or_create(&dir).unwrap();
+    assert_eq!(outcome, OpenOutcome::RebuiltCorrupt);
+    drop(idx);
+    let (_, outcome) = SearchIndex::open_or_create(&dir).unwrap();
+    assert_eq!(outcome, OpenOutcome::Opened, "the rebuilt index has the order");
+}
