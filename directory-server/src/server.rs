@@ -295,7 +295,7 @@ async fn index_loop(
                 merged = merge => merged,
                 _ = stop.wait_for(|s| *s) => return,
             };
-            compaction.ran(started, started.elapsed());
+            compaction.ran(started, started.elapsed(), matches!(merged, Ok(Ok(true))));
             match merged {
                 Ok(Ok(merged)) => {
                     tracing::info!(segments, merged, elapsed = ?started.elapsed(), "search index compacted")

@@ -8,7 +8,8 @@
 //!   and no bulk load is still adding segments (after a bulk load, as soon as it is in);
 //! - **on a CPU budget**: after a merge that took `t`, the next waits at least `t` times
 //!   `rest_factor`, so merges take at most 1 / `rest_factor` of one core however busy the
-//!   directory is, and a cheap merge of a small index does not hold back the next one;
+//!   directory is, and a cheap merge of a small index does not hold back the next one (a merge
+//!   that lost a race with tantivy's own merges rests only as long as it ran, see `ran`);
 //! - **only if it helps**: more than one segment.
 //!
 //! [`SearchIndex::merge_all`]: super::SearchIndex::merge_all
@@ -33,10 +34,17 @@ impl Compaction {
         indexed == 0 && segments > 1 && self.next_allowed.is_none_or(|t| now >= t)
     }
 
-    /// A merge started at `started` took `took` (whether or not it completed: a failed one is
-    /// not retried at once either).
-    pub fn ran(&mut self, started: Instant, took: Duration) {
-        self.next_allowed = Some(started + took + took.saturating_mul(self.rest_factor));
+    /// A merge started at `started` took `took`, and `completed` or not.
+    ///
+    /// One that did not complete is retried after resting only as long as it ran, not
+    /// `rest_factor` times that. Such a merge lost a race: tantivy's own merges, still running
+    /// after a bulk load, took some of its segments, and tantivy only finds that out once ours
+    /// is done, so its whole cost is wasted. Resting 50 times that (minutes at 1M files) left
+    /// the index in five or six pieces, each search paying its set-up five or six times. The
+    /// race ends with tantivy's merges, so retries do not go on for long.
+    pub fn ran(&mut self, started: Instant, took: Duration, completed: bool) {
+        let rest = if completed { took.saturating_mul(self.rest_factor) } else { took };
+        self.next_allowed = Some(started + took + rest);
     }
 }
 
@@ -56,13 +64,24 @@ mod tests {
         assert!(c.due(0, 7, t0), "quiet, several segments");
 
         // A 2 s merge: the next one waits 2 s + 100 s from its start.
-        c.ran(t0, 2 * s);
+        c.ran(t0, 2 * s, true);
         assert!(!c.due(0, 3, t0 + 101 * s), "rests in proportion to the last merge");
         assert!(c.due(0, 3, t0 + 102 * s));
         assert!(!c.due(5, 3, t0 + 102 * s), "not while indexing");
 
         // A cheap merge of a small index barely delays the next.
-        c.ran(t0, Duration::from_millis(10));
+        c.ran(t0, Duration::from_millis(10), true);
         assert!(c.due(0, 2, t0 + s));
+    }
+
+    #[test]
+    fn a_merge_that_lost_a_race_is_retried_after_resting_as_long_as_it_ran() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut c = Compaction::new(REST);
+        c.ran(t0, 3 * s, false);
+        assert!(!c.due(0, 5, t0 + 5 * s), "it rests as long as it ran");
+        assert!(c.due(0, 5, t0 + 6 * s), "but not 50 times that");
+        assert!(!c.due(7, 5, t0 + 6 * s), "and still not while indexing");
     }
 }
