@@ -472,13 +472,12 @@ impl Directory {
         now: Instant,
     ) -> Result<Option<LocateResponse>> {
         let ask = LocateAsk::new(req)?;
-        let sources = match self.online.try_read() {
-            Ok(online) => copy_sources(&online, &ask.id, INLINE_LOCATE_SOURCES),
-            Err(std::sync::TryLockError::Poisoned(e)) => {
-                copy_sources(&e.into_inner(), &ask.id, INLINE_LOCATE_SOURCES)
-            }
+        let online = match self.online.try_read() {
+            Ok(online) => Some(online),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => None,
         };
+        let sources = online.and_then(|online| copy_sources(&online, &ask.id, INLINE_LOCATE_SOURCES));
         Ok(sources.map(|sources| self.rank_sources(&ask, sources, remote, now)))
     }
 

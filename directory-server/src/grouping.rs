@@ -23,11 +23,8 @@ pub trait SongCopy {
 /// The group key of a title and artist: folded as the search index folds, lowercased, without
 /// spaces; `None` when there is no title.
 fn key(title: &str, artist: &str) -> Option<(String, String)> {
-    let norm = |s: &str| -> String {
-        crate::index::fold(s).to_lowercase().chars().filter(|c| !c.is_whitespace()).collect()
-    };
-    let title = norm(title);
-    (!title.is_empty()).then(|| (title, norm(artist)))
+    let title = crate::index::song_text(title);
+    (!title.is_empty()).then(|| (title, crate::index::song_text(artist)))
 }
 
 /// Reorders `hits` (best first) so that copies of one song are adjacent, best-sourced first.

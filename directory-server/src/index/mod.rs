@@ -45,6 +45,13 @@ pub fn fold(text: &str) -> String {
     out
 }
 
+/// `text` as it identifies a song: folded as above, lowercased, without whitespace. Two copies
+/// whose titles and artists are alike this way are one song, both to the page grouping
+/// (`grouping`) and to the order the index stores documents in (`schema::song_order`).
+pub fn song_text(text: &str) -> String {
+    fold(text).to_lowercase().chars().filter(|c| !c.is_whitespace()).collect()
+}
+
 /// The pinyin terms the index keeps for `text` (full pinyin and initials of its Chinese runs
 /// and words), so `qingtian` and `qt` find 晴天.
 pub fn pinyin_terms(text: &str) -> Vec<String> {

@@ -150,8 +150,8 @@ impl Fields {
 }
 
 /// Where a document goes in the index's order: its artist's hash in the high 32 bits, its
-/// title's in the low 32, both folded as search folds them (case, width, traditional Chinese,
-/// spaces ignored). The index is sorted by this (see `SearchIndex::open_or_create`), so the
+/// title's in the low 32, both as [`song_text`](super::song_text) gives them (folded as search
+/// folds, lowercased, spaces ignored: what makes two copies one song on a results page too). The index is sorted by this (see `SearchIndex::open_or_create`), so the
 /// copies of one song are adjacent, and an artist's songs are one run.
 ///
 /// Why: a song is typically shared as many files (about 26 per song on the 1M-file bench),
@@ -164,14 +164,9 @@ impl Fields {
 /// builds. A collision only puts two songs next to each other.
 pub fn song_order(artist: &str, title: &str) -> u64 {
     let hash = |text: &str| {
-        let mut folded = String::with_capacity(text.len());
-        analyzer::fold_into(text, &mut folded);
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for c in folded.chars().flat_map(char::to_lowercase).filter(|c| !c.is_whitespace()) {
-            let mut utf8 = [0u8; 4];
-            for b in c.encode_utf8(&mut utf8).bytes() {
-                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
+        for b in super::song_text(text).bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
         h
     };
