@@ -27,10 +27,12 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes written to the stream at a time (and taken from the bandwidth cap at a time): small
 /// enough to keep the cap smooth.
 pub(super) const PIECE: u64 = 64 * 1024;
-/// Bytes read from disk at a time, on one trip to the blocking pool, then written as `PIECE`s
-/// (slices of one buffer, not copies). A trip costs two thread wake-ups, and at one per 64 KiB
-/// those were a tenth of a source's CPU on the 4-source loopback bench. 256 KiB per upload in
-/// progress is the memory price.
+/// Bytes read from disk on one trip to the blocking pool, as separate `PIECE`-sized buffers. A
+/// trip costs two thread wake-ups, and at one per 64 KiB those were a tenth of a source's CPU
+/// on the 4-source loopback bench. The buffers stay one piece each because the binary caps
+/// glibc's mmap threshold at 128 KiB (`tune_allocator` in main.rs): one 256 KiB buffer came
+/// from mmap on every read, and its page faults and munmap were a fifth of a source's CPU.
+/// 256 KiB per upload in progress is the memory price.
 const READ_AHEAD: u64 = 4 * PIECE;
 
 /// Why an answer was abandoned after the request was read.
@@ -231,8 +233,8 @@ async fn send_range(
     Ok(())
 }
 
-/// Sends `len` bytes of `file` from `offset`, one piece at a time, each read on the blocking
-/// pool. The caller checked that the range is inside the file.
+/// Sends `len` bytes of `file` from `offset`, read on the blocking pool `READ_AHEAD` at a time.
+/// The caller checked that the range is inside the file.
 async fn send_file_range(
     shared: &Shared,
     send: &mut SendStream,
@@ -246,9 +248,8 @@ async fn send_file_range(
         let n = (end - at).min(READ_AHEAD);
         let file = Arc::clone(&file);
         // `n` <= READ_AHEAD, so the allocation is bounded whatever the request said.
-        let mut read = Bytes::from(tokio::task::spawn_blocking(move || read_exactly(&file, at, n)).await??);
-        while !read.is_empty() {
-            let piece = read.split_to(read.len().min(PIECE as usize));
+        let pieces = tokio::task::spawn_blocking(move || read_pieces(&file, at, n)).await??;
+        for piece in pieces {
             write_piece(shared, send, piece).await?;
         }
         at += n;
@@ -256,20 +257,30 @@ async fn send_file_range(
     Ok(())
 }
 
-/// `n` bytes of `file` from `at`, read into a buffer that is not zeroed first (`read_exact_at`
-/// needs an initialised one, and zeroing was 5 % of a source's CPU).
-fn read_exactly(file: &File, at: u64, n: u64) -> std::io::Result<Vec<u8>> {
+/// `n` bytes of `file` from `at`, as buffers of at most `PIECE` bytes, none zeroed first
+/// (`read_exact_at` needs an initialised buffer, and zeroing was 5 % of a source's CPU).
+fn read_pieces(file: &File, at: u64, n: u64) -> std::io::Result<Vec<Bytes>> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut buf = Vec::with_capacity(usize::try_from(n).map_err(std::io::Error::other)?);
     // The file is this answer's own (opened for it), and its pieces are read one after the
     // other, so nothing else moves its cursor.
     let mut file = file;
     file.seek(SeekFrom::Start(at))?;
-    file.take(n).read_to_end(&mut buf)?;
-    if buf.len() as u64 != n {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the shared file got shorter"));
+    let mut pieces = Vec::with_capacity(usize::try_from(n.div_ceil(PIECE)).map_err(std::io::Error::other)?);
+    let mut left = n;
+    while left > 0 {
+        let len = left.min(PIECE);
+        let mut buf = Vec::with_capacity(usize::try_from(len).map_err(std::io::Error::other)?);
+        file.take(len).read_to_end(&mut buf)?;
+        if buf.len() as u64 != len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the shared file got shorter",
+            ));
+        }
+        pieces.push(Bytes::from(buf));
+        left -= len;
     }
-    Ok(buf)
+    Ok(pieces)
 }
 
 async fn write_piece(shared: &Shared, send: &mut SendStream, piece: Bytes) -> Result<(), AnswerError> {
