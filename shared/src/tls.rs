@@ -108,9 +108,17 @@ pub enum TlsError {
     Connection(#[from] quinn::ConnectionError),
 }
 
-/// The one crypto provider this crate uses, passed explicitly to every config.
+/// The one crypto provider this crate uses, passed explicitly to every config: ring's, with
+/// AES-128-GCM preferred over its default AES-256-GCM. Every byte a node sends or receives goes
+/// through the AEAD, and AES-128-GCM is the suite TLS 1.3 requires of everyone (RFC 8446,
+/// 9.1), still 128-bit secure, and a quarter cheaper: ring seals 1 GiB in 6.5 KB packets in
+/// 0.35 s against 0.47 s on the bench machine, where AES-GCM was 14 % of a downloader's CPU.
+/// The other suites stay, in ring's order, for peers that offer only those.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    // A stable sort: AES-128-GCM first, the rest as they were.
+    provider.cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 /// Transport settings. `accept_streams` is how many bidirectional streams the *other* side may
@@ -320,6 +328,45 @@ impl ServerCertVerifier for PinnedPeer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aes_128_gcm_is_preferred_and_the_other_suites_stay() {
+        let ours: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(ours.first(), Some(&rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+        let mut defaults: Vec<_> =
+            rustls::crypto::ring::default_provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        let mut sorted = ours.clone();
+        defaults.sort_by_key(|s| u16::from(*s));
+        sorted.sort_by_key(|s| u16::from(*s));
+        assert_eq!(sorted, defaults, "a reorder, nothing added or dropped");
+    }
+
+    /// Nodes built before the reorder use ring's default order (AES-256-GCM first). Fetching
+    /// from one must still work; the other way round, rustls follows the client's order, which
+    /// is then ring's default.
+    #[tokio::test]
+    async fn nodes_with_ring_s_default_suite_order_still_connect() {
+        let key = NodeKey::generate().unwrap();
+        let (cert, pkcs8) = node_certificate(&key).unwrap();
+        let mut tls =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert], PrivateKeyDer::Pkcs8(pkcs8))
+                .unwrap();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
+        let (_server, addr) = echo_server(config);
+        let client = client_endpoint(loopback()).unwrap();
+        let conn = connect(&client, addr, key.peer_id()).await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[42]).await.unwrap();
+        send.finish().unwrap();
+        let mut byte = [0u8; 1];
+        recv.read_exact(&mut byte).await.unwrap();
+        assert_eq!(byte, [42]);
+    }
 
     fn loopback() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 0))
