@@ -28,13 +28,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quaver_shared::{ContentId, PeerId};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use super::buffers::{Buffer, BufferPool};
 use super::client::{FileBody, RequestError, request};
 use super::partfile::{PartFile, unused_path};
 use super::scheduler::{BLOCK_SIZE, Block, Scheduler, Verified};
@@ -131,50 +132,6 @@ enum Event {
         result: Result<(Buffer, Result<(), VerifyError>), RequestError>,
         elapsed: Duration,
     },
-}
-
-/// The download's block buffers: at most `MAX_BUFFERS` exist, and a freed one is kept for the
-/// next request rather than returned to the allocator (a fresh 256 KiB buffer per block costs
-/// page faults, and buffers freed on several threads fragment the heap).
-struct BufferPool {
-    permits: Arc<Semaphore>,
-    free: Mutex<Vec<Vec<u8>>>,
-}
-
-/// One buffer of the pool, with the permit that counts it.
-struct Buffer {
-    bytes: Vec<u8>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl BufferPool {
-    fn new(count: usize) -> Arc<Self> {
-        Arc::new(Self { permits: Arc::new(Semaphore::new(count)), free: Mutex::new(Vec::new()) })
-    }
-
-    /// Waits for a buffer; `None` once the pool is closed.
-    async fn take(&self) -> Option<Buffer> {
-        let permit = self.permits.clone().acquire_owned().await.ok()?;
-        let bytes = self.lock().pop().unwrap_or_default();
-        Some(Buffer { bytes, _permit: permit })
-    }
-
-    /// Keeps the buffer's memory for the next request; its permit is released.
-    fn give_back(&self, buffer: Buffer) {
-        let mut bytes = buffer.bytes;
-        bytes.clear();
-        self.lock().push(bytes);
-    }
-
-    /// Returns the kept buffers' memory to the allocator.
-    fn release_free(&self) {
-        *self.lock() = Vec::new();
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-        // A list of empty buffers is consistent whatever panicked while holding it.
-        self.free.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// Downloads `spec` from `sources` (and whatever `relocate` finds later).
@@ -364,7 +321,6 @@ pub async fn download(
                                         }
                                     }
                                 }
-                                buffers.give_back(buffer);
                             }
                             Err(VerifyError::Unreadable(e)) => {
                                 return Err(FetchError::Disk(std::io::Error::other(e)));

@@ -6,9 +6,11 @@
 //!   window and backoff) and `scheduler_types` (plain data). None of them does I/O.
 //! - [`verify`]: checks outboards and blocks against the content id; pure computation.
 //! - [`partfile`]: the `.part` file and its persisted set of verified blocks.
+//! - `buffers`: the download's bounded pool of block buffers, reused however a request ends.
 //! - [`client`]: one request over a QUIC stream.
 //! - [`download`]: the tokio task tying them together.
 
+mod buffers;
 pub mod client;
 pub mod download;
 pub mod partfile;
