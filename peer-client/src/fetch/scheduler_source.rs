@@ -20,10 +20,6 @@ pub enum SourceStatus {
     Banned,
 }
 
-/// The most windows' worth of blocks between two probes past a BUSY source's cap: at 8 slots
-/// of 256 KiB, one probe per 16 MiB.
-const MAX_PROBE_WINDOWS: usize = 8;
-
 /// A request sent to a source and not answered yet.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct InFlight {
@@ -51,20 +47,8 @@ pub(super) struct Source<S> {
     /// The source said BUSY: ask again after this wait (starts at the next poll, like a backoff).
     pub(super) busy_pending: Option<Duration>,
     /// The most requests the source was seen to take at once without answering BUSY. Grows by
-    /// one per `busy_cap × probe_windows` verified blocks (additive increase, as TCP's
-    /// congestion avoidance) until it no longer limits the window. Each step past it is a
-    /// probe: BUSY if the source's upload slots are all ours already. Growing by one per
-    /// block instead probed on every block: one wasted BUSY round trip per block fetched,
-    /// 4,100 for a 1 GiB file from one loopback source.
+    /// one per verified block (additive increase) until it no longer limits the window.
     pub(super) busy_cap: Option<usize>,
-    /// Blocks verified since `busy_cap` last changed.
-    pub(super) verified_at_cap: usize,
-    /// Windows' worth of blocks between probes: doubled by every BUSY (up to
-    /// `MAX_PROBE_WINDOWS`), so a source whose slots stay full is probed ever more rarely,
-    /// and back to 1 once a step up held for a whole interval (the source had room again).
-    pub(super) probe_windows: usize,
-    /// `busy_cap` was last changed by a step up, not by a BUSY.
-    pub(super) stepped_up: bool,
     pub(super) status: SourceStatus,
     /// Requests answered so far (any outcome), and since when that count has not moved while
     /// requests were in flight (set at polls: events carry no time). A source that answers
@@ -87,9 +71,6 @@ impl<S> Source<S> {
             retry_at: None,
             busy_pending: None,
             busy_cap: None,
-            verified_at_cap: 0,
-            probe_windows: 1,
-            stepped_up: false,
             status: SourceStatus::Active,
             answered: 0,
             quiet_since: None,
@@ -182,18 +163,10 @@ impl<S> Source<S> {
         self.failures = 0;
         self.retry_at = None;
         self.backoff_pending = false;
-        if let Some(cap) = self.busy_cap {
-            self.verified_at_cap += 1;
-            if self.verified_at_cap >= cap.saturating_mul(self.probe_windows) {
-                if self.stepped_up {
-                    // A whole interval without BUSY after a step up: the step held.
-                    self.probe_windows = 1;
-                }
-                self.verified_at_cap = 0;
-                self.stepped_up = true;
-                self.busy_cap = (cap < cfg.max_in_flight).then_some(cap + 1);
-            }
-        }
+        self.busy_cap = match self.busy_cap {
+            Some(cap) if cap < cfg.max_in_flight => Some(cap + 1),
+            _ => None,
+        };
         // Little's law: with `queued` requests ahead of and including this one, the source moved
         // about `queued - 0.5` blocks (the head was half done on average) in `elapsed`. Timing
         // one block alone would undercount a source that serves many requests in parallel.
@@ -222,9 +195,6 @@ impl<S> Source<S> {
     pub(super) fn record_busy(&mut self, wait: Duration, cfg: &SchedulerConfig) {
         let serving = self.in_flight.len().max(1);
         self.busy_cap = Some(self.busy_cap.map_or(serving, |cap| cap.min(serving)));
-        self.verified_at_cap = 0;
-        self.stepped_up = false;
-        self.probe_windows = (self.probe_windows * 2).min(MAX_PROBE_WINDOWS);
         let wait = wait.clamp(cfg.backoff_base / 10, cfg.backoff_max);
         self.busy_pending = Some(self.busy_pending.map_or(wait, |w| w.max(wait)));
     }

@@ -336,47 +336,6 @@ fn busy_is_backpressure_not_failure() {
     }
 }
 
-/// A source with `slots` upload slots, serving its requests in order and answering BUSY to
-/// any past its slots, for `blocks` verified blocks. Returns the BUSY answers it gave and the
-/// most requests it ever served at once.
-fn serve_with_slots(s: &mut Scheduler<u8>, now: &mut Instant, slots: usize, blocks: usize) -> (usize, usize) {
-    let (mut serving, mut busy, mut verified, mut most) = (std::collections::VecDeque::new(), 0, 0, 0);
-    while !s.is_complete() && verified < blocks {
-        for (_, b) in s.next_requests(*now) {
-            if serving.len() < slots {
-                serving.push_back(b);
-            } else {
-                s.request_busy(1, b, 50 * MS);
-                busy += 1;
-            }
-        }
-        most = most.max(serving.len());
-        if let Some(b) = serving.pop_front() {
-            done(s, 1, b, 2);
-            verified += 1;
-        }
-        *now += MS;
-    }
-    assert_eq!(verified, blocks, "the source kept being asked");
-    (busy, most)
-}
-
-/// The window settles at a source's upload slots and probes past them ever more rarely, not
-/// on every block; when the source gets room again, the window grows back into it.
-#[test]
-fn a_source_with_full_slots_is_probed_rarely_and_freed_slots_are_found() {
-    let mut s = sched(3_000);
-    s.add_source(1);
-    let mut now = Instant::now();
-    let (busy, most) = serve_with_slots(&mut s, &mut now, 4, 1_500);
-    assert_eq!(most, 4, "the window grew into the slots");
-    // Past the first window's BUSY answers (at most 32), under one per two windows' worth of
-    // blocks (74 here); growing the cap per block made it one BUSY per block (1,526 here).
-    assert!(busy <= 1_500 / (2 * 4) + 32, "{busy} BUSY answers for 1,500 blocks");
-    let (_, most) = serve_with_slots(&mut s, &mut now, 8, 400);
-    assert_eq!(most, 8, "freed slots were found within 400 blocks");
-}
-
 #[test]
 fn a_silent_source_stalls_and_idle_sources_copy_its_blocks() {
     let mut s = sched(6);
