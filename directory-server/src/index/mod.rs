@@ -164,7 +164,7 @@ impl SearchIndex {
         let (schema, fields) = schema::build();
         let (index, reader, outcome) = if empty {
             std::fs::create_dir_all(dir).map_err(io)?;
-            let index = Index::builder().schema(schema).settings(settings()).create_in_dir(dir)?;
+            let index = builder(schema).create_in_dir(dir)?;
             let reader = prepare(&index)?;
             (index, reader, OpenOutcome::Created)
         } else {
@@ -177,7 +177,7 @@ impl SearchIndex {
                     );
                     std::fs::remove_dir_all(dir).map_err(io)?;
                     std::fs::create_dir_all(dir).map_err(io)?;
-                    let index = Index::builder().schema(schema).settings(settings()).create_in_dir(dir)?;
+                    let index = builder(schema).create_in_dir(dir)?;
                     let reader = prepare(&index)?;
                     (index, reader, OpenOutcome::RebuiltCorrupt)
                 }
@@ -190,7 +190,7 @@ impl SearchIndex {
     /// A new, empty index held in memory (tests, benches).
     pub fn in_memory() -> Result<SearchIndex, IndexError> {
         let (schema, fields) = schema::build();
-        let index = Index::builder().schema(schema).settings(settings()).create_in_ram()?;
+        let index = builder(schema).create_in_ram()?;
         let reader = prepare(&index)?;
         SearchIndex::with_index(&index, fields, reader, None)
     }
@@ -333,6 +333,11 @@ impl SearchIndex {
     fn writer(&self) -> MutexGuard<'_, IndexWriter> {
         self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// How every index is created: with `schema` and [`settings`].
+fn builder(schema: tantivy::schema::Schema) -> tantivy::IndexBuilder {
+    Index::builder().schema(schema).settings(settings())
 }
 
 /// The settings every index is created with: documents sorted by [`schema::song_order`], so

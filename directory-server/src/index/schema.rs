@@ -151,8 +151,9 @@ impl Fields {
 
 /// Where a document goes in the index's order: its artist's hash in the high 32 bits, its
 /// title's in the low 32, both as [`song_text`](super::song_text) gives them (folded as search
-/// folds, lowercased, spaces ignored: what makes two copies one song on a results page too). The index is sorted by this (see `SearchIndex::open_or_create`), so the
-/// copies of one song are adjacent, and an artist's songs are one run.
+/// folds, lowercased, spaces ignored: what makes two copies one song on a results page too).
+/// The index is sorted by this (see `SearchIndex::open_or_create`), so the copies of one song
+/// are adjacent, and an artist's songs are one run.
 ///
 /// Why: a song is typically shared as many files (about 26 per song on the 1M-file bench),
 /// added in whatever order peers publish them. Scattered, each query term's matches are spread
