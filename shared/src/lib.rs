@@ -14,6 +14,7 @@ pub mod limits;
 pub mod node_key;
 pub mod signal;
 pub mod tls;
+mod udp;
 
 pub use digest::ShareDigest;
 pub use ids::{ContentId, IdError, PeerId};
