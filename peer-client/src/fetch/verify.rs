@@ -13,12 +13,12 @@
 
 use std::ops::Range;
 
-use bao_tree::io::EncodeError;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use bao_tree::io::outboard::PreOrderOutboard;
-use bao_tree::io::sync::{ReadAt, encode_ranges_validated};
+use bao_tree::io::sync::{Outboard as _, ReadAt};
+use bao_tree::iter::BaoChunk;
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 use quaver_shared::ContentId;
 
@@ -51,24 +51,6 @@ struct HashFile(File);
 impl ReadAt for HashFile {
     fn read_at(&self, pos: u64, buf: &mut [u8]) -> std::io::Result<usize> {
         FileExt::read_at(&self.0, buf, pos)
-    }
-}
-
-/// Bytes of one block, readable at their absolute file offsets.
-struct BlockAt<'a> {
-    start: u64,
-    bytes: &'a [u8],
-}
-
-impl ReadAt for BlockAt<'_> {
-    fn read_at(&self, pos: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        let rel = pos.checked_sub(self.start).and_then(|r| usize::try_from(r).ok());
-        let Some(rel) = rel.filter(|r| *r <= self.bytes.len()) else {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "read outside the block"));
-        };
-        let n = buf.len().min(self.bytes.len() - rel);
-        buf[..n].copy_from_slice(&self.bytes[rel..rel + n]);
-        Ok(n)
     }
 }
 
@@ -126,15 +108,69 @@ impl Outboard {
         }
         // Rounding the end up takes in a final partial chunk; aligned ends are exact anyway.
         let chunks = ChunkRanges::from(ChunkNum::chunks(range.start)..ChunkNum::chunks(range.end));
-        let data = BlockAt { start: range.start, bytes };
-        match encode_ranges_validated(data, &self.inner, &chunks, std::io::sink()) {
-            Ok(()) => Ok(()),
-            Err(EncodeError::ParentHashMismatch(_)) => Err(VerifyError::BadOutboard),
-            // The block's own bytes are a slice checked above, so a read error is the outboard's.
-            Err(EncodeError::Io(e)) => Err(VerifyError::Unreadable(e.to_string())),
-            Err(_) => Err(VerifyError::BadBlock),
+        let tree = self.inner.tree;
+        // The walk of bao-tree's `encode_ranges_validated`, minus its copies: that reads every
+        // 16 KiB group out of the block into a buffer of its own (through `ReadAt`) before
+        // hashing it: 3 % of a 4-source downloader's CPU in perf, copying. Here groups are
+        // hashed where they lie. Pre-order: each parent's pair is checked against the hash
+        // expected of it (the root first), and pushes the expectations of the children the
+        // range needs, left on top.
+        let mut expected = vec![self.inner.root];
+        for item in tree.ranges_pre_order_chunks_iter_ref(&chunks, 0) {
+            let want = expected.pop().ok_or(VerifyError::BadOutboard)?;
+            match item {
+                BaoChunk::Parent { node, is_root, left, right, .. } => {
+                    let (l, r) = self
+                        .inner
+                        .load(node)
+                        .map_err(|e| VerifyError::Unreadable(e.to_string()))?
+                        .ok_or(VerifyError::BadOutboard)?;
+                    if parent_cv(&l, &r, is_root) != want {
+                        return Err(VerifyError::BadOutboard);
+                    }
+                    if right {
+                        expected.push(r);
+                    }
+                    if left {
+                        expected.push(l);
+                    }
+                }
+                BaoChunk::Leaf { start_chunk, size, is_root, .. } => {
+                    let at =
+                        start_chunk.to_bytes().checked_sub(range.start).and_then(|a| usize::try_from(a).ok());
+                    let group = at.and_then(|a| bytes.get(a..a.checked_add(size)?));
+                    let group = group.ok_or(VerifyError::Misaligned { range: range.clone() })?;
+                    if hash_group(start_chunk, group, is_root) != want {
+                        return Err(VerifyError::BadBlock);
+                    }
+                }
+            }
         }
+        Ok(())
     }
+}
+
+/// The BLAKE3 chaining value of a parent node over its children's (the root's is the hash).
+fn parent_cv(left: &blake3::Hash, right: &blake3::Hash, is_root: bool) -> blake3::Hash {
+    use blake3::hazmat::{Mode, merge_subtrees_non_root, merge_subtrees_root};
+    if is_root {
+        merge_subtrees_root(left.as_bytes(), right.as_bytes(), Mode::Hash)
+    } else {
+        blake3::Hash::from(merge_subtrees_non_root(left.as_bytes(), right.as_bytes(), Mode::Hash))
+    }
+}
+
+/// The chaining value of the chunk group `bytes` starting at `start` (the hash, if it is the
+/// whole file).
+fn hash_group(start: ChunkNum, bytes: &[u8], is_root: bool) -> blake3::Hash {
+    use blake3::hazmat::HasherExt;
+    if is_root {
+        return blake3::hash(bytes);
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.set_input_offset(start.to_bytes());
+    hasher.update(bytes);
+    blake3::Hash::from(hasher.finalize_non_root())
 }
 
 #[cfg(test)]
@@ -234,5 +270,45 @@ mod tests {
             Outboard::from_file(&id, file.len() as u64, short, 3),
             Err(VerifyError::OutboardLength { .. })
         ));
+    }
+
+    #[test]
+    fn blocks_pass_or_fail_exactly_as_bao_trees_own_validator_says() {
+        // A differential check of the hand-written walk: every block of a file whose size is
+        // no power of two, sound or with one byte flipped in the data or in the outboard.
+        use bao_tree::io::outboard::PreOrderMemOutboard;
+        use bao_tree::io::sync::encode_ranges_validated;
+        let file = data(3 * 262_144 + 5 * 16_384 + 77);
+        let size = file.len() as u64;
+        let (id, good) = outboard_of(&file);
+        let bao_says = |ob: &[u8], start: u64, end: u64, bytes: &[u8]| {
+            let mut data = file.clone();
+            data[start as usize..end as usize].copy_from_slice(bytes);
+            let tree = BaoTree::new(size, block_size());
+            let outboard = PreOrderMemOutboard {
+                root: blake3::Hash::from_bytes(*id.as_bytes()),
+                tree,
+                data: ob.to_vec(),
+            };
+            let chunks = ChunkRanges::from(ChunkNum::chunks(start)..ChunkNum::chunks(end));
+            encode_ranges_validated(&data[..], &outboard, &chunks, std::io::sink()).is_ok()
+        };
+        let mut cases = 0;
+        let mut start = 0;
+        while start < size {
+            let end = (start + 262_144).min(size);
+            let block = &file[start as usize..end as usize];
+            let mut flipped = block.to_vec();
+            flipped[(start as usize * 7) % block.len()] ^= 0x40;
+            let mut bad_ob = good.clone();
+            bad_ob[(start as usize / 1024) % good.len()] ^= 1;
+            for (ob, bytes) in [(&good, block), (&good, &flipped[..]), (&bad_ob, block)] {
+                let ours = in_file(&id, size, ob.clone()).unwrap().check_block(start..end, bytes).is_ok();
+                assert_eq!(ours, bao_says(ob, start, end, bytes), "block at {start}");
+                cases += usize::from(!ours);
+            }
+            start = end;
+        }
+        assert!(cases >= 4, "the corruptions must be caught, not just agreed on: {cases}");
     }
 }
