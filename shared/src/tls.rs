@@ -468,14 +468,15 @@ mod tests {
         let server = endpoint(loopback(), &server_key).unwrap();
         let addr = server.local_addr().unwrap();
         let accepting = server.clone();
-        // The server streams BULK bytes on every stream the client opens.
+        // The server streams BULK bytes of a known pattern on every stream the client opens.
         const BULK: usize = 8 << 20;
+        let pattern = |i: usize| (i % 251) as u8;
         tokio::spawn(async move {
             if let Some(incoming) = accepting.accept().await
                 && let Ok(conn) = incoming.await
             {
                 while let Ok((mut send, _recv)) = conn.accept_bi().await {
-                    let body: Vec<u8> = (0..BULK).map(|i| (i % 251) as u8).collect();
+                    let body: Vec<u8> = (0..BULK).map(pattern).collect();
                     let _ = send.write_all(&body).await;
                     let _ = send.finish();
                     let _ = send.stopped().await;
@@ -501,7 +502,7 @@ mod tests {
         send.write_all(b"go").await.unwrap();
         let body = recv.read_to_end(BULK).await.unwrap();
         assert_eq!(body.len(), BULK);
-        assert!(body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        assert!(body.iter().enumerate().all(|(i, &b)| b == pattern(i)));
         let stats = conn.stats();
         assert_eq!(stats.path.black_holes_detected, 0);
         assert_eq!(stats.path.current_mtu, MAX_UDP_PAYLOAD);

@@ -17,7 +17,6 @@
 //! What this module must never do: reorder, merge or cut a datagram; every datagram leaves
 //! whole, in the order quinn gave them.
 
-use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -32,6 +31,7 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 const MAX_SEND: usize = 65_507;
 
 /// quinn's socket, with batches bigger than [`MAX_SEND`] sent in pieces.
+#[derive(Debug)]
 pub(crate) struct SplitSends {
     inner: Arc<dyn AsyncUdpSocket>,
 }
@@ -39,12 +39,6 @@ pub(crate) struct SplitSends {
 impl SplitSends {
     pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>) -> Arc<Self> {
         Arc::new(Self { inner })
-    }
-}
-
-impl fmt::Debug for SplitSends {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SplitSends").field("inner", &self.inner).finish()
     }
 }
 
