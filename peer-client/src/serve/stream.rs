@@ -1,7 +1,8 @@
 //! One request stream: read the request, look the file up, answer, finish.
 //!
-//! Owns the order of every answer: validate, look up, check against the file, take a slot, send
-//! the header, send the body, wait for delivery. Nothing here trusts the request: ids and range
+//! Owns the order of every answer: validate, take a slot (ranges: before the look-up, see
+//! [`send_range`]), look up, check against the file, send the header, send the body, wait for
+//! delivery. Nothing here trusts the request: ids and range
 //! bounds come validated from [`FrameDecoder`], and whether a range fits the file is checked
 //! against the library's size before a byte is read. Disk work (library lookups, opening and
 //! reading files) runs on the blocking pool, 256 KiB at a time, and the file is closed when
@@ -13,11 +14,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use quaver_shared::ContentId;
 use quinn::{RecvStream, SendStream};
 use tokio::time::timeout;
 
 use super::{RESET_BAD_FRAME, RESET_INTERNAL, Shared};
-use crate::library::{Entry, LibraryError, OutboardData};
+use crate::library::{Entry, Library, LibraryError, OutboardData};
 use crate::wire::{FrameDecoder, Request, ResponseHeader, WireError, encode_header, max_outboard_len};
 
 /// How long a peer may take to send its request once it opened the stream.
@@ -135,7 +137,8 @@ async fn respond(shared: &Shared, send: &mut SendStream, request: Request) -> Re
             let (free, queued) = shared.slots.status();
             return answer(send, &ResponseHeader::ok_status(free, queued)).await;
         }
-        Request::Outboard(id) | Request::Have(id) | Request::Range { id, .. } => id,
+        Request::Range { id, offset, len } => return send_range(shared, send, id, offset, len).await,
+        Request::Outboard(id) | Request::Have(id) => id,
     };
     // The library may sit on disk (sled): look it up off the runtime.
     let library = Arc::clone(&shared.library);
@@ -149,8 +152,7 @@ async fn respond(shared: &Shared, send: &mut SendStream, request: Request) -> Re
             answer(send, &ResponseHeader::ok_have(entry.size, whole)).await
         }
         Request::Outboard(_) => send_outboard(shared, send, entry).await,
-        Request::Range { offset, len, .. } => send_range(shared, send, entry, offset, len).await,
-        Request::Status => Ok(()), // answered above
+        Request::Range { .. } | Request::Status => Ok(()), // answered above
     }
 }
 
@@ -186,51 +188,86 @@ async fn send_outboard(shared: &Shared, send: &mut SendStream, entry: Entry) -> 
     Ok(())
 }
 
+/// Answers a range request. The slot is taken first, so that all the disk work before the
+/// header (look-up, open, size check, first read) is one trip to the blocking pool: a trip
+/// costs two thread wake-ups, and a range is the request peers send by the thousand (one per
+/// 256 KiB block). The price: a request for a file we lack, or past its end, may be told BUSY
+/// first and learn the truth when it comes back.
 async fn send_range(
     shared: &Shared,
     send: &mut SendStream,
-    entry: Entry,
+    id: ContentId,
     offset: u64,
     len: u64,
 ) -> Result<(), AnswerError> {
-    // The request's bounds were checked alone; only here do we know the file they must fit.
-    if offset.saturating_add(len) > entry.size {
-        let message = format!("range {offset}+{len} is past the end of the {}-byte file", entry.size);
-        let header = ResponseHeader { file_size: entry.size, ..ResponseHeader::bad_request(message) };
-        return answer(send, &header).await;
-    }
     let permit = match shared.slots.try_acquire() {
         Ok(permit) => permit,
         Err(busy) => return answer_busy(shared, send, busy).await,
     };
-    // Open per request: the library keeps nothing open, so a node sharing a million files holds
-    // file descriptors only for the uploads in progress.
-    let path = entry.path.clone();
-    let opened = tokio::task::spawn_blocking(move || {
-        let file = File::open(&path)?;
-        let on_disk = file.metadata()?.len();
-        Ok::<_, std::io::Error>((file, on_disk))
-    })
-    .await?;
-    let file = match opened {
-        Ok((file, on_disk)) if on_disk == entry.size => Arc::new(file),
-        Ok((_, on_disk)) => {
-            // Changed since it was hashed: these bytes are no longer this ContentId.
-            tracing::warn!(path = %entry.path.display(), expected = entry.size, on_disk, "shared file changed size");
-            return answer(send, &ResponseHeader::not_found()).await;
-        }
-        Err(e) => {
-            tracing::warn!(path = %entry.path.display(), error = %e, "shared file cannot be opened");
-            return answer(send, &ResponseHeader::not_found()).await;
+    let library = Arc::clone(&shared.library);
+    let opened = tokio::task::spawn_blocking(move || open_range(&*library, &id, offset, len)).await??;
+    let (file, size, first) = match opened {
+        OpenedRange::Ready { file, size, first } => (file, size, first),
+        OpenedRange::NotFound => return answer(send, &ResponseHeader::not_found()).await,
+        OpenedRange::PastEnd { size } => {
+            let message = format!("range {offset}+{len} is past the end of the {size}-byte file");
+            let header = ResponseHeader { file_size: size, ..ResponseHeader::bad_request(message) };
+            return answer(send, &header).await;
         }
     };
-
-    send.write_chunk(encode_header(&ResponseHeader::ok_range(entry.size, len))).await?;
+    send.write_chunk(encode_header(&ResponseHeader::ok_range(size, len))).await?;
+    let mut sent = 0;
+    for piece in first {
+        sent += piece.len() as u64;
+        write_piece(shared, send, piece).await?;
+    }
     // Moved in, so the file is closed before we wait on the network.
-    send_file_range(shared, send, file, offset, len).await?;
+    send_file_range(shared, send, file, offset + sent, len - sent).await?;
     deliver(send).await;
     drop(permit);
     Ok(())
+}
+
+/// What [`open_range`] found.
+enum OpenedRange {
+    /// Not in the library, or no longer the bytes it was hashed from.
+    NotFound,
+    /// The range does not fit the file of `size` bytes.
+    PastEnd { size: u64 },
+    /// The file, open, and the range's first `READ_AHEAD` bytes.
+    Ready { file: Arc<File>, size: u64, first: Vec<Bytes> },
+}
+
+/// The disk work before a range answer's header, on the blocking pool: look the file up, check
+/// the range against its size (the request's bounds were checked alone; only here do we know
+/// the file they must fit), open it, and read the first piece of the range.
+fn open_range(
+    library: &dyn Library,
+    id: &ContentId,
+    offset: u64,
+    len: u64,
+) -> Result<OpenedRange, AnswerError> {
+    let Some(entry) = library.entry(id)? else { return Ok(OpenedRange::NotFound) };
+    if offset.saturating_add(len) > entry.size {
+        return Ok(OpenedRange::PastEnd { size: entry.size });
+    }
+    // Open per request: the library keeps nothing open, so a node sharing a million files holds
+    // file descriptors only for the uploads in progress.
+    let opened = File::open(&entry.path).and_then(|file| Ok((file.metadata()?.len(), file)));
+    let file = match opened {
+        Ok((on_disk, file)) if on_disk == entry.size => file,
+        Ok((on_disk, _)) => {
+            // Changed since it was hashed: these bytes are no longer this ContentId.
+            tracing::warn!(path = %entry.path.display(), expected = entry.size, on_disk, "shared file changed size");
+            return Ok(OpenedRange::NotFound);
+        }
+        Err(e) => {
+            tracing::warn!(path = %entry.path.display(), error = %e, "shared file cannot be opened");
+            return Ok(OpenedRange::NotFound);
+        }
+    };
+    let first = read_pieces(&file, offset, len.min(READ_AHEAD))?;
+    Ok(OpenedRange::Ready { file: Arc::new(file), size: entry.size, first })
 }
 
 /// Sends `len` bytes of `file` from `offset`, read on the blocking pool `READ_AHEAD` at a time.

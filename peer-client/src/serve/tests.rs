@@ -143,6 +143,9 @@ async fn an_unknown_file_is_not_found() {
     for req in [Request::Outboard(unknown), Request::Have(unknown), Request::range(unknown, 0, 1).unwrap()] {
         assert_eq!(ask(&f.conn, &req).await.0.status, ResponseStatus::NotFound);
     }
+    // A range takes its slot before the look-up; a miss gives it back.
+    let (status, _) = ask(&f.conn, &Request::Status).await;
+    assert_eq!(status.free_slots, 8);
 }
 
 #[tokio::test]
@@ -152,6 +155,8 @@ async fn a_range_past_the_end_is_a_bad_request_that_names_the_file_size() {
     let (header, body) = ask(&f.conn, &req).await;
     assert!(matches!(header.status, ResponseStatus::BadRequest { .. }), "{header:?}");
     assert_eq!((header.file_size, body.len()), (f.entry.size, 0));
+    let (status, _) = ask(&f.conn, &Request::Status).await;
+    assert_eq!(status.free_slots, 8, "the refused range gave its slot back");
 }
 
 #[tokio::test]
