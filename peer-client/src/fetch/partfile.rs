@@ -15,6 +15,15 @@
 //! on an ordinary disk, and the download loop that calls `write_block` must not stop verifying
 //! and requesting for that long. At most one sync runs at a time; `sync` and `finish` wait
 //! for it; a dropped `PartFile` lets it finish on its own (it holds its own descriptors).
+//!
+//! After each sync the kernel is told to drop the `.part` pages that are on disk now, so a
+//! download keeps a few dozen MiB of page cache, not the whole file: a big download does not
+//! push the user's other files out of memory, and new writes land in pages the kernel just
+//! freed instead of fresh ones. The latter is most of the downloader's kernel time on a VM
+//! whose host takes free pages back (balloon page reporting): there every first touch of a
+//! fresh page faults in the host. Measured on this project's 2-core VM, writing 1 GiB in
+//! 256 KiB blocks cost 1.5 s of system time into fresh pages and 0.6 s with a sync-and-drop
+//! every 16 MiB on another thread.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -201,11 +210,29 @@ impl PartFile {
     }
 }
 
-/// Data first, then the marks that vouch for it.
+/// Data first, then the marks that vouch for it. The data's pages are on disk once its sync
+/// returns, so they are dropped from the page cache (see the module doc).
 fn flush(part: &File, marks: &File) -> io::Result<()> {
     part.sync_data()?;
+    drop_clean_pages(part);
     marks.sync_data()
 }
+
+/// Asks the kernel to drop `file`'s cached pages that are clean (on disk). Pages written since
+/// the last sync are dirty and stay. Advice only: a refusal changes nothing but memory use.
+#[cfg(target_os = "linux")]
+fn drop_clean_pages(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise reads no memory of ours; the descriptor is open for the call
+    // (borrowed from `file`). Offset 0 and length 0 mean the whole file.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::from_raw_os_error(rc), "cannot drop written pages from the cache");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn drop_clean_pages(_file: &File) {}
 
 /// `dir/name`, or `dir/stem (n).ext` for the first n that does not exist yet.
 pub fn unused_path(dir: &Path, name: &str) -> PathBuf {
@@ -239,6 +266,57 @@ mod tests {
         drop(p);
         let p = PartFile::open(dir.path(), &id, 1000, 5).unwrap();
         assert!(p.marked_blocks().is_empty());
+    }
+
+    /// How many of `file`'s pages are in the page cache (`mincore` over a mapping of it).
+    #[cfg(target_os = "linux")]
+    fn cached_pages(file: &File, len: usize) -> usize {
+        use std::os::fd::AsRawFd;
+        let page = 4096;
+        let pages = len.div_ceil(page);
+        let mut resident = vec![0u8; pages];
+        // SAFETY: a read-only shared mapping of `len` bytes of an open file, never dereferenced,
+        // only passed to mincore (which fills one byte per page of `resident`) and unmapped.
+        unsafe {
+            let fd = file.as_raw_fd();
+            let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, 0);
+            assert_ne!(map, libc::MAP_FAILED, "{}", io::Error::last_os_error());
+            assert_eq!(libc::mincore(map, len, resident.as_mut_ptr()), 0, "{}", io::Error::last_os_error());
+            libc::munmap(map, len);
+        }
+        resident.iter().filter(|r| *r & 1 == 1).count()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_sync_drops_the_written_pages_from_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        // tmpfs pages are the file itself: there is no disk to drop them to.
+        let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+        let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statfs fills the struct it is given, from a NUL-terminated path.
+        if unsafe { libc::statfs(path.as_ptr(), fs.as_mut_ptr()) } == 0
+            // SAFETY: statfs returned 0, so it filled the struct.
+            && unsafe { fs.assume_init() }.f_type == libc::TMPFS_MAGIC
+        {
+            eprintln!("skipped: the temporary directory is on tmpfs");
+            return;
+        }
+        let id = ContentId::of_bytes(b"z");
+        let (blocks, len) = (16usize, 64 * 1024);
+        let mut p = PartFile::open(dir.path(), &id, (blocks * len) as u64, blocks).unwrap();
+        for b in 0..blocks {
+            p.write_block(b as Block, (b * len) as u64, &vec![b as u8; len]).unwrap();
+        }
+        let written = cached_pages(&p.part, blocks * len);
+        assert!(written >= blocks * len / 4096 / 2, "written pages are cached at first ({written})");
+        p.sync().unwrap();
+        assert_eq!(cached_pages(&p.part, blocks * len), 0, "synced pages were dropped");
+        // Nothing was lost: the bytes come back from disk.
+        let mut buf = vec![0u8; len];
+        p.read_at(5 * len as u64, &mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == 5));
+        assert_eq!(p.marked_blocks().len(), blocks);
     }
 
     #[test]
