@@ -19,6 +19,7 @@
 //! Counters are plain atomics read through [`Server::stats`].
 
 mod budget;
+mod pieces;
 mod stream;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::library::Library;
 use crate::wire::ALPN;
 use budget::{Slots, TokenBucket};
+use pieces::PiecePool;
 
 /// Stream reset code: the request frame was oversized, truncated or never came.
 pub const RESET_BAD_FRAME: VarInt = VarInt::from_u32(1);
@@ -75,6 +77,8 @@ struct Shared {
     library: Arc<dyn Library>,
     slots: Arc<Slots>,
     bucket: Option<TokenBucket>,
+    /// Buffers for file pieces, reused once peers have acknowledged them.
+    pieces: Arc<PiecePool>,
     bytes_sent: AtomicU64,
     requests: AtomicU64,
     busy_answers: AtomicU64,
@@ -101,6 +105,11 @@ impl Server {
             library,
             slots: Slots::new(config.upload_slots),
             bucket,
+            // Enough for every slot's read-ahead: what a fully busy server reuses each round.
+            pieces: PiecePool::new(
+                stream::PIECE as usize,
+                config.upload_slots.saturating_mul(stream::PIECES_AHEAD),
+            ),
             bytes_sent: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             busy_answers: AtomicU64::new(0),

@@ -18,6 +18,7 @@ use quaver_shared::ContentId;
 use quinn::{RecvStream, SendStream};
 use tokio::time::timeout;
 
+use super::pieces::PiecePool;
 use super::{RESET_BAD_FRAME, RESET_INTERNAL, Shared};
 use crate::library::{Entry, Library, LibraryError, OutboardData};
 use crate::wire::{FrameDecoder, Request, ResponseHeader, WireError, encode_header, max_outboard_len};
@@ -35,7 +36,9 @@ pub(super) const PIECE: u64 = 64 * 1024;
 /// glibc's mmap threshold at 128 KiB (`tune_allocator` in main.rs): one 256 KiB buffer came
 /// from mmap on every read, and its page faults and munmap were a fifth of a source's CPU.
 /// 256 KiB per upload in progress is the memory price.
-const READ_AHEAD: u64 = 4 * PIECE;
+const READ_AHEAD: u64 = PIECES_AHEAD as u64 * PIECE;
+/// `READ_AHEAD` in pieces.
+pub(super) const PIECES_AHEAD: usize = 4;
 
 /// Why an answer was abandoned after the request was read.
 #[derive(Debug, thiserror::Error)]
@@ -204,8 +207,9 @@ async fn send_range(
         Ok(permit) => permit,
         Err(busy) => return answer_busy(shared, send, busy).await,
     };
-    let library = Arc::clone(&shared.library);
-    let opened = tokio::task::spawn_blocking(move || open_range(&*library, &id, offset, len)).await??;
+    let (library, pieces) = (Arc::clone(&shared.library), Arc::clone(&shared.pieces));
+    let opened =
+        tokio::task::spawn_blocking(move || open_range(&*library, &pieces, &id, offset, len)).await??;
     let (file, size, first) = match opened {
         OpenedRange::Ready { file, size, first } => (file, size, first),
         OpenedRange::NotFound => return answer(send, &ResponseHeader::not_found()).await,
@@ -243,6 +247,7 @@ enum OpenedRange {
 /// the file they must fit), open it, and read the first piece of the range.
 fn open_range(
     library: &dyn Library,
+    pieces: &Arc<PiecePool>,
     id: &ContentId,
     offset: u64,
     len: u64,
@@ -266,7 +271,7 @@ fn open_range(
             return Ok(OpenedRange::NotFound);
         }
     };
-    let first = read_pieces(&file, offset, len.min(READ_AHEAD))?;
+    let first = read_pieces(&file, pieces, offset, len.min(READ_AHEAD))?;
     Ok(OpenedRange::Ready { file: Arc::new(file), size: entry.size, first })
 }
 
@@ -283,9 +288,9 @@ async fn send_file_range(
     let end = offset.saturating_add(len);
     while at < end {
         let n = (end - at).min(READ_AHEAD);
-        let file = Arc::clone(&file);
+        let (file, pool) = (Arc::clone(&file), Arc::clone(&shared.pieces));
         // `n` <= READ_AHEAD, so the allocation is bounded whatever the request said.
-        let pieces = tokio::task::spawn_blocking(move || read_pieces(&file, at, n)).await??;
+        let pieces = tokio::task::spawn_blocking(move || read_pieces(&file, &pool, at, n)).await??;
         for piece in pieces {
             write_piece(shared, send, piece).await?;
         }
@@ -294,9 +299,10 @@ async fn send_file_range(
     Ok(())
 }
 
-/// `n` bytes of `file` from `at`, as buffers of at most `PIECE` bytes, none zeroed first
-/// (`read_exact_at` needs an initialised buffer, and zeroing was 5 % of a source's CPU).
-fn read_pieces(file: &File, at: u64, n: u64) -> std::io::Result<Vec<Bytes>> {
+/// `n` bytes of `file` from `at`, as pieces of at most `PIECE` bytes in buffers from `pool`,
+/// none zeroed first (`read_exact_at` needs an initialised buffer, and zeroing was 5 % of a
+/// source's CPU).
+fn read_pieces(file: &File, pool: &Arc<PiecePool>, at: u64, n: u64) -> std::io::Result<Vec<Bytes>> {
     use std::io::{Read, Seek, SeekFrom};
     // The file is this answer's own (opened for it), and its pieces are read one after the
     // other, so nothing else moves its cursor.
@@ -306,7 +312,7 @@ fn read_pieces(file: &File, at: u64, n: u64) -> std::io::Result<Vec<Bytes>> {
     let mut left = n;
     while left > 0 {
         let len = left.min(PIECE);
-        let mut buf = Vec::with_capacity(usize::try_from(len).map_err(std::io::Error::other)?);
+        let mut buf = pool.take();
         file.take(len).read_to_end(&mut buf)?;
         if buf.len() as u64 != len {
             return Err(std::io::Error::new(
@@ -314,7 +320,7 @@ fn read_pieces(file: &File, at: u64, n: u64) -> std::io::Result<Vec<Bytes>> {
                 "the shared file got shorter",
             ));
         }
-        pieces.push(Bytes::from(buf));
+        pieces.push(pool.share(buf));
         left -= len;
     }
     Ok(pieces)
