@@ -13,9 +13,8 @@
 //!   and closes it; the library holds paths, not descriptors.
 //! - **block the runtime on disk.** Library lookups, opens and reads run on tokio's blocking
 //!   pool, one bounded piece at a time.
-//! - **queue work it cannot do.** A data request that finds every upload slot taken waits in a
-//!   line no longer than the slot count, for at most a quarter second; past that it is answered
-//!   BUSY, with a queue position and an estimated wait, instead of waiting in a task.
+//! - **queue work it cannot do.** A data request that finds every upload slot taken is answered
+//!   BUSY at once, with a queue position and an estimated wait, instead of waiting in a task.
 //!
 //! Counters are plain atomics read through [`Server::stats`].
 
@@ -49,8 +48,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How a node serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServeConfig {
-    /// Uploads (range and outboard bodies) served at the same time; as many more may wait a
-    /// moment for a slot, and the rest are answered BUSY.
+    /// Uploads (range and outboard bodies) served at the same time; more are answered BUSY.
     /// `Have` and `Status` answers never need a slot. Default 8.
     pub upload_slots: usize,
     /// Cap on body bytes per second, shared by all uploads. Off (`None`) by default.

@@ -25,10 +25,6 @@ use crate::wire::{FrameDecoder, Request, ResponseHeader, WireError, encode_heade
 
 /// How long a peer may take to send its request once it opened the stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a request may wait in line for an upload slot (see [`super::budget`]) before it is
-/// answered BUSY. On a fast link a slot frees every few milliseconds; a quarter second stays
-/// well under the half second of silence after which a downloader may judge us stalled.
-const SLOT_PATIENCE: Duration = Duration::from_millis(250);
 /// How long we wait for the peer to acknowledge a finished answer before we let go of it.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes written to the stream at a time (and taken from the bandwidth cap at a time): small
@@ -170,7 +166,7 @@ async fn send_outboard(shared: &Shared, send: &mut SendStream, entry: Entry) -> 
     if len > max_outboard_len(entry.size) {
         return Err(AnswerError::OutboardTooLong { len, size: entry.size });
     }
-    let permit = match shared.slots.acquire(SLOT_PATIENCE).await {
+    let permit = match shared.slots.try_acquire() {
         Ok(permit) => permit,
         Err(busy) => return answer_busy(shared, send, busy).await,
     };
@@ -207,7 +203,7 @@ async fn send_range(
     offset: u64,
     len: u64,
 ) -> Result<(), AnswerError> {
-    let permit = match shared.slots.acquire(SLOT_PATIENCE).await {
+    let permit = match shared.slots.try_acquire() {
         Ok(permit) => permit,
         Err(busy) => return answer_busy(shared, send, busy).await,
     };
