@@ -7,6 +7,7 @@
 //!
 //! Must never: listen on a network address, or do work of its own that the node does not do.
 
+mod progress;
 mod server;
 
 use std::path::Path;

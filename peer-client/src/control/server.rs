@@ -3,7 +3,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use quaver_shared::ContentId;
 use quaver_shared::directory::v1::SearchRequest as DirectorySearch;
@@ -13,9 +12,6 @@ use tonic::{Request, Response, Status};
 use super::pb::control_server::{Control, ControlServer};
 use super::pb::*;
 use crate::node::{GetError, LookupError, Node, NodeError};
-
-/// How often a `Get` stream reports progress.
-const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -171,55 +167,12 @@ impl Control for Handlers {
             None => return Err(Status::invalid_argument("say which file: a content id or a result number")),
         };
         let out_dir = if r.out_dir.is_empty() { None } else { Some(absolute(&r.out_dir)?) };
-        let mut sub = self.node.get(id, out_dir).await.map_err(|e| match e {
+        let sub = self.node.get(id, out_dir).await.map_err(|e| match e {
             GetError::Lookup(l) => lookup_status(l),
             other => Status::failed_precondition(other.to_string()),
         })?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            loop {
-                let state = sub.borrow_and_update().clone();
-                let mut msg = GetProgress {
-                    content_id: id.to_vec(),
-                    name: state.name.clone(),
-                    size: state.progress.size,
-                    verified_bytes: state.progress.verified_bytes,
-                    fetched_bytes: state.progress.fetched_bytes,
-                    active_sources: u32::try_from(state.progress.active_sources).unwrap_or(u32::MAX),
-                    ..GetProgress::default()
-                };
-                match state.outcome {
-                    None => {}
-                    Some(Ok(done)) => {
-                        msg.done = true;
-                        msg.path = done.path.display().to_string();
-                        msg.per_source = done
-                            .per_source
-                            .iter()
-                            .map(|(p, b)| SourceShare { peer_id: p.to_hex(), bytes: *b })
-                            .collect();
-                        msg.banned = done.banned.iter().map(|p| p.to_hex()).collect();
-                        let _ = tx.send(Ok(msg)).await;
-                        return;
-                    }
-                    Some(Err(e)) => {
-                        let _ = tx.send(Err(Status::aborted(e))).await;
-                        return;
-                    }
-                }
-                // The client went away: the download goes on in the node.
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
-                }
-                let changed = tokio::time::timeout(PROGRESS_EVERY, sub.changed()).await;
-                if let Ok(Err(_)) = changed {
-                    let _ = tx.send(Err(Status::aborted("the download was stopped"))).await;
-                    return;
-                }
-                // Pace updates: at most one per PROGRESS_EVERY.
-                tokio::time::sleep(PROGRESS_EVERY / 2).await;
-            }
-        });
+        tokio::spawn(super::progress::forward(id, sub, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -146,6 +146,8 @@ pub async fn download(
         let blocks = spec.size.div_ceil(BLOCK_SIZE).max(1) as usize;
         PartFile::open(&spec.work_dir, &spec.id, spec.size, blocks)?
     };
+    // For the debug log's timeline of the download's phases.
+    let began = Instant::now();
     let (tx, mut rx) = mpsc::channel::<Event>(256);
     let mut conns: HashMap<PeerId, quinn::Connection> = HashMap::new();
     let mut connecting = 0usize;
@@ -179,6 +181,7 @@ pub async fn download(
         Some(outboard) => outboard,
         None => race_for_outboard(&spec, &part, &tx, &mut rx, &mut conns, &mut connecting).await?,
     };
+    tracing::debug!(after = ?began.elapsed(), "outboard ready");
     let mut banned = Vec::new();
     let outboard = Arc::new(outboard);
 
@@ -366,6 +369,7 @@ pub async fn download(
             });
         }
     }
+    tracing::debug!(after = ?began.elapsed(), "every block verified");
     for (_, h) in in_flight.drain() {
         h.abort();
     }
@@ -377,6 +381,7 @@ pub async fn download(
     std::fs::create_dir_all(&spec.out_dir)?;
     let dest = unused_path(&spec.out_dir, &name);
     let outboard = part.finish(&dest)?;
+    tracing::debug!(after = ?began.elapsed(), "file complete on disk");
     for conn in conns.values() {
         crate::tls::log_transport_stats(conn, "source connection at the end of the download");
         conn.close(0u32.into(), b"done");

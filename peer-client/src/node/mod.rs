@@ -34,7 +34,7 @@ use quaver_shared::directory::v1::SearchHit;
 use quaver_shared::{ContentId, NodeKey, PeerId};
 use tokio::sync::watch;
 
-pub use downloads::{Downloads, Finished, GetError, Subscription};
+pub use downloads::{DownloadState, Downloads, Finished, GetError, Subscription};
 pub use lookup::{DirectoryLink, LookupError};
 
 use crate::serve::{ServeConfig, Server};
