@@ -10,8 +10,9 @@
 //!   files of their own (`outboards.rs`); scans stream over the directory walk and over sled.
 //!   Only the share digest and the id count (O(1)) are mirrored in memory, and they are written
 //!   in the same transaction as the records.
-//! - **Every shared id has its outboard file.** It is written before the record and removed
-//!   after it (`write.rs`); a crash in between leaves only an orphan, swept on open.
+//! - **Every shared id has its outboard file.** It is on disk (synced) before the record
+//!   commits and removed after it (`write.rs`; a rescan syncs a whole batch of new outboards at
+//!   once, `batch.rs`); a crash in between leaves only an orphan, swept on open.
 //! - **Never trust a path from the network.** Peers name files by `ContentId` only; the path of
 //!   an [`Entry`](crate::library::Entry) always comes from this node's own records, and a file is
 //!   served only while its size and mtime still match what was hashed.
@@ -21,6 +22,7 @@
 //! The sled layout is documented in `db.rs`. Everything here is blocking I/O: call it from a
 //! blocking thread (`spawn_blocking`) in async code.
 
+mod batch;
 mod db;
 pub mod hash;
 mod outboards;

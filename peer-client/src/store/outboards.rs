@@ -66,6 +66,58 @@ impl OutboardFiles {
         self.commit(&tmp, id, written)
     }
 
+    /// Writes `bytes` as `id`'s outboard without waiting for the disk, unless `id` has an
+    /// outboard file already (then nothing is written: false). For a scan's batch (`batch.rs`),
+    /// which makes its writes durable with one [`OutboardFiles::sync`] before any record that
+    /// needs them commits. It never replaces a file: a replacement not yet synced could leave a
+    /// shared id with a torn outboard after a power cut.
+    pub fn put_bytes_unsynced(&self, id: &ContentId, bytes: &[u8]) -> io::Result<bool> {
+        if self.len(id)?.is_some() {
+            return Ok(false);
+        }
+        let tmp = self.path(id).with_extension(TMP);
+        let written = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .and_then(|mut file| file.write_all(bytes));
+        match written.and_then(|()| fs::rename(&tmp, self.path(id))) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// `put_bytes`, unless `id`'s outboard file is there with `bytes`' length already (a batch
+    /// wrote and synced it; an outboard is a function of the content, so the length is the
+    /// only thing that can differ, in a file torn by a crash).
+    pub fn ensure_bytes(&self, id: &ContentId, bytes: &[u8]) -> io::Result<()> {
+        match self.len(id)? {
+            Some(len) if len == bytes.len() as u64 => Ok(()),
+            _ => self.put_bytes(id, bytes),
+        }
+    }
+
+    /// Makes the outboards of `written` (by [`OutboardFiles::put_bytes_unsynced`]) durable,
+    /// their names included: a sync of each file, then one of the directory for all their
+    /// names, where `put_bytes` syncs the directory after every file (0.86 ms a file for 300
+    /// files on the project's VM, against 1.7 ms). One `syncfs` for the batch would cost 0.13
+    /// ms a file, but it also flushes everything else waiting on that filesystem: the shared
+    /// files themselves when they were just copied in, which made sharing one fresh 1 GiB file
+    /// a third slower.
+    pub fn sync(&self, written: &[ContentId]) -> io::Result<()> {
+        if written.is_empty() {
+            return Ok(());
+        }
+        for id in written {
+            File::open(self.path(id))?.sync_all()?;
+        }
+        self.sync_dir()
+    }
+
     /// Makes the file at `from` (a finished download's outboard) `id`'s outboard: renamed into
     /// place when it is on the same filesystem, copied otherwise. `from` is gone afterwards.
     pub fn put_file(&self, id: &ContentId, from: &Path) -> io::Result<()> {
@@ -157,6 +209,27 @@ mod tests {
         files.remove(&id(1));
         files.remove(&id(1));
         assert_eq!(files.len(&id(1)).unwrap(), None);
+    }
+
+    #[test]
+    fn unsynced_writes_never_replace_and_ensure_repairs_what_is_missing_or_torn() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = OutboardFiles::open(tmp.path()).unwrap();
+        assert!(files.put_bytes_unsynced(&id(1), b"first").unwrap());
+        assert!(!files.put_bytes_unsynced(&id(1), b"other").unwrap(), "written over");
+        files.sync(&[id(1)]).unwrap();
+        assert_eq!(fs::read(files.path(&id(1))).unwrap(), b"first");
+
+        // Missing: written. Torn (another length): written again. Whole: left as it is.
+        files.ensure_bytes(&id(2), b"second").unwrap();
+        assert_eq!(fs::read(files.path(&id(2))).unwrap(), b"second");
+        fs::write(files.path(&id(2)), b"sec").unwrap();
+        files.ensure_bytes(&id(2), b"second").unwrap();
+        assert_eq!(fs::read(files.path(&id(2))).unwrap(), b"second");
+        files.ensure_bytes(&id(1), b"FIRST").unwrap();
+        assert_eq!(fs::read(files.path(&id(1))).unwrap(), b"first");
+        let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|d| d.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use quaver_shared::ContentId;
+use quaver_shared::directory::v1::FileInfo;
 
+use super::batch::{Batch, Hashed};
 use super::db::{self, PathEntry};
 use super::write::NewOutboard;
 use super::{ScanReport, SharedRecord, Store, StoreError, hash, tags};
@@ -53,11 +55,13 @@ impl Store {
         let roots = outermost(self.folders()?);
         let mut report = ScanReport::default();
         let mut missing = Vec::new();
+        let mut batch = Batch::default();
         for root in &roots {
-            if !self.walk(root, &mut report)? {
+            if !self.walk(root, &mut batch, &mut report)? {
                 missing.push(root.clone());
             }
         }
+        self.record_batch(&mut batch, &mut report)?;
         self.sweep(&roots, &missing, &mut report)?;
         self.db.flush()?;
         tracing::info!(
@@ -131,7 +135,7 @@ impl Store {
 
     /// Walks one shared folder depth-first. Returns false if the folder itself is unreadable
     /// (unmounted, say): its records are then kept rather than withdrawn.
-    fn walk(&self, root: &Path, report: &mut ScanReport) -> Result<bool, StoreError> {
+    fn walk(&self, root: &Path, batch: &mut Batch, report: &mut ScanReport) -> Result<bool, StoreError> {
         let mut stack = match fs::read_dir(root) {
             Ok(dir) => vec![dir],
             Err(e) => {
@@ -178,7 +182,7 @@ impl Store {
             }
             // Follows a symlink to a file; a symlink to a folder is not a file and is skipped.
             match fs::metadata(&path) {
-                Ok(meta) if meta.is_file() => self.visit(&path, &meta, report)?,
+                Ok(meta) if meta.is_file() => self.visit(&path, &meta, batch, report)?,
                 Ok(_) => {}
                 Err(e) => report.errors.push((path, e.to_string())),
             }
@@ -186,16 +190,23 @@ impl Store {
         Ok(true)
     }
 
-    /// One regular file found by the walk: skip it if unchanged, else hash and record it.
-    fn visit(&self, path: &Path, meta: &Metadata, report: &mut ScanReport) -> Result<(), StoreError> {
+    /// One regular file found by the walk: skip it if unchanged, else hash it into `batch`,
+    /// which is recorded whenever it is full (`batch.rs`).
+    fn visit(
+        &self,
+        path: &Path,
+        meta: &Metadata,
+        batch: &mut Batch,
+        report: &mut ScanReport,
+    ) -> Result<(), StoreError> {
         let old = self.paths.get(db::path_key(path))?;
         let old = old.map(|v| PathEntry::decode(&v)).transpose()?;
         if old.is_some_and(|old| old.matches(meta)) {
             report.unchanged += 1;
             return Ok(());
         }
-        let (record, change) = match self.share_inner(path, meta) {
-            Ok(done) => done,
+        let (entry, info, outboard) = match self.hash_file(path, meta) {
+            Ok(hashed) => hashed,
             Err(e) if e.is_about_one_file() => {
                 tracing::warn!(error = %e, "skipping a file");
                 report.errors.push((path.to_owned(), e.to_string()));
@@ -203,12 +214,10 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        report.hashed += 1;
-        if change.entered.is_some() {
-            let list = if old.is_some() { &mut report.changed } else { &mut report.added };
-            list.push(record.id);
+        batch.push(Hashed { path: path.to_owned(), entry, info, outboard, seen_before: old.is_some() });
+        if batch.is_full() {
+            self.record_batch(batch, report)?;
         }
-        report.removed.extend(change.left);
         Ok(())
     }
 
@@ -222,6 +231,25 @@ impl Store {
         path: &Path,
         before: &Metadata,
     ) -> Result<(SharedRecord, super::write::Change), StoreError> {
+        let (entry, info, outboard) = self.hash_file(path, before)?;
+        let change = self.record(path, entry, info.clone(), NewOutboard::Bytes(outboard))?;
+        let record = SharedRecord {
+            id: entry.id,
+            path: path.to_owned(),
+            size: entry.size,
+            info,
+            newly_shared: change.entered.is_some(),
+        };
+        Ok((record, change))
+    }
+
+    /// Hashes the file at `path` (whose metadata before reading is `before`): its record's
+    /// entry, its tags and its outboard. The file must not change while it is read.
+    fn hash_file(
+        &self,
+        path: &Path,
+        before: &Metadata,
+    ) -> Result<(PathEntry, FileInfo, Vec<u8>), StoreError> {
         let size = before.len();
         let file = File::open(path).map_err(StoreError::io(path))?;
         let hashed = match hash::hash_reader(&file, size) {
@@ -237,15 +265,7 @@ impl Store {
             return Err(StoreError::ChangedWhileHashing(path.to_owned()));
         }
         let info = tags::file_info(path, &hashed.id, size);
-        let change = self.record(path, entry, info.clone(), NewOutboard::Bytes(hashed.outboard))?;
-        let record = SharedRecord {
-            id: hashed.id,
-            path: path.to_owned(),
-            size,
-            info,
-            newly_shared: change.entered.is_some(),
-        };
-        Ok((record, change))
+        Ok((entry, info, hashed.outboard))
     }
 
     /// Streams over the path index and forgets every path that is gone, no longer a regular

@@ -134,3 +134,52 @@ fn a_missing_or_truncated_outboard_file_is_an_error_not_a_bad_answer() {
     fs::remove_file(ob.join(id.to_hex())).unwrap();
     assert!(store.entry(&id).is_err());
 }
+
+/// A rescan records its files in batches (`batch.rs`): more files than two batches hold, and a
+/// copy of one of them, all end up shared with the outboard hashing gives them, one file per id.
+#[test]
+fn a_rescan_of_many_files_records_every_outboard_across_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("music");
+    let mut songs = Vec::new();
+    for n in 0..150u8 {
+        // Sizes from under one 16 KiB group (an empty outboard) to several groups.
+        songs.push(song(&root.join(format!("{n:03}.mp3")), &bytes(10_000 + usize::from(n) * 700, n)));
+    }
+    // The same bytes as song 0, in whichever batch the walk meets it.
+    song(&root.join("zz copy of 000.mp3"), &bytes(10_000, 0));
+    let store = Store::open(&dir.path().join("db"), &dir.path().join("ob")).unwrap();
+    store.add_folder(&root).unwrap();
+    let report = store.rescan().unwrap();
+    assert_eq!((report.hashed, report.added.len(), report.errors.len()), (151, 150, 0));
+    for (id, outboard) in &songs {
+        assert_eq!(&served_outboard(&store, id), outboard);
+    }
+    assert_eq!(outboard_files(&dir.path().join("ob")), 150);
+    // Reopened, nothing is an orphan: every file belongs to a record.
+    drop(store);
+    let store = Store::open(&dir.path().join("db"), &dir.path().join("ob")).unwrap();
+    assert_eq!(outboard_files(&dir.path().join("ob")), 150);
+    assert_eq!(store.rescan().unwrap().unchanged, 151);
+}
+
+/// A batch writes outboards unsynced, so it must never write over one that is there: the
+/// outboard of a shared id stays the very file it was, whatever a later scan finds.
+#[test]
+fn a_batch_leaves_an_existing_outboard_file_alone() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("music");
+    let (id, outboard) = song(&root.join("a.flac"), &bytes(200_000, 7));
+    let store = Store::open(&dir.path().join("db"), &dir.path().join("ob")).unwrap();
+    store.add_folder(&root).unwrap();
+    store.rescan().unwrap();
+    let file = dir.path().join("ob").join(id.to_hex());
+    let before = fs::metadata(&file).unwrap();
+    song(&root.join("b.flac"), &bytes(200_000, 7));
+    let report = store.rescan().unwrap();
+    assert_eq!((report.hashed, report.added.len()), (1, 0), "a second path of a shared id");
+    let after = fs::metadata(&file).unwrap();
+    assert_eq!((after.ino(), after.mtime_nsec()), (before.ino(), before.mtime_nsec()));
+    assert_eq!(served_outboard(&store, &id), outboard);
+}

@@ -30,6 +30,9 @@ enum Tree {
 pub(super) enum NewOutboard<'a> {
     /// Just computed by hashing the file.
     Bytes(Vec<u8>),
+    /// Bytes a scan's batch has written to the id's outboard file and synced already
+    /// (`batch.rs`); written again, durably, if that file is not there.
+    Synced(Vec<u8>),
     /// A file (a finished download's), moved into the store if the id is new, removed if not.
     File(&'a Path),
 }
@@ -66,9 +69,21 @@ impl Store {
         info: FileInfo,
         outboard: NewOutboard<'_>,
     ) -> Result<Change, StoreError> {
+        let mut summary = self.lock();
+        self.record_locked(&mut summary, path, entry, info, outboard)
+    }
+
+    /// [`Store::record`] with the store's lock already held (`summary` is what it guards).
+    pub(super) fn record_locked(
+        &self,
+        summary: &mut Summary,
+        path: &Path,
+        entry: PathEntry,
+        info: FileInfo,
+        outboard: NewOutboard<'_>,
+    ) -> Result<Change, StoreError> {
         let key = db::path_key(path);
         let id = entry.id;
-        let mut summary = self.lock();
         let mut next = *summary;
         let mut ops = Ops::default();
         let mut change = Change::default();
@@ -101,6 +116,7 @@ impl Store {
                 // On disk before the record that needs it commits.
                 let stored = match outboard {
                     NewOutboard::Bytes(bytes) => self.outboards.put_bytes(&id, &bytes),
+                    NewOutboard::Synced(bytes) => self.outboards.ensure_bytes(&id, &bytes),
                     NewOutboard::File(file) => self.outboards.put_file(&id, file),
                 };
                 stored.map_err(StoreError::io(&self.outboards.path(&id)))?;
@@ -109,7 +125,7 @@ impl Store {
                 change.entered = Some(id);
             }
         }
-        if let Err(e) = self.commit(ops, &mut summary, next) {
+        if let Err(e) = self.commit(ops, summary, next) {
             if let Some(id) = change.entered {
                 self.outboards.remove(&id);
             }
