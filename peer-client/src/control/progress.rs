@@ -101,15 +101,24 @@ mod tests {
         DownloadState { outcome: Some(Ok(done)), ..running(100) }
     }
 
+    type Messages = mpsc::Receiver<Result<GetProgress, Status>>;
+
+    /// A `forward` task over a download that has verified nothing yet, past its first message
+    /// (which every stream starts with): the download's state sender and the stream.
+    async fn started() -> (watch::Sender<DownloadState>, Messages) {
+        let (state, sub) = watch::channel(running(0));
+        let (tx, mut rx) = mpsc::channel(64);
+        tokio::spawn(forward(ContentId::of_bytes(b"x"), sub, tx));
+        let first = rx.recv().await.unwrap().unwrap();
+        assert_eq!((first.verified_bytes, first.done), (0, false));
+        (state, rx)
+    }
+
     /// The clock is paused: time moves only while every task waits, so "when" a message came is
     /// exact, not a measurement.
     #[tokio::test(start_paused = true)]
     async fn the_outcome_cuts_the_pacing_pause_short() {
-        let (state, sub) = watch::channel(running(0));
-        let (tx, mut rx) = mpsc::channel(8);
-        tokio::spawn(forward(ContentId::of_bytes(b"x"), sub, tx));
-        let first = rx.recv().await.unwrap().unwrap();
-        assert_eq!((first.verified_bytes, first.done), (0, false));
+        let (state, mut rx) = started().await;
 
         // A progress change starts a pause; the download ends 10 ms into it.
         let start = Instant::now();
@@ -125,10 +134,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn progress_is_paced() {
-        let (state, sub) = watch::channel(running(0));
-        let (tx, mut rx) = mpsc::channel(64);
-        tokio::spawn(forward(ContentId::of_bytes(b"x"), sub, tx));
-        rx.recv().await.unwrap().unwrap();
+        let (state, mut rx) = started().await;
         // A change every millisecond for 150 ms: one message (at 100 ms, when the pause after
         // the first change ends), not one per change.
         for n in 1..=150 {
@@ -144,10 +150,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_download_ends_the_stream_with_its_error() {
-        let (state, sub) = watch::channel(running(0));
-        let (tx, mut rx) = mpsc::channel(8);
-        tokio::spawn(forward(ContentId::of_bytes(b"x"), sub, tx));
-        rx.recv().await.unwrap().unwrap();
+        let (state, mut rx) = started().await;
         state.send_replace(DownloadState { outcome: Some(Err("no source".into())), ..running(0) });
         let status = rx.recv().await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::Aborted);
@@ -157,10 +160,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_dropped_download_is_reported_as_stopped() {
-        let (state, sub) = watch::channel(running(0));
-        let (tx, mut rx) = mpsc::channel(8);
-        tokio::spawn(forward(ContentId::of_bytes(b"x"), sub, tx));
-        rx.recv().await.unwrap().unwrap();
+        let (state, mut rx) = started().await;
         drop(state);
         let status = rx.recv().await.unwrap().unwrap_err();
         assert_eq!(status.message(), "the download was stopped");
