@@ -1,6 +1,7 @@
 //! Rescans: walk the shared folders (streaming, one open directory per level), hash what is new
-//! or changed, then stream over the path index and forget what vanished. Neither pass holds a
-//! list of files in memory.
+//! or changed and record it in batches (`batch.rs`), then stream over the path index and forget
+//! what vanished. Neither pass holds a list of all files in memory: the walk keeps at most one
+//! batch of hashed files waiting for their records.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
