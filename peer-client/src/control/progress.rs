@@ -18,7 +18,7 @@ use crate::node::{DownloadState, Subscription};
 
 /// How often a `Get` stream reports progress while the download runs (at most, and at least
 /// when nothing changes).
-pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 /// Sends `sub`'s state to `tx` until the download ends (its outcome is the last message) or the
 /// client goes away (the download goes on in the node).

@@ -33,7 +33,7 @@ const MAX_FILES: usize = 64;
 const MAX_OUTBOARD_BYTES: usize = 8 << 20;
 
 /// One hashed file waiting for its record.
-pub(super) struct Hashed {
+pub(super) struct Pending {
     pub path: PathBuf,
     pub entry: PathEntry,
     pub info: FileInfo,
@@ -44,12 +44,12 @@ pub(super) struct Hashed {
 
 #[derive(Default)]
 pub(super) struct Batch {
-    files: Vec<Hashed>,
+    files: Vec<Pending>,
     outboard_bytes: usize,
 }
 
 impl Batch {
-    pub fn push(&mut self, file: Hashed) {
+    pub fn push(&mut self, file: Pending) {
         self.outboard_bytes += file.outboard.len();
         self.files.push(file);
     }
@@ -78,9 +78,7 @@ impl Store {
                 Ok(true) => written.push(id),
                 Ok(false) => {}
                 Err(e) => {
-                    let e = StoreError::Io { path: self.outboards.path(&id), source: e };
-                    tracing::warn!(error = %e, path = %file.path.display(), "skipping a file");
-                    report.errors.push((file.path, e.to_string()));
+                    report.skip(file.path, &StoreError::Io { path: self.outboards.path(&id), source: e });
                     continue;
                 }
             }
@@ -93,8 +91,7 @@ impl Store {
             let change = match self.record_locked(&mut summary, &path, file.entry, file.info, outboard) {
                 Ok(change) => change,
                 Err(e) if e.is_about_one_file() => {
-                    tracing::warn!(error = %e, "skipping a file");
-                    report.errors.push((path, e.to_string()));
+                    report.skip(path, &e);
                     continue;
                 }
                 Err(e) => return Err(e),

@@ -102,6 +102,14 @@ pub struct ScanReport {
     pub errors: Vec<(PathBuf, String)>,
 }
 
+impl ScanReport {
+    /// A file the scan could not share: logged and reported, and the scan goes on.
+    fn skip(&mut self, path: PathBuf, error: &StoreError) {
+        tracing::warn!(path = %path.display(), error = %error, "skipping a file");
+        self.errors.push((path, error.to_string()));
+    }
+}
+
 /// One file as the store recorded it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SharedRecord {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use quaver_shared::ContentId;
 use quaver_shared::directory::v1::FileInfo;
 
-use super::batch::{Batch, Hashed};
+use super::batch::{Batch, Pending};
 use super::db::{self, PathEntry};
 use super::write::NewOutboard;
 use super::{ScanReport, SharedRecord, Store, StoreError, hash, tags};
@@ -209,39 +209,29 @@ impl Store {
         let (entry, info, outboard) = match self.hash_file(path, meta) {
             Ok(hashed) => hashed,
             Err(e) if e.is_about_one_file() => {
-                tracing::warn!(error = %e, "skipping a file");
-                report.errors.push((path.to_owned(), e.to_string()));
+                report.skip(path.to_owned(), &e);
                 return Ok(());
             }
             Err(e) => return Err(e),
         };
-        batch.push(Hashed { path: path.to_owned(), entry, info, outboard, seen_before: old.is_some() });
+        batch.push(Pending { path: path.to_owned(), entry, info, outboard, seen_before: old.is_some() });
         if batch.is_full() {
             self.record_batch(batch, report)?;
         }
         Ok(())
     }
 
-    fn share(&self, path: &Path, meta: &Metadata) -> Result<SharedRecord, StoreError> {
-        self.share_inner(path, meta).map(|(record, _)| record)
-    }
-
     /// Hashes the file at `path` (whose metadata before reading is `before`) and records it.
-    fn share_inner(
-        &self,
-        path: &Path,
-        before: &Metadata,
-    ) -> Result<(SharedRecord, super::write::Change), StoreError> {
+    fn share(&self, path: &Path, before: &Metadata) -> Result<SharedRecord, StoreError> {
         let (entry, info, outboard) = self.hash_file(path, before)?;
         let change = self.record(path, entry, info.clone(), NewOutboard::Bytes(outboard))?;
-        let record = SharedRecord {
+        Ok(SharedRecord {
             id: entry.id,
             path: path.to_owned(),
             size: entry.size,
             info,
             newly_shared: change.entered.is_some(),
-        };
-        Ok((record, change))
+        })
     }
 
     /// Hashes the file at `path` (whose metadata before reading is `before`): its record's
