@@ -370,14 +370,15 @@ async fn announce(
 ) -> anyhow::Result<String> {
     let endpoint = serve(key).context("peer endpoint")?;
     let announce = AnnounceRequest {
-        peer_id: key.peer_id().to_vec(),
         quic_port: u32::from(endpoint.local_addr()?.port()),
         share_digest: digest.as_bytes().to_vec(),
         share_count: count as u64,
         free_upload_slots: 4,
         agent: "directory_load".into(),
+        ..Default::default()
     };
-    let answer = call(c.announce(announce)).await;
+    // A Challenge and the signed Announce, as a real peer does (timed together).
+    let answer = call(quaver_shared::announce_proof::announce(c, key, announce)).await;
     endpoint.close(quinn::VarInt::from_u32(0), b"announced");
     let answer = answer.context("announce")?;
     anyhow::ensure!(answer.reachable, "the directory could not reach the peer's endpoint");

@@ -40,6 +40,7 @@ use crate::error::{DirectoryError, Result, invalid};
 use crate::index::{IndexDoc, IndexFilters, OpenOutcome, SearchIndex};
 use crate::online::{OnlineSource, OnlineSources};
 use crate::presence::{AnnounceOutcome, Departed, Presence};
+use crate::proof::{Challenges, ProofError};
 use crate::ranking::{self, Candidate};
 use crate::validate;
 
@@ -94,6 +95,8 @@ pub struct Directory {
     storage: RwLock<()>,
     presence: Mutex<Presence>,
     online: RwLock<OnlineSources>,
+    /// The announce proofs' secret and the nonces already used (see `proof`).
+    challenges: Mutex<Challenges>,
     started: Instant,
     files_total: AtomicU64,
     sources_total: AtomicU64,
@@ -141,13 +144,17 @@ impl ValidAnnounce {
     }
 }
 
-fn new_token() -> Result<String> {
+fn random<const N: usize>() -> Result<[u8; N]> {
     use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 24];
+    let mut bytes = [0u8; N];
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| DirectoryError::Internal("system random generator failed".into()))?;
-    Ok(hex::encode(bytes))
+    Ok(bytes)
+}
+
+fn new_token() -> Result<String> {
+    Ok(hex::encode(random::<24>()?))
 }
 
 impl Directory {
@@ -193,6 +200,7 @@ impl Directory {
             leases_expired: AtomicU64::new(0),
             presence: Mutex::new(Presence::new(config.lease())),
             online: RwLock::new(OnlineSources::default()),
+            challenges: Mutex::new(Challenges::new(random()?, Instant::now())),
             membership: Mutex::new(()),
             storage: RwLock::new(()),
             started: Instant::now(),
@@ -254,6 +262,33 @@ impl Directory {
     pub fn expire_leases(&self, now: Instant) -> Result<usize> {
         let _m = lock(&self.membership);
         self.sweep(now)
+    }
+
+    /// A nonce for the next Announce of the request's PeerId from `remote`'s IP.
+    pub fn challenge(
+        &self,
+        req: &ChallengeRequest,
+        remote: SocketAddr,
+        now: Instant,
+    ) -> Result<ChallengeResponse> {
+        let peer = validate::peer_id("peer_id", &req.peer_id)?;
+        let nonce = lock(&self.challenges).issue(&peer, remote.ip(), now);
+        Ok(ChallengeResponse { nonce, valid_seconds: crate::proof::VALID_FOR.as_secs() as u32 })
+    }
+
+    /// Checks that `req` (validated as `announce`) was signed by its PeerId's key over a fresh
+    /// challenge of this directory for its IP, and uses the challenge up. Call before the
+    /// connect-back and before [`Directory::announce`]: an Announce that fails here is refused
+    /// (UNAUTHENTICATED) without touching the peer's session or sources.
+    pub fn check_proof(&self, req: &AnnounceRequest, announce: &ValidAnnounce, now: Instant) -> Result<()> {
+        let checked = lock(&self.challenges).check(&announce.peer, announce.address.ip(), req, now);
+        checked.map_err(|e| {
+            tracing::info!(peer = %announce.peer, address = %announce.address, reason = %e, "announce refused: no proof of the peer's key");
+            match e {
+                ProofError::Busy => DirectoryError::ResourceExhausted(e.to_string()),
+                e => DirectoryError::Unauthenticated(e.to_string()),
+            }
+        })
     }
 
     /// Starts a session for `announce`. `reachable` is the verdict of the connect-back check of

@@ -1,7 +1,7 @@
 //! The directory's error type and how each error becomes a gRPC status.
 //!
 //! Callers' mistakes map to INVALID_ARGUMENT / RESOURCE_EXHAUSTED / UNAUTHENTICATED /
-//! NOT_FOUND with a message that names the field and the bound; our own failures map to
+//! PERMISSION_DENIED / NOT_FOUND with a message that names the field and the bound; our own failures map to
 //! INTERNAL with a generic message (the detail goes to the log, not to the caller).
 
 use crate::catalog::CatalogError;
@@ -17,6 +17,8 @@ pub enum DirectoryError {
     Unauthenticated(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error(transparent)]
@@ -39,6 +41,7 @@ impl From<DirectoryError> for tonic::Status {
             ResourceExhausted(m) => tonic::Status::resource_exhausted(m),
             Unauthenticated(m) => tonic::Status::unauthenticated(m),
             NotFound(m) => tonic::Status::not_found(m),
+            PermissionDenied(m) => tonic::Status::permission_denied(m),
             Catalog(CatalogError::TooManyFiles { would_have, limit }) => tonic::Status::resource_exhausted(
                 format!("this peer would share {would_have} files; the limit is {limit}"),
             ),

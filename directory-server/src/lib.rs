@@ -20,6 +20,7 @@ pub mod keep_alive;
 pub mod online;
 pub mod ops;
 pub mod presence;
+pub mod proof;
 pub mod ranking;
 pub mod reach;
 pub mod server;

@@ -111,6 +111,20 @@ impl DirectoryService {
 
 #[tonic::async_trait]
 impl DirectoryApi for DirectoryService {
+    async fn challenge(
+        &self,
+        request: Request<ChallengeRequest>,
+    ) -> Result<Response<ChallengeResponse>, Status> {
+        let remote = request.remote_addr().ok_or_else(|| {
+            Status::failed_precondition("the directory cannot see this connection's address")
+        })?;
+        // Not charged to the PeerId's rate: anyone may name any PeerId here, and a flood of
+        // challenges in a victim's name must not rate-limit the victim. The per-IP admission
+        // of `ops::layer` bounds them; issuing one keeps no state.
+        // Memory only and short (one keyed hash): no need for the blocking pool.
+        self.dir.challenge(request.get_ref(), remote, Instant::now()).map(Response::new).map_err(Status::from)
+    }
+
     async fn announce(
         &self,
         request: Request<AnnounceRequest>,
@@ -119,6 +133,10 @@ impl DirectoryApi for DirectoryService {
             Status::failed_precondition("the directory cannot see this connection's address")
         })?;
         let announce = ValidAnnounce::new(request.get_ref(), remote).map_err(Status::from)?;
+        // Proof of the key first: an unproven Announce neither dials anyone nor touches the
+        // session of the PeerId it names, nor spends that peer's request rate (the per-IP
+        // admission of `ops::layer` bounds how many such attempts anyone makes).
+        self.dir.check_proof(request.get_ref(), &announce, Instant::now()).map_err(Status::from)?;
         self.admit(&request, PeerKey::Peer(announce.peer.to_vec()))?;
         let reachable = self.reach.reachable(announce.peer, announce.address).await;
         self.metrics.connect_back(reachable);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ops_support::*;
 use quaver_directory::ops::LimitsConfig;
+use quaver_shared::announce_proof;
 use quaver_shared::directory::v1::{HeartbeatRequest, HeartbeatResponse, StatsRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -48,7 +49,8 @@ async fn beats_on_one_stream_keep_a_peer_online_past_its_lease() -> anyhow::Resu
     let server = start(config).await?;
     let mut client = client_from(&server, [127, 0, 0, 1]).await?;
     let (key, endpoint) = peer_at([127, 0, 0, 1])?;
-    let session = client.announce(announce_request(&key, &endpoint)?).await?.into_inner();
+    let session =
+        announce_proof::announce(&mut client, &key, announce_request(&key, &endpoint)?).await?.into_inner();
     assert!(session.reachable);
 
     let mut stream = open(&mut client).await?;
@@ -88,7 +90,8 @@ async fn an_open_stream_holds_no_request_slot_and_beats_count_against_the_peer_r
     let server = start(quaver_directory::Config { limits, ..config(data.path()) }).await?;
     let mut client = client_from(&server, [127, 0, 0, 7]).await?;
     let (key, endpoint) = peer_at([127, 0, 0, 7])?;
-    let session = client.announce(announce_request(&key, &endpoint)?).await?.into_inner();
+    let session =
+        announce_proof::announce(&mut client, &key, announce_request(&key, &endpoint)?).await?.into_inner();
 
     let mut stream = open(&mut client).await?;
     stream.beat(&session.session_token).await??;
@@ -112,7 +115,8 @@ async fn a_server_stops_promptly_with_streams_open() -> anyhow::Result<()> {
     let server = start(config(data.path())).await?;
     let mut client = client_from(&server, [127, 0, 0, 1]).await?;
     let (key, endpoint) = peer_at([127, 0, 0, 1])?;
-    let session = client.announce(announce_request(&key, &endpoint)?).await?.into_inner();
+    let session =
+        announce_proof::announce(&mut client, &key, announce_request(&key, &endpoint)?).await?.into_inner();
     let mut stream = open(&mut client).await?;
     stream.beat(&session.session_token).await??;
     // The peer keeps its stream open and idle, as a live peer between beats does: the server

@@ -7,6 +7,7 @@ mod ops_support;
 
 use ops_support::*;
 use quaver_directory::ops::LimitsConfig;
+use quaver_shared::announce_proof;
 use quaver_shared::directory::v1::{HeartbeatRequest, StatsRequest};
 use tonic::Code;
 
@@ -48,20 +49,28 @@ async fn peers_per_ip_and_per_peer_rates_are_limited() -> anyhow::Result<()> {
     let server = start(quaver_directory::Config { limits, ..config(data.path()) }).await?;
     let mut crowded = client_from(&server, [127, 0, 0, 3]).await?;
     let peers = [peer_at([127, 0, 0, 3])?, peer_at([127, 0, 0, 3])?, peer_at([127, 0, 0, 3])?];
-    let first = crowded.announce(announce_request(&peers[0].0, &peers[0].1)?).await?.into_inner();
-    crowded.announce(announce_request(&peers[1].0, &peers[1].1)?).await?;
-    let refused = crowded
-        .announce(announce_request(&peers[2].0, &peers[2].1)?)
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("a third peer from one IP was let in"))?;
+    let first =
+        announce_proof::announce(&mut crowded, &peers[0].0, announce_request(&peers[0].0, &peers[0].1)?)
+            .await?
+            .into_inner();
+    announce_proof::announce(&mut crowded, &peers[1].0, announce_request(&peers[1].0, &peers[1].1)?).await?;
+    let refused =
+        announce_proof::announce(&mut crowded, &peers[2].0, announce_request(&peers[2].0, &peers[2].1)?)
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("a third peer from one IP was let in"))?;
     assert_eq!(refused.code(), Code::ResourceExhausted);
     assert!(refused.message().contains("the limit is 2 per IP address"), "{}", refused.message());
 
     // Another address is served, and a peer already online may announce again.
     let mut other = client_from(&server, [127, 0, 0, 4]).await?;
     let (key, endpoint) = peer_at([127, 0, 0, 4])?;
-    assert!(other.announce(announce_request(&key, &endpoint)?).await?.into_inner().reachable);
+    assert!(
+        announce_proof::announce(&mut other, &key, announce_request(&key, &endpoint)?)
+            .await?
+            .into_inner()
+            .reachable
+    );
 
     // Per-peer rate: the first peer's session burns its burst of 2 (its Announce counted
     // against its peer id, not its token) and is then refused; the other peer is not.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ops_support::*;
 use quaver_directory::ops::LimitsConfig;
 use quaver_shared::ContentId;
+use quaver_shared::announce_proof;
 use quaver_shared::directory::v1::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -24,7 +25,7 @@ async fn counters_and_gauges_move_by_the_calls_made() -> anyhow::Result<()> {
     let limits = LimitsConfig {
         exempt_loopback: false,
         ip_requests_per_second: 1,
-        ip_request_burst: 6,
+        ip_request_burst: 7,
         ..Default::default()
     };
     let server = start(quaver_directory::Config {
@@ -44,7 +45,10 @@ async fn counters_and_gauges_move_by_the_calls_made() -> anyhow::Result<()> {
     let bad = c.search(SearchRequest { query: String::new(), ..Default::default() }).await;
     assert_eq!(bad.map(|_| ()).map_err(|s| s.code()), Err(tonic::Code::InvalidArgument));
     let (key, endpoint) = peer_at([127, 0, 0, 1])?;
-    let token = c.announce(announce_request(&key, &endpoint)?).await?.into_inner().session_token;
+    let token = announce_proof::announce(&mut c, &key, announce_request(&key, &endpoint)?)
+        .await?
+        .into_inner()
+        .session_token;
     let file = SharedFile {
         info: Some(FileInfo {
             content_id: ContentId::of_bytes(b"metrics test").to_vec(),
@@ -57,7 +61,8 @@ async fn counters_and_gauges_move_by_the_calls_made() -> anyhow::Result<()> {
     };
     c.publish(PublishRequest { session_token: token, reset: true, added: vec![file], removed: vec![] })
         .await?;
-    // That was 6 calls, the whole burst: the next one is refused.
+    // That was 7 calls (an Announce is two: Challenge and Announce), the whole burst: the next
+    // one is refused.
     let limited = c.stats(StatsRequest {}).await.err().map(|s| s.code());
     assert_eq!(limited, Some(tonic::Code::ResourceExhausted));
 
@@ -119,7 +124,7 @@ async fn lease_expiries_are_counted() -> anyhow::Result<()> {
     let addr = server.metrics_addr.ok_or_else(|| anyhow::anyhow!("no metrics address"))?;
     let mut c = client_from(&server, [127, 0, 0, 1]).await?;
     let (key, endpoint) = peer_at([127, 0, 0, 1])?;
-    c.announce(announce_request(&key, &endpoint)?).await?;
+    announce_proof::announce(&mut c, &key, announce_request(&key, &endpoint)?).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let now = scrape(addr).await?;

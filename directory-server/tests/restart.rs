@@ -83,14 +83,9 @@ async fn acknowledged_announces_survive_kill_9_and_the_index_is_rebuilt() -> any
     let mut c = DirectoryClient::connect(server.url.clone()).await?;
     let key = NodeKey::generate()?;
     let endpoint = serve(&key)?;
-    let announced = c
-        .announce(AnnounceRequest {
-            peer_id: key.peer_id().to_vec(),
-            quic_port: u32::from(endpoint.local_addr()?.port()),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let request =
+        AnnounceRequest { quic_port: u32::from(endpoint.local_addr()?.port()), ..Default::default() };
+    let announced = quaver_shared::announce_proof::announce(&mut c, &key, request).await?.into_inner();
     assert!(announced.reachable, "the connect-back check reaches the peer's endpoint");
     let token = announced.session_token;
     c.publish(PublishRequest {

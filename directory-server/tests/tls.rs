@@ -6,6 +6,7 @@
 mod ops_support;
 
 use ops_support::*;
+use quaver_shared::announce_proof;
 use quaver_shared::directory::v1::StatsRequest;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,7 +25,8 @@ async fn tls_serves_the_right_ca_refuses_the_wrong_one_and_reloads() -> anyhow::
     let mut c1 = tls_client(port, &ca1.pem).await?;
     c1.stats(StatsRequest {}).await?;
     let (peer_key, peer) = peer_at([127, 0, 0, 1])?;
-    let answer = c1.announce(announce_request(&peer_key, &peer)?).await?.into_inner();
+    let answer =
+        announce_proof::announce(&mut c1, &peer_key, announce_request(&peer_key, &peer)?).await?.into_inner();
     let quic = peer.local_addr()?;
     assert_eq!(answer.observed_address, format!("127.0.0.1:{}", quic.port()));
     assert!(answer.reachable, "the connect-back check reached the peer at the observed IP");

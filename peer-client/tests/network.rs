@@ -359,17 +359,17 @@ async fn a_hostile_name_from_the_directory_lands_under_a_safe_name() {
     // Someone announces the same bytes first, under a hostile name: the first announcement
     // fixes the catalog entry. (It fails the connect-back check, so it is never a source.)
     let mut c = DirectoryClient::connect(dir.url()).await.unwrap();
-    let liar = quaver_shared::NodeKey::generate().unwrap().peer_id();
+    let liar = quaver_shared::NodeKey::generate().unwrap();
     let digest = quaver_shared::ShareDigest::of([id].iter());
-    let token = c
-        .announce(AnnounceRequest {
-            peer_id: liar.to_vec(),
-            quic_port: 9,
-            share_digest: digest.as_bytes().to_vec(),
-            share_count: 1,
-            free_upload_slots: 1,
-            agent: "liar".into(),
-        })
+    let request = AnnounceRequest {
+        quic_port: 9,
+        share_digest: digest.as_bytes().to_vec(),
+        share_count: 1,
+        free_upload_slots: 1,
+        agent: "liar".into(),
+        ..Default::default()
+    };
+    let token = quaver_shared::announce_proof::announce(&mut c, &liar, request)
         .await
         .unwrap()
         .into_inner()

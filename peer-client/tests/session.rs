@@ -119,7 +119,7 @@ impl Dir {
 /// A node: key, QUIC endpoint serving the store (the directory dials it back), a store over a
 /// shared folder, both on disk so a "restart" reopens them.
 struct Node {
-    key: NodeKey,
+    key: Arc<NodeKey>,
     _server: Server,
     port: u16,
     store: Option<Arc<Store>>,
@@ -137,7 +137,7 @@ impl Node {
     async fn start(files: u32) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
         let folder = tempfile::tempdir()?;
-        let key = NodeKey::generate()?;
+        let key = Arc::new(NodeKey::generate()?);
         let endpoint = quaver_peer::tls::endpoint("127.0.0.1:0".parse()?, &key)?;
         let port = endpoint.local_addr()?.port();
         let store_path = data.path().join("store");
@@ -173,7 +173,7 @@ impl Node {
 
     fn session(&self, config: SessionConfig) -> anyhow::Result<SessionHandle> {
         let (_slots_tx, slots) = watch::channel(4);
-        Ok(Session::spawn(config, self.store()?, self.id(), self.port, slots))
+        Ok(Session::spawn(config, self.store()?, self.key.clone(), self.port, slots))
     }
 
     /// Closes the store (every session using it must have ended) and opens it again.
@@ -308,20 +308,19 @@ async fn a_lost_session_is_announced_again() -> anyhow::Result<()> {
     assert_eq!(state.announces, 1);
     let file = ContentId::of_bytes(&song(1));
 
-    // Someone announces as this node (same key and port): the session's token is void, its
+    // The node's key announces it again elsewhere (same key and port): the session's token is void, its
     // next heartbeat is UNAUTHENTICATED, and it announces again at once.
     let mut client = dir.client().await?;
     let (digest, count) = node.store()?.summary();
-    client
-        .announce(AnnounceRequest {
-            peer_id: node.id().to_vec(),
-            quic_port: u32::from(node.port),
-            share_digest: digest.as_bytes().to_vec(),
-            share_count: count,
-            free_upload_slots: 1,
-            agent: "test".into(),
-        })
-        .await?;
+    let request = AnnounceRequest {
+        quic_port: u32::from(node.port),
+        share_digest: digest.as_bytes().to_vec(),
+        share_count: count,
+        free_upload_slots: 1,
+        agent: "test".into(),
+        ..Default::default()
+    };
+    quaver_shared::announce_proof::announce(&mut client, &node.key, request).await?;
     let state = until_state(&session, "announced again", |s| s.announces >= 2 && s.connected).await?;
     let error = state.last_error.unwrap_or_default();
     assert!(error.contains("Unauthenticated"), "unexpected error: {error}");

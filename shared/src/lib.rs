@@ -7,6 +7,7 @@
 //! `tls` binds and dials when asked (and watching for the stop signals, `signal`), and no policy: it must never depend on the directory or the
 //! peer crates.
 
+pub mod announce_proof;
 pub mod digest;
 pub mod directory_endpoint;
 pub mod ids;

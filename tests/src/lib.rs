@@ -53,6 +53,16 @@ impl TestDirectory {
     pub async fn client(&self) -> anyhow::Result<Client> {
         Ok(DirectoryClient::connect(self.url()).await?)
     }
+
+    /// A client whose connection comes from `ip` (any 127.x.y.z works on Linux loopback): the
+    /// directory sees that IP as the caller's.
+    pub async fn client_from(&self, ip: [u8; 4]) -> anyhow::Result<Client> {
+        let channel = tonic::transport::Endpoint::from_shared(self.url())?
+            .local_address(Some(std::net::IpAddr::from(ip)))
+            .connect()
+            .await?;
+        Ok(DirectoryClient::new(channel))
+    }
 }
 
 /// A deterministic content id for test file `n`.
@@ -86,9 +96,10 @@ impl TestPeer {
         self.endpoint.local_addr().map(|a| u32::from(a.port())).unwrap_or(0)
     }
 
-    /// Announces this peer with its own id and port and publishes `files`; returns the token.
+    /// Announces this peer (signed with its key) with its own port and publishes `files`;
+    /// returns the token.
     pub async fn announce(&self, client: &mut Client, files: Vec<SharedFile>) -> anyhow::Result<String> {
-        announce(client, self.id(), self.port(), files).await
+        announce(client, &self.key, self.port(), files).await
     }
 }
 
@@ -128,40 +139,50 @@ pub fn file(n: u32, title: &str, artist: &str) -> SharedFile {
     }
 }
 
-/// Announces `peer` at `port` and publishes `files`; returns the session token.
+/// Announces `key`'s PeerId at `port` (a Challenge, then the Announce signed with `key`) and
+/// publishes `files`; returns the session token.
 pub async fn announce(
     client: &mut Client,
-    peer: PeerId,
+    key: &NodeKey,
     port: u32,
     files: Vec<SharedFile>,
 ) -> anyhow::Result<String> {
-    Ok(announce_response(client, peer, port, files).await?.session_token)
+    Ok(announce_response(client, key, port, files).await?.session_token)
 }
 
-/// Like `announce`, returning the whole `AnnounceResponse` (with the `reachable` verdict).
-pub async fn announce_response(
-    client: &mut Client,
-    peer: PeerId,
-    port: u32,
-    files: Vec<SharedFile>,
-) -> anyhow::Result<AnnounceResponse> {
+/// The request `announce` sends for `files` at `port`, unsigned and without a PeerId.
+pub fn announce_request(port: u32, files: &[SharedFile]) -> AnnounceRequest {
+    let digest = digest_of(files);
+    AnnounceRequest {
+        quic_port: port,
+        share_digest: digest.as_bytes().to_vec(),
+        share_count: files.len() as u64,
+        free_upload_slots: 4,
+        agent: "e2e".into(),
+        ..Default::default()
+    }
+}
+
+/// The share digest of `files`.
+pub fn digest_of(files: &[SharedFile]) -> ShareDigest {
     let ids: Vec<ContentId> = files
         .iter()
         .filter_map(|f| f.info.as_ref())
         .filter_map(|i| ContentId::from_slice(&i.content_id).ok())
         .collect();
-    let digest = ShareDigest::of(ids.iter());
-    let resp = client
-        .announce(AnnounceRequest {
-            peer_id: peer.to_vec(),
-            quic_port: port,
-            share_digest: digest.as_bytes().to_vec(),
-            share_count: ids.len() as u64,
-            free_upload_slots: 4,
-            agent: "e2e".into(),
-        })
-        .await?
-        .into_inner();
+    ShareDigest::of(ids.iter())
+}
+
+/// Like `announce`, returning the whole `AnnounceResponse` (with the `reachable` verdict).
+pub async fn announce_response(
+    client: &mut Client,
+    key: &NodeKey,
+    port: u32,
+    files: Vec<SharedFile>,
+) -> anyhow::Result<AnnounceResponse> {
+    let digest = digest_of(&files);
+    let request = announce_request(port, &files);
+    let resp = quaver_shared::announce_proof::announce(client, key, request).await?.into_inner();
     if resp.known_digest != digest.as_bytes() {
         let published = client
             .publish(PublishRequest {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use quaver_e2e::*;
 use quaver_shared::directory::v1::*;
-use quaver_shared::{NodeKey, PeerId};
+use quaver_shared::{NodeKey, PeerId, announce_proof};
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -175,13 +175,9 @@ async fn reconnecting_peer_sends_only_the_difference() -> anyhow::Result<()> {
     let dir = TestDirectory::start(30).await?;
     let mut c = dir.client().await?;
     let peer = TestPeer::start()?;
-    let p = peer.id();
     let files: Vec<_> = (0..2500).map(|n| file(n, &format!("song {n}"), "artist")).collect();
-    let token = c
-        .announce(AnnounceRequest { peer_id: p.to_vec(), quic_port: peer.port(), ..Default::default() })
-        .await?
-        .into_inner()
-        .session_token;
+    let request = AnnounceRequest { quic_port: peer.port(), ..Default::default() };
+    let token = announce_proof::announce(&mut c, &peer.key, request).await?.into_inner().session_token;
     for (i, batch) in files.chunks(1000).enumerate() {
         c.publish(PublishRequest {
             session_token: token.clone(),
@@ -199,16 +195,13 @@ async fn reconnecting_peer_sends_only_the_difference() -> anyhow::Result<()> {
         .collect();
     now.push(cid(9999));
     let digest = quaver_shared::ShareDigest::of(now.iter());
-    let resp = c
-        .announce(AnnounceRequest {
-            peer_id: p.to_vec(),
-            quic_port: peer.port(),
-            share_digest: digest.as_bytes().to_vec(),
-            share_count: now.len() as u64,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let request = AnnounceRequest {
+        quic_port: peer.port(),
+        share_digest: digest.as_bytes().to_vec(),
+        share_count: now.len() as u64,
+        ..Default::default()
+    };
+    let resp = announce_proof::announce(&mut c, &peer.key, request).await?.into_inner();
     assert_eq!(resp.known_count, 2500);
     assert_ne!(resp.known_digest, digest.as_bytes());
     let after = c
@@ -243,29 +236,24 @@ async fn only_peers_that_answer_the_connect_back_with_their_own_key_are_sources(
     let sunny = || file(1, "晴天", "周杰伦");
 
     let real = TestPeer::start()?;
-    let r = announce_response(&mut c, real.id(), real.port(), vec![sunny()]).await?;
+    let r = announce_response(&mut c, &real.key, real.port(), vec![sunny()]).await?;
     assert!(r.reachable, "a peer serving its own key at its port passes");
 
     // (a) Nothing listens at the announced port. The session works and the share list is
     // stored (`announce_response` published it and checked the digest), but it is no source.
     let absent = NodeKey::generate()?;
     let port = dead_port()?;
-    let r = announce_response(&mut c, absent.peer_id(), port, vec![sunny()]).await?;
+    let r = announce_response(&mut c, &absent, port, vec![sunny()]).await?;
     assert!(!r.reachable, "nothing answers at 127.0.0.1:{port}");
     assert_eq!(r.observed_address, format!("127.0.0.1:{port}"));
     c.heartbeat(HeartbeatRequest { session_token: r.session_token, free_upload_slots: 1 }).await?;
 
-    // (b) An impostor: something answers at the port, but with another key than the announced
-    // one. It shares 七里香, which nobody reachable has.
+    // (b) An impostor at the port: the announcer proves it holds its key, but what answers at
+    // the port it names has another key. It shares 七里香, which nobody reachable has.
     let victim = NodeKey::generate()?;
     let impostor = TestPeer::start()?;
-    let r = announce_response(
-        &mut c,
-        victim.peer_id(),
-        impostor.port(),
-        vec![sunny(), file(2, "七里香", "周杰伦")],
-    )
-    .await?;
+    let r = announce_response(&mut c, &victim, impostor.port(), vec![sunny(), file(2, "七里香", "周杰伦")])
+        .await?;
     assert!(!r.reachable, "the endpoint at the port cannot prove it holds the announced key");
     let impostor_token = r.session_token;
 
@@ -291,7 +279,7 @@ async fn only_peers_that_answer_the_connect_back_with_their_own_key_are_sources(
     // with the share list it published while unreachable (nothing to send again).
     let endpoint = serve(&absent)?;
     let port = u32::from(endpoint.local_addr()?.port());
-    let r = announce_response(&mut c, absent.peer_id(), port, vec![sunny()]).await?;
+    let r = announce_response(&mut c, &absent, port, vec![sunny()]).await?;
     assert!(r.reachable);
     assert_eq!(r.known_count, 1, "the share list was stored while the peer was unreachable");
     assert_eq!(located(&mut c, 1, None).await?, set(&[real.id(), absent.peer_id()]));
@@ -301,7 +289,7 @@ async fn only_peers_that_answer_the_connect_back_with_their_own_key_are_sources(
     endpoint.close(0u32.into(), b"gone");
     endpoint.wait_idle().await;
     drop(endpoint);
-    let r = announce_response(&mut c, absent.peer_id(), port, vec![sunny()]).await?;
+    let r = announce_response(&mut c, &absent, port, vec![sunny()]).await?;
     assert!(!r.reachable, "the endpoint is closed");
     assert_eq!(located(&mut c, 1, None).await?, set(&[real.id()]));
     assert_eq!(counts(&mut c, "晴天", 1).await?, (1, 1, 1, 1));

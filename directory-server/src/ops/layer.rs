@@ -27,6 +27,7 @@ use super::metrics::Metrics;
 
 /// Every method the server has; anything else is counted as `unknown`.
 const METHODS: &[&str] = &[
+    "/quaver.directory.v1.Directory/Challenge",
     "/quaver.directory.v1.Directory/Announce",
     "/quaver.directory.v1.Directory/Publish",
     "/quaver.directory.v1.Directory/Heartbeat",

@@ -149,7 +149,7 @@ impl Node {
             directory_ca: config.directory_ca.clone(),
             ..SessionConfig::new(config.directory_url.clone())
         };
-        let session = Session::spawn(session_config, store.clone(), peer_id, quic_port, slots_rx);
+        let session = Session::spawn(session_config, store.clone(), Arc::new(key), quic_port, slots_rx);
         let downloads = Downloads::new(endpoint.clone(), crate::fetch::download::default_work_dir(&data_dir));
         let node = Arc::new(Node {
             config,

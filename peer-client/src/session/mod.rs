@@ -3,8 +3,8 @@
 //!
 //! [`Session::spawn`] starts one tokio task that keeps the node announced for as long as it
 //! runs. It owns:
-//! - **the session**: `Announce` (peer id, QUIC port, share digest and count, free upload
-//!   slots, agent), then a beat every `heartbeat_interval_seconds`, sent on one `KeepAlive`
+//! - **the session**: `Challenge`, then `Announce` (peer id, QUIC port, share digest and
+//!   count, free upload slots, agent) with the challenge signed by the node key, then a beat every `heartbeat_interval_seconds`, sent on one `KeepAlive`
 //!   stream kept open for the session ([`keep_alive`]; `Heartbeat` calls if the directory has
 //!   no such stream); an `UNAUTHENTICATED`
 //!   answer (lease expired, directory restarted, the peer announced elsewhere) re-announces at
@@ -38,7 +38,7 @@ mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quaver_shared::PeerId;
+use quaver_shared::NodeKey;
 use tokio::sync::{Notify, watch};
 
 use crate::store::{Store, StoreError};
@@ -139,13 +139,14 @@ impl SessionError {
 pub struct Session;
 
 impl Session {
-    /// Starts keeping the node announced to `config.directory_url`: `peer_id` with its QUIC
+    /// Starts keeping the node announced to `config.directory_url`: `key`'s PeerId (each
+    /// Announce signs the directory's challenge with it) with its QUIC
     /// endpoint on `quic_port`, the files of `store`, and the free upload slots `free_slots`
     /// reports (read at each announce and heartbeat). Must be called inside a tokio runtime.
     pub fn spawn(
         config: SessionConfig,
         store: Arc<Store>,
-        peer_id: PeerId,
+        key: Arc<NodeKey>,
         quic_port: u16,
         free_slots: watch::Receiver<u32>,
     ) -> SessionHandle {
@@ -153,15 +154,8 @@ impl Session {
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = watch::channel(());
         let changed = Arc::new(Notify::new());
-        let worker = worker::Worker::new(
-            config,
-            store,
-            peer_id,
-            quic_port,
-            free_slots,
-            Arc::clone(&changed),
-            state_tx,
-        );
+        let worker =
+            worker::Worker::new(config, store, key, quic_port, free_slots, Arc::clone(&changed), state_tx);
         tokio::spawn(async move {
             worker.run(stop_rx).await;
             // Dropping the sender tells every `shutdown` waiting that the task has ended.

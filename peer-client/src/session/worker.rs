@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use quaver_shared::directory::v1::directory_client::DirectoryClient;
 use quaver_shared::directory::v1::{AnnounceRequest, HeartbeatRequest, WithdrawRequest};
 use quaver_shared::limits::MAX_GRPC_MESSAGE_BYTES;
-use quaver_shared::{PeerId, ShareDigest};
+use quaver_shared::{NodeKey, ShareDigest, announce_proof};
 use tokio::sync::{Notify, watch};
 use tonic::transport::Channel;
 
@@ -51,7 +51,8 @@ pub(super) struct Live {
 pub(super) struct Worker {
     pub config: SessionConfig,
     pub store: Arc<Store>,
-    peer_id: PeerId,
+    /// Signs each Announce's challenge: the proof that we hold our PeerId's key.
+    key: Arc<NodeKey>,
     quic_port: u16,
     free_slots: watch::Receiver<u32>,
     changed: Arc<Notify>,
@@ -98,7 +99,7 @@ impl Worker {
     pub fn new(
         config: SessionConfig,
         store: Arc<Store>,
-        peer_id: PeerId,
+        key: Arc<NodeKey>,
         quic_port: u16,
         free_slots: watch::Receiver<u32>,
         changed: Arc<Notify>,
@@ -107,13 +108,13 @@ impl Worker {
         // Jitter only has to differ between nodes and runs; no secret is involved.
         let clock = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         let mut id = [0u8; 8];
-        id.copy_from_slice(&peer_id.as_bytes()[..8]);
+        id.copy_from_slice(&key.peer_id().as_bytes()[..8]);
         let backoff =
             Backoff::new(config.backoff_initial, config.backoff_max, clock ^ u64::from_le_bytes(id));
         Self {
             config,
             store,
-            peer_id,
+            key,
             quic_port,
             free_slots,
             changed,
@@ -177,14 +178,16 @@ impl Worker {
         };
         let (digest, count) = self.store.summary();
         let request = AnnounceRequest {
-            peer_id: self.peer_id.to_vec(),
             quic_port: u32::from(self.quic_port),
             share_digest: digest.as_bytes().to_vec(),
             share_count: count,
             free_upload_slots: *self.free_slots.borrow_and_update(),
             agent: AGENT.into(),
+            ..Default::default()
         };
-        let answer = bounded("Announce", self.config.call_timeout, c.announce(request)).await;
+        // Challenge and signed Announce, bounded together: both are one round trip each.
+        let signed = announce_proof::announce(&mut c, &self.key, request);
+        let answer = bounded("Announce", self.config.call_timeout, signed).await;
         // Kept for the next attempt; `run` drops it if the failure says it may be dead.
         *client = Some(c.clone());
         let answer = answer?;
