@@ -325,6 +325,47 @@ async fn a_restarted_downloader_finishes_its_download_without_being_asked() {
     assert!(partial.is_empty(), "the finished download left {partial:?}");
 }
 
+/// A downloader SIGKILLed mid-download leaves its source's upload slots held by answers that
+/// nobody acknowledges any more. They must come back within seconds (QUIC's idle timeout ends
+/// the dead connection), not after half a minute, so the downloader's restart, from the same
+/// address, is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_downloader_s_slots_at_its_source_come_back_within_seconds() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = Directory::start().await;
+    let (_, id) = song(&root.path().join("music"), "周杰伦 - 晴天.flac");
+    let source = Daemon::start(root.path(), "source", &dir.url(), &["--max-upload-rate", SLOW_RATE]).await;
+    source.share(&root.path().join("music")).await;
+    sources_of(&dir, id, 1).await;
+    let active_uploads =
+        || async { source.json(&["status", "--json"]).await["active_uploads"].as_u64().unwrap_or(0) };
+
+    let mut getter = Daemon::start(root.path(), "getter", &dir.url(), &[]).await;
+    let watcher = getter.get_in_background(id, Stdio::null());
+    until("uploads in progress", || async {
+        getter.verified_bytes().await > 0 && active_uploads().await > 0
+    })
+    .await;
+    getter.kill();
+    drop(watcher);
+    let _ = getter.child.wait().await;
+
+    // A few seconds, with room for a loaded machine; the old 30 s idle timeout is far past it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let active = active_uploads().await;
+        if active == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dead downloader still holds {active} upload slots");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let getter = Daemon::start(root.path(), "getter", &dir.url(), &[]).await;
+    let got = getter.json(&["get", &id.to_hex(), "--json"]).await;
+    assert_eq!(blake3_of(got["path"].as_str().unwrap()), id);
+}
+
 /// What CI once hit on a loaded machine: a source dies, and the downloader is starved for
 /// a while (here: stopped with SIGSTOP). On waking, every source looks silent until the queued
 /// answers are read; the download must not settle on the dead source, whose requests only

@@ -48,9 +48,18 @@ const MAX_CONCURRENT_STREAMS: u32 = 256;
 const STREAM_RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
 /// Client keep-alives keep NAT bindings and idle connections to sources between bursts of
 /// fetching. Servers send none: a client that goes quiet should time out and free its state.
-const KEEP_ALIVE: Duration = Duration::from_secs(10);
-/// A peer silent for this long (keep-alives included) is gone.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Three fit in one [`IDLE_TIMEOUT`], so two lost in a row (each a lone small packet) do not
+/// end a live connection.
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// A peer silent for this long (keep-alives included) is gone, and what it held goes back: a
+/// server frees the upload slots of a client that died (SIGKILL, power, a lost network), so
+/// the client's own restart, or anyone else, gets them within seconds rather than after
+/// quinn's default 30 s. Short is safe for slow links: live ones carry data or keep-alives
+/// well within this, and quinn never times out sooner than three probe timeouts (3 × PTO, RFC
+/// 9000 10.1), so a high-latency path gets a longer timeout by itself. The timeout in force is
+/// the smaller of the two sides' values: a node of an older release, keeping alive every 10 s,
+/// loses an idle connection to us between downloads and dials again when it needs one.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
 /// The largest UDP payload this node accepts, announced to peers (the `max_udp_payload_size`
 /// transport parameter), and the ceiling of its own MTU discovery. QUIC's cost is per packet
 /// (an AEAD seal/open, a header, loss and ACK tracking, a share of the syscalls), so a path that

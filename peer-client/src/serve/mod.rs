@@ -15,10 +15,17 @@
 //!   pool, one bounded piece at a time.
 //! - **queue work it cannot do.** A data request that finds every upload slot taken is answered
 //!   BUSY at once, with a queue position and an estimated wait, instead of waiting in a task.
+//! - **let one peer hold what others need.** Connections, request streams and upload slots are
+//!   bounded per remote address and in total ([`admission`] decides, [`gate`] counts), and an
+//!   answer whose body makes no progress for a few seconds is reset and frees its slot, so a
+//!   client that never reads cannot keep a slot. Everything a connection held goes back when it
+//!   dies, which QUIC notices within its idle timeout (a few seconds: see `quaver_shared::tls`).
 //!
 //! Counters are plain atomics read through [`Server::stats`].
 
+mod admission;
 mod budget;
+mod gate;
 mod pieces;
 mod stream;
 
@@ -32,7 +39,9 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::library::Library;
 use crate::wire::ALPN;
-use budget::{Slots, TokenBucket};
+use admission::{ConnectionVerdict, IpGroup, Limits};
+use budget::TokenBucket;
+use gate::{Gate, Permit};
 use pieces::PiecePool;
 
 /// Stream reset code: the request frame was oversized, truncated or never came.
@@ -41,6 +50,12 @@ pub const RESET_BAD_FRAME: VarInt = VarInt::from_u32(1);
 pub const RESET_INTERNAL: VarInt = VarInt::from_u32(2);
 /// Connection close code: the peer did not negotiate `quaver/1`.
 pub const CLOSE_WRONG_PROTOCOL: VarInt = VarInt::from_u32(3);
+/// Stream reset code: the peer took no bytes of the answer for too long (it reads too slowly
+/// or not at all), so its upload slot went to someone else. Ask again.
+pub const RESET_STALLED: VarInt = VarInt::from_u32(4);
+/// Stream reset code: the peer has too many requests in progress (from its address, or the
+/// server in all) and could not even be told BUSY. Ask again later, with fewer at once.
+pub const RESET_TOO_MANY_REQUESTS: VarInt = VarInt::from_u32(5);
 
 /// How long [`Server::shutdown`] lets answers in progress finish before cutting them off.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,7 +64,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServeConfig {
     /// Uploads (range and outboard bodies) served at the same time; more are answered BUSY.
-    /// `Have` and `Status` answers never need a slot. Default 8.
+    /// `Have` and `Status` answers never need a slot. One remote address may hold half of
+    /// them (rounded up). Default 8.
     pub upload_slots: usize,
     /// Cap on body bytes per second, shared by all uploads. Off (`None`) by default.
     pub max_upload_bytes_per_sec: Option<u64>,
@@ -70,18 +86,27 @@ pub struct ServeStats {
     pub requests: u64,
     /// Requests answered BUSY.
     pub busy_answers: u64,
+    /// Connections refused (too many from one address, or in all).
+    pub refused_connections: u64,
+    /// Request streams refused (too many in progress from one address, or in all).
+    pub refused_streams: u64,
+    /// Answers reset because the peer took none of their bytes for too long.
+    pub stalled_answers: u64,
 }
 
 /// What every task of a server shares.
 struct Shared {
     library: Arc<dyn Library>,
-    slots: Arc<Slots>,
+    gate: Arc<Gate>,
     bucket: Option<TokenBucket>,
     /// Buffers for file pieces, reused once peers have acknowledged them.
     pieces: Arc<PiecePool>,
     bytes_sent: AtomicU64,
     requests: AtomicU64,
     busy_answers: AtomicU64,
+    refused_connections: AtomicU64,
+    refused_streams: AtomicU64,
+    stalled_answers: AtomicU64,
 }
 
 /// A running server. Dropping it aborts every task it runs (answers are cut off); call
@@ -103,7 +128,7 @@ impl Server {
             config.max_upload_bytes_per_sec.map(|rate| TokenBucket::new(rate, (rate / 4).max(stream::PIECE)));
         let shared = Arc::new(Shared {
             library,
-            slots: Slots::new(config.upload_slots),
+            gate: Gate::new(Limits::for_slots(config.upload_slots)),
             bucket,
             // Enough for every slot's read-ahead: what a fully busy server reuses each round.
             pieces: PiecePool::new(
@@ -113,6 +138,9 @@ impl Server {
             bytes_sent: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             busy_answers: AtomicU64::new(0),
+            refused_connections: AtomicU64::new(0),
+            refused_streams: AtomicU64::new(0),
+            stalled_answers: AtomicU64::new(0),
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared), stopped));
@@ -132,12 +160,15 @@ impl Server {
             bytes_sent: self.shared.bytes_sent.load(Ordering::Relaxed),
             requests: self.shared.requests.load(Ordering::Relaxed),
             busy_answers: self.shared.busy_answers.load(Ordering::Relaxed),
+            refused_connections: self.shared.refused_connections.load(Ordering::Relaxed),
+            refused_streams: self.shared.refused_streams.load(Ordering::Relaxed),
+            stalled_answers: self.shared.stalled_answers.load(Ordering::Relaxed),
         }
     }
 
     /// Upload slots free right now (reported to the directory for source ranking).
     pub fn free_slots(&self) -> u32 {
-        self.shared.slots.status().0
+        self.shared.gate.status().0
     }
 
     /// Stops accepting connections and streams, lets answers in progress finish (for at most a
@@ -182,7 +213,14 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>, mut stop: watch::R
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
-                    connections.spawn(serve_connection(incoming, Arc::clone(&shared), stop.clone()));
+                    let ip = IpGroup::of(incoming.remote_address().ip());
+                    match shared.gate.connection(ip, incoming.remote_address_validated()) {
+                        Ok(permit) => {
+                            let shared = Arc::clone(&shared);
+                            connections.spawn(serve_connection(incoming, permit, shared, stop.clone()));
+                        }
+                        Err(verdict) => send_away(&shared, incoming, verdict),
+                    }
                 }
                 None => break, // endpoint closed
             },
@@ -196,8 +234,31 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>, mut stop: watch::R
     }
 }
 
-async fn serve_connection(incoming: Incoming, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// Sends away a connection the limits did not admit: a Retry when it must prove its address
+/// first (stateless: nothing is kept until it comes back), a refusal (QUIC's
+/// CONNECTION_REFUSED) when there is no room for it.
+fn send_away(shared: &Shared, incoming: Incoming, verdict: ConnectionVerdict) {
     let remote = incoming.remote_address();
+    if verdict == ConnectionVerdict::Validate && incoming.may_retry() {
+        if let Err(e) = incoming.retry() {
+            e.into_incoming().refuse();
+        }
+        return;
+    }
+    // A hostile client may try thousands: debug, not warn, so it cannot flood the log.
+    tracing::debug!(%remote, ?verdict, "connection refused");
+    shared.refused_connections.fetch_add(1, Ordering::Relaxed);
+    incoming.refuse();
+}
+
+async fn serve_connection(
+    incoming: Incoming,
+    _permit: Permit,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let remote = incoming.remote_address();
+    let ip = IpGroup::of(remote.ip());
     let connection = tokio::select! {
         result = incoming => match result {
             Ok(connection) => connection,
@@ -225,9 +286,16 @@ async fn serve_connection(incoming: Incoming, shared: Arc<Shared>, mut stop: wat
     loop {
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
-                Ok((send, recv)) => {
-                    streams.spawn(stream::serve_stream(Arc::clone(&shared), send, recv));
-                }
+                Ok((send, recv)) => match shared.gate.stream(ip) {
+                    Ok(permit) => {
+                        streams.spawn(stream::serve_stream(Arc::clone(&shared), ip, permit, send, recv));
+                    }
+                    Err(why) => {
+                        tracing::debug!(%remote, %why, "request stream refused");
+                        shared.refused_streams.fetch_add(1, Ordering::Relaxed);
+                        stream::refuse_stream(send, recv);
+                    }
+                },
                 Err(e) => {
                     tracing::debug!(%remote, reason = %e, "peer connection ended");
                     break;

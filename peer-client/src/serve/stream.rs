@@ -2,7 +2,8 @@
 //!
 //! Owns the order of every answer: validate, take a slot (ranges: before the look-up, see
 //! [`send_range`]), look up, check against the file, send the header, send the body, wait for
-//! delivery. Nothing here trusts the request: ids and range
+//! delivery. Every write has a deadline ([`STALL_TIMEOUT`]): a peer that takes no bytes frees
+//! its slot and its stream is reset. Nothing here trusts the request: ids and range
 //! bounds come validated from [`FrameDecoder`], and whether a range fits the file is checked
 //! against the library's size before a byte is read. Disk work (library lookups, opening and
 //! reading files) runs on the blocking pool, 256 KiB at a time, and the file is closed when
@@ -11,6 +12,7 @@
 use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,8 +20,10 @@ use quaver_shared::ContentId;
 use quinn::{RecvStream, SendStream};
 use tokio::time::timeout;
 
+use super::admission::{Busy, IpGroup};
+use super::gate::Permit;
 use super::pieces::PiecePool;
-use super::{RESET_BAD_FRAME, RESET_INTERNAL, Shared};
+use super::{RESET_BAD_FRAME, RESET_INTERNAL, RESET_STALLED, RESET_TOO_MANY_REQUESTS, Shared};
 use crate::library::{Entry, Library, LibraryError, OutboardData};
 use crate::wire::{FrameDecoder, Request, ResponseHeader, WireError, encode_header, max_outboard_len};
 
@@ -27,6 +31,16 @@ use crate::wire::{FrameDecoder, Request, ResponseHeader, WireError, encode_heade
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long we wait for the peer to acknowledge a finished answer before we let go of it.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one write (a header, or one `PIECE` of a body) may wait for the peer to make room
+/// for it: past this the answer is reset and its slot freed. A write waits only when the peer
+/// has not granted flow-control credit for it, or while the connection's unacknowledged bytes
+/// fill quinn's send window; an honest client grants a whole range's credit up front, so this
+/// only bites a peer that reads nothing, or less than 64 KiB in 8 s (8 KB/s): slower than any
+/// link a download from us would be worth on, and short enough that a peer that never reads
+/// costs us a slot for seconds, not forever.
+const STALL_TIMEOUT: Duration = Duration::from_secs(8);
+/// The wait told to a peer whose request stream was refused because it has too many open.
+const REFUSED_STREAM_WAIT: Duration = Duration::from_secs(1);
 /// Bytes written to the stream at a time (and taken from the bandwidth cap at a time): small
 /// enough to keep the cap smooth.
 pub(super) const PIECE: u64 = 64 * 1024;
@@ -51,6 +65,8 @@ enum AnswerError {
     Join(#[from] tokio::task::JoinError),
     #[error("the peer stopped reading: {0}")]
     Write(#[from] quinn::WriteError),
+    #[error("the peer took no bytes for {STALL_TIMEOUT:?}")]
+    Stalled,
     #[error("stored outboard of {len} bytes is too long for a file of {size} bytes")]
     OutboardTooLong { len: u64, size: u64 },
 }
@@ -66,9 +82,16 @@ enum BadRequest {
     Gone(quinn::ReadError),
 }
 
-/// Serves one bidirectional stream to its end. Never panics on peer input and never touches
-/// other streams: every failure ends here, with an answer, a reset, or nothing.
-pub(super) async fn serve_stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream) {
+/// Serves one bidirectional stream of a peer at `ip` to its end, holding the stream's `permit`
+/// meanwhile. Never panics on peer input and never touches other streams: every failure ends
+/// here, with an answer, a reset, or nothing.
+pub(super) async fn serve_stream(
+    shared: Arc<Shared>,
+    ip: IpGroup,
+    _permit: Permit,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let request = match timeout(REQUEST_TIMEOUT, read_request(&mut recv)).await {
         Ok(Ok(request)) => request,
@@ -88,14 +111,52 @@ pub(super) async fn serve_stream(shared: Arc<Shared>, mut send: SendStream, mut 
     let _ = recv.stop(0u32.into());
     tracing::trace!(?request, "request");
 
-    if let Err(e) = respond(&shared, &mut send, request).await {
-        match e {
-            AnswerError::Write(e) => tracing::debug!(error = %e, "peer left during the answer"),
-            e => tracing::warn!(error = %e, "answer abandoned"),
-        }
+    if let Err(e) = respond(&shared, ip, &mut send, request).await {
+        let code = match e {
+            AnswerError::Write(e) => {
+                tracing::debug!(error = %e, "peer left during the answer");
+                RESET_INTERNAL
+            }
+            AnswerError::Stalled => {
+                // Debug: a peer that never reads would otherwise fill the log.
+                tracing::debug!(%ip, "peer took nothing of the answer for too long");
+                shared.stalled_answers.fetch_add(1, Ordering::Relaxed);
+                RESET_STALLED
+            }
+            e => {
+                tracing::warn!(error = %e, "answer abandoned");
+                RESET_INTERNAL
+            }
+        };
         // A header may have promised a body we cannot deliver: a reset tells the client this
         // answer is void rather than letting it read a short body.
-        let _ = send.reset(RESET_INTERNAL);
+        let _ = send.reset(code);
+    }
+}
+
+/// Sends away a stream the limits refused, without a task or a wait: BUSY if the header fits
+/// in what the peer lets us send right now, a reset if not (a peer with too many streams open
+/// may be one that grants no credit at all). Its request is not read.
+pub(super) fn refuse_stream(mut send: SendStream, mut recv: RecvStream) {
+    let _ = recv.stop(RESET_TOO_MANY_REQUESTS);
+    let header = encode_header(&ResponseHeader::busy(1, REFUSED_STREAM_WAIT));
+    let written = {
+        let mut write = std::pin::pin!(send.write_chunk(header));
+        // One poll: quinn takes the bytes now if flow control allows, or tells us it would wait.
+        matches!(write.as_mut().poll(&mut Context::from_waker(Waker::noop())), Poll::Ready(Ok(())))
+    };
+    if written {
+        let _ = send.finish();
+    } else {
+        let _ = send.reset(RESET_TOO_MANY_REQUESTS);
+    }
+}
+
+/// Writes `bytes` to `send`, waiting at most [`STALL_TIMEOUT`] for the peer to make room.
+async fn write_bounded(send: &mut SendStream, bytes: Bytes) -> Result<(), AnswerError> {
+    match timeout(STALL_TIMEOUT, send.write_chunk(bytes)).await {
+        Ok(written) => Ok(written?),
+        Err(_) => Err(AnswerError::Stalled),
     }
 }
 
@@ -129,18 +190,23 @@ async fn read_request(recv: &mut RecvStream) -> Result<Request, BadRequest> {
 
 /// Writes a body-less answer and finishes the stream.
 async fn answer(send: &mut SendStream, header: &ResponseHeader) -> Result<(), AnswerError> {
-    send.write_chunk(encode_header(header)).await?;
+    write_bounded(send, encode_header(header)).await?;
     let _ = send.finish();
     Ok(())
 }
 
-async fn respond(shared: &Shared, send: &mut SendStream, request: Request) -> Result<(), AnswerError> {
+async fn respond(
+    shared: &Shared,
+    ip: IpGroup,
+    send: &mut SendStream,
+    request: Request,
+) -> Result<(), AnswerError> {
     let id = match request {
         Request::Status => {
-            let (free, queued) = shared.slots.status();
+            let (free, queued) = shared.gate.status();
             return answer(send, &ResponseHeader::ok_status(free, queued)).await;
         }
-        Request::Range { id, offset, len } => return send_range(shared, send, id, offset, len).await,
+        Request::Range { id, offset, len } => return send_range(shared, ip, send, id, offset, len).await,
         Request::Outboard(id) | Request::Have(id) => id,
     };
     // The library may sit on disk (sled): look it up off the runtime.
@@ -154,25 +220,30 @@ async fn respond(shared: &Shared, send: &mut SendStream, request: Request) -> Re
             let whole = std::iter::once(0..entry.size).collect();
             answer(send, &ResponseHeader::ok_have(entry.size, whole)).await
         }
-        Request::Outboard(_) => send_outboard(shared, send, entry).await,
+        Request::Outboard(_) => send_outboard(shared, ip, send, entry).await,
         Request::Range { .. } | Request::Status => Ok(()), // answered above
     }
 }
 
-async fn send_outboard(shared: &Shared, send: &mut SendStream, entry: Entry) -> Result<(), AnswerError> {
+async fn send_outboard(
+    shared: &Shared,
+    ip: IpGroup,
+    send: &mut SendStream,
+    entry: Entry,
+) -> Result<(), AnswerError> {
     // Our own store's data, but a client refuses an outboard over this bound, so a broken store
     // must show up here as an error, not as peers mysteriously dropping us.
     let len = entry.outboard.len();
     if len > max_outboard_len(entry.size) {
         return Err(AnswerError::OutboardTooLong { len, size: entry.size });
     }
-    let permit = match shared.slots.try_acquire() {
+    let permit = match shared.gate.slot(ip) {
         Ok(permit) => permit,
         Err(busy) => return answer_busy(shared, send, busy).await,
     };
     match entry.outboard {
         OutboardData::Bytes(outboard) => {
-            send.write_chunk(encode_header(&ResponseHeader::ok_outboard(entry.size, len))).await?;
+            write_bounded(send, encode_header(&ResponseHeader::ok_outboard(entry.size, len))).await?;
             let mut at = 0;
             while at < outboard.len() {
                 let end = (at + PIECE as usize).min(outboard.len());
@@ -182,7 +253,7 @@ async fn send_outboard(shared: &Shared, send: &mut SendStream, entry: Entry) -> 
         }
         OutboardData::File { path, .. } => {
             let file = tokio::task::spawn_blocking(move || File::open(path)).await??;
-            send.write_chunk(encode_header(&ResponseHeader::ok_outboard(entry.size, len))).await?;
+            write_bounded(send, encode_header(&ResponseHeader::ok_outboard(entry.size, len))).await?;
             send_file_range(shared, send, Arc::new(file), 0, len).await?;
         }
     }
@@ -198,12 +269,13 @@ async fn send_outboard(shared: &Shared, send: &mut SendStream, entry: Entry) -> 
 /// first and learn the truth when it comes back.
 async fn send_range(
     shared: &Shared,
+    ip: IpGroup,
     send: &mut SendStream,
     id: ContentId,
     offset: u64,
     len: u64,
 ) -> Result<(), AnswerError> {
-    let permit = match shared.slots.try_acquire() {
+    let permit = match shared.gate.slot(ip) {
         Ok(permit) => permit,
         Err(busy) => return answer_busy(shared, send, busy).await,
     };
@@ -219,7 +291,7 @@ async fn send_range(
             return answer(send, &header).await;
         }
     };
-    send.write_chunk(encode_header(&ResponseHeader::ok_range(size, len))).await?;
+    write_bounded(send, encode_header(&ResponseHeader::ok_range(size, len))).await?;
     let mut sent = 0;
     for piece in first {
         sent += piece.len() as u64;
@@ -331,16 +403,12 @@ async fn write_piece(shared: &Shared, send: &mut SendStream, piece: Bytes) -> Re
     if let Some(bucket) = &shared.bucket {
         bucket.take(len).await;
     }
-    send.write_chunk(piece).await?;
+    write_bounded(send, piece).await?;
     shared.bytes_sent.fetch_add(len, Ordering::Relaxed);
     Ok(())
 }
 
-async fn answer_busy(
-    shared: &Shared,
-    send: &mut SendStream,
-    busy: super::budget::Busy,
-) -> Result<(), AnswerError> {
+async fn answer_busy(shared: &Shared, send: &mut SendStream, busy: Busy) -> Result<(), AnswerError> {
     shared.busy_answers.fetch_add(1, Ordering::Relaxed);
     answer(send, &ResponseHeader::busy(busy.queue_position, busy.estimated_wait)).await
 }

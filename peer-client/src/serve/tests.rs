@@ -228,8 +228,10 @@ async fn a_capped_upload_holds_its_slot_so_others_are_told_busy_until_it_is_done
     // The slot is taken from before the header until the body is acknowledged.
     let (busy, _) = ask(conn, &Request::range(big.id, 0, 1).unwrap()).await;
     assert!(matches!(busy.status, ResponseStatus::Busy { queue_position: 1, .. }), "{busy:?}");
+    // The asker holds its address's whole share (the one slot), so it waits in its own queue,
+    // not in the one the server reports.
     let (status, _) = ask(conn, &Request::Status).await;
-    assert_eq!((status.free_slots, status.queue_len), (0, 1));
+    assert_eq!((status.free_slots, status.queue_len), (0, 0));
 
     body.extend(recv.read_to_end(2 << 20).await.unwrap());
     assert_eq!(&body, big_data);
@@ -277,4 +279,135 @@ async fn shutdown_finishes_answers_in_progress_then_closes_and_refuses_new_conne
     let client = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
     let attempt = tokio::time::timeout(Duration::from_secs(1), tls::connect(&client, addr, key.peer_id()));
     assert!(!matches!(attempt.await, Ok(Ok(_))));
+}
+
+/// A client on loopback address `ip` (127.0.0.0/8 all reaches the server) whose flow-control
+/// windows are tiny, so it grants almost no credit for answer bodies and, reading nothing,
+/// never grants more; keep-alives keep its connection from timing out.
+async fn stingy_client(ip: [u8; 4], server: SocketAddr, key: &NodeKey) -> quinn::Connection {
+    let endpoint = quinn::Endpoint::client(SocketAddr::from((ip, 0))).unwrap();
+    stingy_connection(&endpoint, server, key).await.unwrap()
+}
+
+async fn stingy_connection(
+    endpoint: &quinn::Endpoint,
+    server: SocketAddr,
+    key: &NodeKey,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .stream_receive_window(256u32.into())
+        .receive_window((64u32 * 1024).into())
+        .keep_alive_interval(Some(Duration::from_millis(500)));
+    let mut config = tls::client_config(key.peer_id()).unwrap();
+    config.transport_config(Arc::new(transport));
+    endpoint.connect_with(config, server, tls::SERVER_NAME).unwrap().await
+}
+
+#[tokio::test]
+async fn an_answer_whose_peer_takes_no_bytes_is_reset_and_frees_its_slot() {
+    let f = fixture_with(ServeConfig::default(), 1 << 20).await;
+    let addr = f.server.endpoint().local_addr().unwrap();
+    let stingy = stingy_client([127, 0, 0, 2], addr, &f.key).await;
+    let mut recv = open(&stingy, &Request::range(f.entry.id, 0, 1 << 20).unwrap()).await;
+    let (status, _) = ask(&f.conn, &Request::Status).await;
+    assert_eq!(status.free_slots, 7, "the stingy request holds a slot");
+
+    // Nothing is read: the body cannot move, and the server gives up on it.
+    let reset = tokio::time::timeout(Duration::from_secs(30), recv.received_reset()).await;
+    assert_eq!(reset.expect("never reset").unwrap(), Some(RESET_STALLED));
+    let (status, _) = ask(&f.conn, &Request::Status).await;
+    assert_eq!(status.free_slots, 8, "the stalled answer gave its slot back");
+    assert_eq!(f.server.stats().stalled_answers, 1);
+    assert!(stingy.close_reason().is_none(), "only the stream was reset, not the connection");
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_slot() {
+    let f = fixture_with(ServeConfig::default(), 1 << 20).await;
+    let addr = f.server.endpoint().local_addr().unwrap();
+    let stingy = stingy_client([127, 0, 0, 2], addr, &f.key).await;
+    let req = Request::range(f.entry.id, 0, 1 << 20).unwrap();
+    let mut held = Vec::new();
+    let mut busy = 0;
+    for _ in 0..8 {
+        let mut recv = open(&stingy, &req).await;
+        let (header, _) = read_header(&mut recv).await;
+        match header.status {
+            ResponseStatus::Ok => held.push(recv),
+            ResponseStatus::Busy { .. } => busy += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((held.len(), busy), (4, 4), "half the slots for one address");
+    // Another address still gets a whole range, while the stingy streams sit unread.
+    let (header, body) = ask(&f.conn, &Request::range(f.entry.id, 0, 1 << 20).unwrap()).await;
+    assert_eq!(header.status, ResponseStatus::Ok);
+    assert_eq!(body, f.data);
+}
+
+#[tokio::test]
+async fn connections_from_one_address_are_bounded_and_others_still_get_in() {
+    let f = fixture(ServeConfig::default()).await;
+    let addr = f.server.endpoint().local_addr().unwrap();
+    let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 3], 0))).unwrap();
+    let mut open_connections = Vec::new();
+    let mut refused = 0;
+    for _ in 0..200 {
+        match stingy_connection(&endpoint, addr, &f.key).await {
+            Ok(conn) => open_connections.push(conn),
+            Err(quinn::ConnectionError::ConnectionClosed(_)) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(open_connections.len(), 32, "{refused} refused");
+    assert_eq!(f.server.stats().refused_connections, 168);
+    // Another address connects and is served.
+    let other = connect(addr, &f.key).await;
+    let (header, body) = ask(&other, &Request::range(f.entry.id, 0, 1000).unwrap()).await;
+    assert_eq!(header.status, ResponseStatus::Ok);
+    assert_eq!(body, f.data[..1000]);
+    // A closed connection makes room for a new one from the crowded address.
+    open_connections.pop().unwrap().close(0u32.into(), b"done");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reopened = loop {
+        match stingy_connection(&endpoint, addr, &f.key).await {
+            Ok(conn) => break conn,
+            Err(_) => assert!(Instant::now() < deadline, "the closed connection's place never came back"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(reopened.close_reason().is_none());
+}
+
+#[tokio::test]
+async fn request_streams_from_one_address_are_bounded_across_its_connections() {
+    let f = fixture(ServeConfig::default()).await;
+    let addr = f.server.endpoint().local_addr().unwrap();
+    let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 4], 0))).unwrap();
+    let conns = [
+        stingy_connection(&endpoint, addr, &f.key).await.unwrap(),
+        stingy_connection(&endpoint, addr, &f.key).await.unwrap(),
+    ];
+    // 300 streams that each send one byte of a request and then nothing: each costs the
+    // server a waiting task until its request timeout.
+    let mut streams = Vec::new();
+    for i in 0..300 {
+        let (mut send, recv) = conns[i % 2].open_bi().await.unwrap();
+        send.write_all(&[0]).await.unwrap();
+        streams.push((send, recv));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.server.stats().refused_streams < 300 - 256 {
+        assert!(Instant::now() < deadline, "{:?}", f.server.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The refused ones were told BUSY without their request being read.
+    let (_, mut recv) = streams.pop().unwrap();
+    let (header, _) = read_header(&mut recv).await;
+    assert!(matches!(header.status, ResponseStatus::Busy { .. }), "{header:?}");
+    // Another address is served meanwhile.
+    let (header, _) = ask(&f.conn, &Request::Have(f.entry.id)).await;
+    assert_eq!(header.status, ResponseStatus::Ok);
+    assert_eq!(f.server.stats().refused_streams, 300 - 256);
 }
