@@ -9,6 +9,7 @@
 
 pub mod digest;
 pub mod directory_endpoint;
+pub mod grpc_codec;
 pub mod ids;
 pub mod limits;
 pub mod node_key;
