@@ -13,6 +13,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(&files, [&proto_dir])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("directory_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    // Our codec: a request that does not decode is INVALID_ARGUMENT, not INTERNAL (see
+    // src/grpc_codec.rs).
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .codec_path("crate::grpc_codec::ProtoCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

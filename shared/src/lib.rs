@@ -10,6 +10,7 @@
 pub mod announce_proof;
 pub mod digest;
 pub mod directory_endpoint;
+pub mod grpc_codec;
 pub mod ids;
 pub mod limits;
 pub mod node_key;

@@ -139,3 +139,116 @@ async fn bad_requests_get_clear_statuses_and_change_nothing() -> anyhow::Result<
     dir.server.shutdown().await?;
     Ok(())
 }
+
+/// A query of one word of 40 letters or more is valid (the protocol bounds queries at 256
+/// bytes), so it is searched, never refused, and finds the title that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_word_of_forty_letters_or_more_is_searched() -> anyhow::Result<()> {
+    let dir = TestDirectory::start(30).await?;
+    let mut c = dir.client().await?;
+    let peer = TestPeer::start()?;
+    let forty = "Supercalifragilisticexpialidociousnesses"; // 40 letters
+    let longer = "Pneumonoultramicroscopicsilicovolcanoconiosis"; // 45 letters
+    let files = vec![file(1, forty, "Julie Andrews"), file(2, longer, "Chemistry Band")];
+    peer.announce(&mut c, files).await?;
+    for (word, title) in [(forty, forty), (longer, longer)] {
+        let hits = eventually(std::time::Duration::from_secs(20), || {
+            let mut c = c.clone();
+            async move {
+                let hits = c.search(search_request(word)).await?.into_inner().hits;
+                Ok((!hits.is_empty()).then_some(hits))
+            }
+        })
+        .await?;
+        let titles: Vec<_> = hits.iter().filter_map(|h| h.file.as_ref()).map(|i| i.title.as_str()).collect();
+        assert_eq!(titles, [title], "{word}");
+    }
+    // A long word no title holds: an empty page, not INVALID_ARGUMENT.
+    let hits = c.search(search_request(&"x".repeat(255))).await?.into_inner().hits;
+    assert!(hits.is_empty());
+    dir.server.shutdown().await?;
+    Ok(())
+}
+
+/// Sends `body` as the one message of a unary call to `path`, framed as gRPC but not encoded
+/// by prost: whatever bytes the caller wants on the wire.
+async fn raw_call(url: String, path: &'static str, body: Vec<u8>) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| tonic::Status::unknown(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    let mut answer = grpc.server_streaming(tonic::Request::new(body), path, RawCodec).await?.into_inner();
+    while answer.message().await?.is_some() {}
+    Ok(())
+}
+
+/// Encodes a `Vec<u8>` as itself; decodes any answer to `()` (the tests want the status).
+#[derive(Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        let rest = bytes::Buf::remaining(buf);
+        bytes::Buf::advance(buf, rest);
+        Ok(Some(()))
+    }
+}
+
+/// Bytes that are no protobuf message (field 1 with wire type 7, which does not exist) get
+/// INVALID_ARGUMENT from the directory and admin services alike, as the protocol says for a bad
+/// request, and the server answers normally afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_protobuf_is_invalid_argument() -> anyhow::Result<()> {
+    let dir = TestDirectory::start(30).await?;
+    let garbage = vec![0x0f, 0xff, 0xff, 0xff];
+    for path in [
+        "/quaver.directory.v1.Directory/Search",
+        "/quaver.directory.v1.Directory/Announce",
+        "/quaver.admin.v1.Admin/Backup",
+    ] {
+        let status = raw_call(dir.url(), path, garbage.clone()).await.expect_err("garbage must be refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+        assert!(status.message().contains("not valid protobuf"), "{path}: {status:?}");
+    }
+    // A length that runs past the end of the message: the same.
+    let status = raw_call(dir.url(), "/quaver.directory.v1.Directory/Search", vec![0x0a, 0x10, b'a'])
+        .await
+        .expect_err("a truncated field must be refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let mut c = dir.client().await?;
+    c.stats(StatsRequest {}).await?;
+    dir.server.shutdown().await?;
+    Ok(())
+}

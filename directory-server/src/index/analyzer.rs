@@ -9,25 +9,26 @@
 
 use tantivy::Index;
 use tantivy::tokenizer::{
-    AsciiFoldingFilter, LowerCaser, RawTokenizer, RemoveLongFilter, TextAnalyzer, TextAnalyzerBuilder, Token,
-    TokenFilter, TokenStream, Tokenizer,
+    AsciiFoldingFilter, LowerCaser, RawTokenizer, TextAnalyzer, TextAnalyzerBuilder, Token, TokenFilter,
+    TokenStream, Tokenizer,
 };
 use tantivy_jieba::JiebaTokenizer;
 
 /// Name of the word analyzer (jieba search mode, folded, lowercased). The names carry a version:
 /// an index built by an older analyzer has another schema and is rebuilt from the catalog.
-pub const WORDS: &str = "quaver_words_v2";
+pub const WORDS: &str = "quaver_words_v3";
 /// Name of the CJK character analyzer: every character and every pair of adjacent characters
 /// (folded to simplified characters; see [`cjk_analyzer`]).
 pub const CJK: &str = "quaver_cjk_v3";
 
 /// Name of the word-prefix analyzer: the word analyzer, then every prefix of each non-CJK word
 /// (see [`Prefixes`]).
-pub const WORD_PREFIXES: &str = "quaver_word_prefixes_v1";
+pub const WORD_PREFIXES: &str = "quaver_word_prefixes_v2";
 /// Name of the prefix analyzer for untokenized values (pinyin terms).
 pub const RAW_PREFIXES: &str = "quaver_raw_prefixes_v1";
 
-/// Tokens longer than this many bytes are dropped (13 CJK characters, 40 Latin letters).
+/// Tokens longer than this many bytes are cut to their first characters that fit (13 CJK
+/// characters, 40 Latin letters): see [`Truncate`].
 const MAX_TOKEN_BYTES: usize = 40;
 
 /// Prefixes of a word that are indexed for search-as-you-type: from this many characters...
@@ -56,8 +57,8 @@ pub fn prefix_term(word: &str) -> Option<&str> {
     Some(&word[..end])
 }
 
-/// [`Words`] (width folding, word split, jieba search mode for Han), then: drop over-long tokens, keep only tokens
-/// with an alphanumeric character, lowercase, fold accents (é → e).
+/// [`Words`] (width folding, word split, jieba search mode for Han), then: keep only tokens
+/// with an alphanumeric character, lowercase, fold accents (é → e), cut over-long tokens.
 pub fn words_analyzer() -> TextAnalyzer {
     words().build()
 }
@@ -65,10 +66,10 @@ pub fn words_analyzer() -> TextAnalyzer {
 /// The word analyzer's chain, to build on.
 fn words() -> TextAnalyzerBuilder<impl Tokenizer> {
     TextAnalyzer::builder(Words::default())
-        .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
         .filter(WordOnly)
         .filter(LowerCaser)
         .filter(AsciiFoldingFilter)
+        .filter(Truncate)
 }
 
 /// The words of [`words_analyzer`], each replaced by its prefixes ([`Prefixes`]).
@@ -272,6 +273,62 @@ impl<S: TokenStream> TokenStream for WordOnlyStream<S> {
     }
 }
 
+/// Cuts a token longer than `MAX_TOKEN_BYTES` to its longest prefix that fits (on a character
+/// boundary). A long word is then searched by its first 40 bytes, on both sides alike.
+///
+/// Why cut, not drop: a query of one long word (a 45-letter German compound, a run-together
+/// title) would have nothing left to search, though the protocol allows it. It runs last, on
+/// folded text: a word typed without its accents must be cut where the indexed one, folded,
+/// was.
+#[derive(Clone)]
+struct Truncate;
+
+impl TokenFilter for Truncate {
+    type Tokenizer<T: Tokenizer> = TruncateTokenizer<T>;
+
+    fn transform<T: Tokenizer>(self, tokenizer: T) -> TruncateTokenizer<T> {
+        TruncateTokenizer(tokenizer)
+    }
+}
+
+#[derive(Clone)]
+struct TruncateTokenizer<T>(T);
+
+impl<T: Tokenizer> Tokenizer for TruncateTokenizer<T> {
+    type TokenStream<'a> = TruncateStream<T::TokenStream<'a>>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> Self::TokenStream<'a> {
+        TruncateStream(self.0.token_stream(text))
+    }
+}
+
+struct TruncateStream<S>(S);
+
+impl<S: TokenStream> TokenStream for TruncateStream<S> {
+    fn advance(&mut self) -> bool {
+        if !self.0.advance() {
+            return false;
+        }
+        let text = &mut self.0.token_mut().text;
+        if text.len() > MAX_TOKEN_BYTES {
+            let mut end = MAX_TOKEN_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        true
+    }
+
+    fn token(&self) -> &Token {
+        self.0.token()
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        self.0.token_mut()
+    }
+}
+
 /// Replaces each token by its prefixes of `PREFIX_MIN_CHARS..=PREFIX_MAX_CHARS` characters
 /// (`rhapsody` → `rha`, `rhap`, ..., `rhapsody`); tokens containing a CJK character, or shorter
 /// than `PREFIX_MIN_CHARS`, are dropped (CJK is matched by character fragments instead).
@@ -436,6 +493,19 @@ mod tests {
         let mut a = words_analyzer();
         let t = tokens(&mut a, "Группа крови / 아이유 좋은 날 / Ñandú / 周杰伦jay");
         assert_eq!(t, ["группа", "крови", "아이유", "좋은", "날", "nandu", "周杰伦", "jay"]);
+    }
+
+    #[test]
+    fn over_long_words_are_cut_to_their_first_forty_bytes_after_folding() {
+        let mut a = words_analyzer();
+        let word = "Pneumonoultramicroscopicsilicovolcanoconiosis";
+        assert_eq!(tokens(&mut a, word), [word[..MAX_TOKEN_BYTES].to_lowercase()]);
+        // Accents fold before the cut, so both spellings keep the same first 40 letters.
+        let accented = format!("é{}", &word[1..]);
+        assert_eq!(tokens(&mut a, &accented), tokens(&mut a, &format!("e{}", &word[1..])));
+        // A cut never splits a character: byte 40 falls inside the 20th `ж` (two bytes each).
+        let cyrillic = format!("a{}", "ж".repeat(30));
+        assert_eq!(tokens(&mut a, &cyrillic), [format!("a{}", "ж".repeat(19))]);
     }
 
     #[test]

@@ -413,6 +413,20 @@ fn a_long_word_is_found_by_any_prefix_of_it() {
     assert!(both.contains(&1) && both.contains(&2), "{both:?}");
 }
 
+#[test]
+fn words_of_forty_letters_and_more_are_searched_not_refused() {
+    let idx = SearchIndex::in_memory().unwrap();
+    let word = "Pneumonoultramicroscopicsilicovolcanoconiosis"; // 45 letters
+    idx.upsert(&[song(1, word, "Chemistry Band")]).unwrap();
+    idx.upsert(&[song(2, "Short Title", "Other")]).unwrap();
+    idx.commit().unwrap();
+    assert_eq!(keys(&idx, &word.to_lowercase()), [1]);
+    assert_eq!(keys(&idx, &word[..40]), [1], "exactly 40 letters");
+    assert_eq!(keys(&idx, &format!("{word} chemistry")), [1]);
+    // A 255-letter word, within the protocol's 256 bytes, found in no title: no hits, no error.
+    assert_eq!(keys(&idx, &"q".repeat(255)), Vec::<u64>::new());
+}
+
 /// Many documents matching `晴天`: the first 150 with short titles (high text scores), the rest
 /// long ones, in enough postings blocks (128 documents each) for block-max WAND to skip some.
 fn wand_fixture() -> SearchIndex {
