@@ -1,6 +1,7 @@
 //! The operator API (`proto/admin.proto`), server and client side: `Admin.Backup` streams a
-//! consistent catalog snapshot to a loopback caller, and the clients behind
-//! `quaver-directory backup` and `quaver-directory health`.
+//! consistent catalog snapshot to a loopback caller; the peers, bans and remove-file calls
+//! are thin handlers over `Directory` (their conversions and clients are `admin_calls`); and
+//! the clients behind `quaver-directory backup` and `quaver-directory health`.
 //!
 //! Trust model: the service sits on the public gRPC port but answers only connections from a
 //! loopback address, checked on every call before anything is read. It takes no paths and
@@ -17,16 +18,25 @@ use std::time::Duration;
 use quaver_shared::admin::v1::admin_client::AdminClient;
 use quaver_shared::admin::v1::admin_server::{Admin, AdminServer};
 use quaver_shared::admin::v1::backup_chunk::Part;
-use quaver_shared::admin::v1::{BackupChunk, BackupHeader, BackupRequest, TreeCount};
+use quaver_shared::admin::v1::{
+    BackupChunk, BackupHeader, BackupRequest, BanRequest, BanResponse, ListBansRequest, ListBansResponse,
+    ListPeersRequest, ListPeersResponse, RemoveFileRequest, RemoveFileResponse, TreeCount, UnbanRequest,
+    UnbanResponse,
+};
 use quaver_shared::directory_endpoint::directory_endpoint;
+use quaver_shared::{ContentId, PeerId};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::admin_calls::{self, DEFAULT_PEERS, MAX_PEERS};
 use crate::backup::{self, BackupError, FORMAT_VERSION, Manifest, SnapshotSummary, TreeRecords};
+use crate::bans::Ban;
+use crate::catalog::now_unix_ms;
 use crate::directory::Directory;
+use crate::error::DirectoryError;
 
 /// Bytes per `data` message: well under the 4 MiB a gRPC client accepts by default.
 const CHUNK_BYTES: usize = 1024 * 1024;
@@ -56,8 +66,107 @@ fn require_loopback(remote: Option<SocketAddr>) -> Result<(), Status> {
     }
 }
 
+impl AdminService {
+    /// Runs an operator call on the blocking pool (catalog reads and writes block); `durable`:
+    /// the catalog is flushed before the answer, as for a peer's writes.
+    async fn run<T: Send + 'static>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&Directory) -> Result<T, DirectoryError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let directory = self.directory.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let out = f(&directory)?;
+            if durable {
+                directory.flush_blocking()?;
+            }
+            Ok::<_, DirectoryError>(out)
+        })
+        .await;
+        match done {
+            Ok(result) => result.map_err(Status::from),
+            Err(e) => {
+                tracing::error!(error = %e, "admin task failed");
+                Err(Status::internal("internal error; the directory logged the details"))
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn list_peers(
+        &self,
+        request: Request<ListPeersRequest>,
+    ) -> Result<Response<ListPeersResponse>, Status> {
+        require_loopback(request.remote_addr())?;
+        let req = request.into_inner();
+        let limit = match req.limit {
+            0 => DEFAULT_PEERS,
+            n if n > MAX_PEERS => {
+                return Err(Status::invalid_argument(format!(
+                    "limit {n} is over the maximum of {MAX_PEERS}"
+                )));
+            }
+            n => n,
+        };
+        let after = match req.after.as_slice() {
+            [] => None,
+            bytes => {
+                Some(PeerId::from_slice(bytes).map_err(|e| Status::invalid_argument(format!("after: {e}")))?)
+            }
+        };
+        let (peers, online) = self
+            .run(false, move |d| d.online_peers(after, limit as usize, std::time::Instant::now()))
+            .await?;
+        let peers = peers.iter().map(admin_calls::online_peer).collect();
+        Ok(Response::new(ListPeersResponse { peers, online }))
+    }
+
+    async fn ban(&self, request: Request<BanRequest>) -> Result<Response<BanResponse>, Status> {
+        require_loopback(request.remote_addr())?;
+        let req = request.into_inner();
+        let target = admin_calls::target_from_proto(req.target)?;
+        let ban = Ban::new(target, req.seconds, req.reason, now_unix_ms())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let outcome = self.run(true, move |d| d.ban(ban, std::time::Instant::now())).await?;
+        Ok(Response::new(BanResponse {
+            ban: Some(admin_calls::entry(&outcome.ban)),
+            peers_dropped: u32::try_from(outcome.dropped.len()).unwrap_or(u32::MAX),
+            replaced: outcome.replaced,
+        }))
+    }
+
+    async fn unban(&self, request: Request<UnbanRequest>) -> Result<Response<UnbanResponse>, Status> {
+        require_loopback(request.remote_addr())?;
+        let target = admin_calls::target_from_proto(request.into_inner().target)?;
+        let lifted = self.run(true, move |d| d.unban(&target)).await?;
+        Ok(Response::new(UnbanResponse { lifted }))
+    }
+
+    async fn list_bans(
+        &self,
+        request: Request<ListBansRequest>,
+    ) -> Result<Response<ListBansResponse>, Status> {
+        require_loopback(request.remote_addr())?;
+        let bans = self.run(true, |d| d.bans()).await?;
+        Ok(Response::new(ListBansResponse { bans: bans.iter().map(admin_calls::entry).collect() }))
+    }
+
+    async fn remove_file(
+        &self,
+        request: Request<RemoveFileRequest>,
+    ) -> Result<Response<RemoveFileResponse>, Status> {
+        require_loopback(request.remote_addr())?;
+        let id = ContentId::from_slice(&request.into_inner().content_id)
+            .map_err(|e| Status::invalid_argument(format!("content_id: {e}")))?;
+        let removed = self.run(true, move |d| d.remove_file(&id, std::time::Instant::now())).await?;
+        Ok(Response::new(RemoveFileResponse {
+            removed: removed.is_some(),
+            sources: removed.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+        }))
+    }
+
     type BackupStream = ReceiverStream<Result<BackupChunk, Status>>;
 
     async fn backup(&self, request: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {

@@ -60,6 +60,26 @@ impl StoredPeer {
     }
 }
 
+/// An operator's ban as stored in the `bans` tree (the key says what is banned, see
+/// `bans::BanTarget::key`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredBan {
+    #[prost(uint64, tag = "1")]
+    pub until_unix_ms: u64,
+    #[prost(uint64, tag = "2")]
+    pub created_unix_ms: u64,
+    #[prost(string, tag = "3")]
+    pub reason: String,
+}
+
+/// What `remove_file` took out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemovedFile {
+    pub key: u64,
+    /// The peers whose share list held it, and whether their copy was complete.
+    pub sources: Vec<(PeerId, bool)>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("storage error: {0}")]
@@ -108,6 +128,8 @@ pub struct Catalog {
     peers: Tree,
     unindexed: Tree,
     counts: Tree,
+    /// Operator bans, by target (see `bans`); not in backups.
+    bans: Tree,
 }
 
 /// Keys of the `counts` tree.
@@ -211,6 +233,7 @@ impl Catalog {
             peers: db.open_tree("peers")?,
             unindexed: db.open_tree("unindexed")?,
             counts: db.open_tree("counts")?,
+            bans: db.open_tree("bans")?,
             db,
         };
         catalog.count_if_uncounted()?;
@@ -431,8 +454,9 @@ impl Catalog {
                         Err(e) => return abort(e),
                     },
                     None => {
-                        // Files are never deleted, so a file absent before the transaction
-                        // had a key reserved for it above.
+                        // Files are deleted only by `remove_file`, which the directory runs
+                        // under the same lock as every publish, so a file absent before the
+                        // transaction had a key reserved for it above.
                         let Some(&key) = fresh.next() else {
                             return abort(CatalogError::Corrupt {
                                 tree: "files",
@@ -490,6 +514,87 @@ impl Catalog {
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(e.into()),
         }
+    }
+
+    /// Deletes file `id` from every tree: its entry (`files`, `keys`, `unindexed`), its
+    /// sources and every peer's share list that held it (`sources`, `peer_files`, each such
+    /// peer's count and digest in `peers`), and the counts, in one transaction. `None` (and
+    /// nothing changed) if there is no such file. The search index is the caller's.
+    pub fn remove_file(&self, id: &ContentId) -> Result<Option<RemovedFile>, CatalogError> {
+        let Some(file) = self.file(id)? else { return Ok(None) };
+        let key = file.key;
+        let holders: Vec<PeerId> = self
+            .sources
+            .scan_prefix(key.to_be_bytes())
+            .map(|item| {
+                let (k, _) = item?;
+                PeerId::from_slice(k.get(8..).unwrap_or_default())
+                    .map_err(|e| CatalogError::Corrupt { tree: "sources", detail: e.to_string() })
+            })
+            .collect::<Result<_, _>>()?;
+        let trees = (
+            &self.files,
+            &self.keys,
+            &self.sources,
+            &self.peer_files,
+            &self.peers,
+            &self.unindexed,
+            &self.counts,
+        );
+        let result = trees.transaction(|(files, keys, sources, peer_files, peers, unindexed, counts)| {
+            let mut removed = Vec::with_capacity(holders.len());
+            for peer in &holders {
+                let mut stored: StoredPeer = match peers.get(peer.as_bytes())? {
+                    Some(bytes) => match decode("peers", &bytes) {
+                        Ok(p) => p,
+                        Err(e) => return abort(e),
+                    },
+                    None => StoredPeer::default(),
+                };
+                let mut digest = stored.digest();
+                let mut changes = Vec::new();
+                drop_source(peer_files, sources, peer, key, id, &mut digest, &mut stored, &mut changes)?;
+                if let Some(change) = changes.first() {
+                    stored.digest = digest.as_bytes().to_vec();
+                    peers.insert(peer.as_bytes(), prost::Message::encode_to_vec(&stored))?;
+                    removed.push((*peer, change.before == Some(true)));
+                }
+                // A `sources` record without its `peer_files` twin (a damaged catalog) goes too.
+                sources.remove(&source_key(key, peer)[..])?;
+            }
+            files.remove(id.as_bytes())?;
+            keys.remove(&key.to_be_bytes()[..])?;
+            unindexed.remove(&key.to_be_bytes()[..])?;
+            add_to_count(counts, FILES_COUNT, -1)?;
+            add_to_count(counts, SOURCES_COUNT, -(removed.len() as i64))?;
+            Ok(RemovedFile { key, sources: removed })
+        });
+        match result {
+            Ok(removed) => Ok(Some(removed)),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    /// Every stored ban, as (key, record).
+    pub fn bans(&self) -> Result<Vec<(Vec<u8>, StoredBan)>, CatalogError> {
+        self.bans
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k.to_vec(), decode("bans", &v)?))
+            })
+            .collect()
+    }
+
+    pub fn put_ban(&self, key: &[u8], ban: &StoredBan) -> Result<(), CatalogError> {
+        self.bans.insert(key, prost::Message::encode_to_vec(ban))?;
+        Ok(())
+    }
+
+    pub fn delete_ban(&self, key: &[u8]) -> Result<(), CatalogError> {
+        self.bans.remove(key)?;
+        Ok(())
     }
 
     /// Up to `limit` files waiting to be indexed, with their records.
@@ -648,6 +753,40 @@ mod tests {
         assert_eq!(c.file_count().unwrap(), c.files.len() as u64, "files");
         assert_eq!(c.source_count().unwrap(), c.sources.len() as u64, "sources");
         assert_eq!(c.peer_count().unwrap(), c.peers.len() as u64, "peers");
+    }
+
+    #[test]
+    fn remove_file_takes_it_out_of_every_tree_and_share_list_and_keeps_counts_true() {
+        let c = Catalog::temporary().unwrap();
+        let (p, q) = (PeerId::from_array([1; 32]), PeerId::from_array([2; 32]));
+        c.touch_peer(&p, "10.0.0.1:1").unwrap();
+        c.touch_peer(&q, "10.0.0.2:1").unwrap();
+        c.publish(&p, false, &[add(1, true), add(2, true)], &[], 10).unwrap();
+        c.publish(&q, false, &[add(1, false)], &[], 10).unwrap();
+        let one = ContentId::of_bytes(&[1]);
+        let key = c.file(&one).unwrap().unwrap().key;
+
+        let removed = c.remove_file(&one).unwrap().unwrap();
+        let mut sources = removed.sources.clone();
+        sources.sort();
+        assert_eq!((removed.key, sources), (key, vec![(p, true), (q, false)]));
+        assert!(c.file(&one).unwrap().is_none());
+        assert!(c.file_by_key(key).unwrap().is_none());
+        assert_eq!(c.sources_of(key).count(), 0);
+        assert!(c.unindexed(100).unwrap().iter().all(|f| f.key != key));
+        assert_counts_true(&c);
+        // Each holder's stored list lost it, digest and count alike.
+        let two = ContentId::of_bytes(&[2]);
+        assert_eq!(c.peer(&p).unwrap().unwrap().digest(), ShareDigest::of([&two]));
+        assert_eq!(c.peer(&p).unwrap().unwrap().count, 1);
+        assert_eq!(c.peer(&q).unwrap().unwrap().digest(), ShareDigest::EMPTY);
+        assert_eq!(c.peer_files(&q).count(), 0);
+
+        assert_eq!(c.remove_file(&one).unwrap(), None, "nothing left to remove");
+        // A later Publish brings it back as a new entry, under a new key.
+        c.publish(&q, false, &[add(1, true)], &[], 10).unwrap();
+        assert!(c.file(&one).unwrap().unwrap().key > key);
+        assert_counts_true(&c);
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! - `presence` is locked briefly for heartbeats and lookups; `online` is read-locked for the
 //!   length of one search, so the ranking sees a consistent picture, and for the copy of one
 //!   file's source list a Locate takes (it then ranks them under `presence`, never both).
-//! - Lock order is always membership → presence → online, and membership → `storage`.
+//! - Lock order is always membership → presence → online, and membership → `storage`;
+//!   `bans` and `challenges` are leaves, held for one lookup or change.
 //! - `storage` keeps sled's multi-tree transaction (a `Publish`) from running while any other
 //!   request of ours is inside sled or flushing it: the transaction holds it for writing,
 //!   every other catalog read and every flush for reading. sled 0.34 can deadlock otherwise:
@@ -34,7 +35,8 @@ use quaver_shared::directory::v1::*;
 use quaver_shared::limits::*;
 use quaver_shared::{ContentId, PeerId, ShareDigest};
 
-use crate::catalog::{Catalog, PublishOutcome, SourceChange, StoredFile};
+use crate::bans::Bans;
+use crate::catalog::{Catalog, PublishOutcome, SourceChange, StoredFile, now_unix_ms};
 use crate::config::Config;
 use crate::error::{DirectoryError, Result, invalid};
 use crate::index::{IndexDoc, IndexFilters, OpenOutcome, SearchIndex};
@@ -97,6 +99,8 @@ pub struct Directory {
     online: RwLock<OnlineSources>,
     /// The announce proofs' secret and the nonces already used (see `proof`).
     challenges: Mutex<Challenges>,
+    /// Operator bans in force (stored in the catalog's `bans` tree; see `admin_ops`).
+    bans: Mutex<Bans>,
     started: Instant,
     files_total: AtomicU64,
     sources_total: AtomicU64,
@@ -201,6 +205,7 @@ impl Directory {
             presence: Mutex::new(Presence::new(config.lease())),
             online: RwLock::new(OnlineSources::default()),
             challenges: Mutex::new(Challenges::new(random()?, Instant::now())),
+            bans: Mutex::new(admin_ops::load_bans(&catalog, now_unix_ms())?),
             membership: Mutex::new(()),
             storage: RwLock::new(()),
             started: Instant::now(),
@@ -304,6 +309,11 @@ impl Directory {
         let token = new_token()?;
 
         let _m = lock(&self.membership);
+        // Checked again under `membership`: a ban made while this Announce's connect-back ran
+        // must not let it in.
+        if let Some(refusal) = self.ban_refusal(&peer, address.ip(), now_unix_ms()) {
+            return Err(DirectoryError::PermissionDenied(refusal));
+        }
         self.sweep(now)?;
         self.check_peers_per_ip(&peer, address.ip(), now)?;
         let stored = self.catalog.touch_peer(&peer, &address.to_string())?;
@@ -662,6 +672,10 @@ impl Directory {
         Ok(self.catalog.flush_blocking()?)
     }
 }
+
+#[path = "directory_admin.rs"]
+mod admin_ops;
+pub use admin_ops::{BanOutcome, PeerSummary};
 
 #[cfg(test)]
 #[path = "directory_tests.rs"]

@@ -9,7 +9,9 @@
 //! request limits, metrics and logs.
 
 pub mod admin;
+pub mod admin_calls;
 pub mod backup;
+pub mod bans;
 pub mod catalog;
 pub mod config;
 pub mod directory;

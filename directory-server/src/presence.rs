@@ -158,6 +158,18 @@ impl Presence {
         Some(Departed { peer, was_source: lease.reachable })
     }
 
+    /// Ends `peer`'s session at once (an operator's ban), like `leave` by its token.
+    pub fn leave_peer(&mut self, peer: &PeerId) -> Option<Departed> {
+        let token = self.by_peer.get(peer)?.token.clone();
+        self.leave(&token)
+    }
+
+    /// Every live lease at `now`, in no particular order (for operators: one walk of the
+    /// table, never on a peer's request path).
+    pub fn live(&self, now: Instant) -> impl Iterator<Item = (&PeerId, &Lease)> {
+        self.by_peer.iter().filter(move |(_, l)| l.expires > now)
+    }
+
     /// Removes every lease that has run out and returns the peers that went offline.
     /// Scans the table only when some lease may have run out by `now` (see `next_expiry`).
     pub fn expire(&mut self, now: Instant) -> Vec<Departed> {
@@ -260,6 +272,21 @@ mod tests {
         assert_eq!(p.expire(t100), vec![gone(2, true)]);
         assert_eq!(p.len(), 1);
         assert_eq!(p.lease(&peer(1), t100).map(|l| l.free_upload_slots), Some(3));
+    }
+
+    #[test]
+    fn a_peer_taken_offline_by_id_loses_its_token_and_reports_whether_it_was_a_source() {
+        let t0 = Instant::now();
+        let mut p = Presence::new(Duration::from_secs(90));
+        p.announce(peer(1), addr(), 4, true, "a".into(), t0);
+        p.announce(peer(2), addr(), 4, false, "b".into(), t0);
+        assert_eq!(p.live(t0).count(), 2);
+        assert_eq!(p.leave_peer(&peer(1)), Some(gone(1, true)));
+        assert_eq!(p.peer_of("a", t0), None);
+        assert_eq!(p.leave_peer(&peer(1)), None);
+        assert_eq!(p.leave_peer(&peer(2)), Some(gone(2, false)));
+        assert!(p.is_empty() && p.by_ip.is_empty());
+        assert_eq!(p.live(t0).count(), 0);
     }
 
     #[test]

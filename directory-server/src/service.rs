@@ -22,6 +22,7 @@ use quaver_shared::directory::v1::*;
 use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::catalog::now_unix_ms;
 use crate::directory::{Directory, ValidAnnounce};
 use crate::error::DirectoryError;
 use crate::keep_alive::Answers;
@@ -137,12 +138,20 @@ impl DirectoryApi for DirectoryService {
         // session of the PeerId it names, nor spends that peer's request rate (the per-IP
         // admission of `ops::layer` bounds how many such attempts anyone makes).
         self.dir.check_proof(request.get_ref(), &announce, Instant::now()).map_err(Status::from)?;
+        // A banned peer (or IP) is told so, and until when, before anything is spent on it;
+        // `Directory::announce` checks again for a ban made meanwhile.
+        if let Some(refusal) = self.dir.ban_refusal(&announce.peer, announce.address.ip(), now_unix_ms()) {
+            self.metrics.banned_announce();
+            return Err(Status::permission_denied(refusal));
+        }
         self.admit(&request, PeerKey::Peer(announce.peer.to_vec()))?;
         let reachable = self.reach.reachable(announce.peer, announce.address).await;
         self.metrics.connect_back(reachable);
         let answer = self.run_durable(move |d| d.announce(announce, reachable, Instant::now())).await;
-        if answer.as_ref().is_err_and(|s| s.code() == tonic::Code::ResourceExhausted) {
-            self.metrics.rate_limited("peers_per_ip");
+        match answer.as_ref().map_err(Status::code) {
+            Err(tonic::Code::ResourceExhausted) => self.metrics.rate_limited("peers_per_ip"),
+            Err(tonic::Code::PermissionDenied) => self.metrics.banned_announce(),
+            _ => {}
         }
         answer.map(Response::new)
     }

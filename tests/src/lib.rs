@@ -17,6 +17,7 @@ pub type Client = DirectoryClient<Channel>;
 pub struct TestDirectory {
     pub server: RunningServer,
     pub data: tempfile::TempDir,
+    config: Config,
 }
 
 impl TestDirectory {
@@ -42,8 +43,17 @@ impl TestDirectory {
             verify_timeout_ms,
             ..Config::default()
         };
-        let server = RunningServer::start(config).await?;
-        Ok(Self { server, data })
+        let server = RunningServer::start(config.clone()).await?;
+        Ok(Self { server, data, config })
+    }
+
+    /// Stops the server gracefully and starts a new one on the same data dir (on a new port:
+    /// take `url()` again).
+    pub async fn restart(self) -> anyhow::Result<Self> {
+        let Self { server, data, config } = self;
+        server.shutdown().await?;
+        let server = RunningServer::start(config.clone()).await?;
+        Ok(Self { server, data, config })
     }
 
     pub fn url(&self) -> String {
@@ -82,8 +92,14 @@ pub struct TestPeer {
 impl TestPeer {
     /// A fresh key served on an ephemeral loopback port. Needs a tokio runtime.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_at([127, 0, 0, 1])
+    }
+
+    /// Like `start`, on loopback address `ip` (announce it with `TestDirectory::client_from`
+    /// the same IP, so the connect-back finds it).
+    pub fn start_at(ip: [u8; 4]) -> anyhow::Result<Self> {
         let key = NodeKey::generate()?;
-        let endpoint = serve(&key)?;
+        let endpoint = quaver_shared::tls::identity_only_endpoint(SocketAddr::from((ip, 0)), &key)?;
         Ok(Self { key, endpoint })
     }
 

@@ -41,6 +41,11 @@ const METHODS: &[&str] = &[
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "/quaver.admin.v1.Admin/Backup",
+    "/quaver.admin.v1.Admin/ListPeers",
+    "/quaver.admin.v1.Admin/Ban",
+    "/quaver.admin.v1.Admin/Unban",
+    "/quaver.admin.v1.Admin/ListBans",
+    "/quaver.admin.v1.Admin/RemoveFile",
 ];
 
 /// The metric label for a request path: a known method without its leading `/`, or `unknown`

@@ -55,6 +55,7 @@ pub struct Metrics {
     index_commits: Histogram,
     indexed_documents: Counter,
     keep_alive_beats: Family<ResultLabels, Counter>,
+    banned_announces: Counter,
 }
 
 fn request_histogram() -> Histogram {
@@ -115,6 +116,12 @@ impl Metrics {
             "Beats received on KeepAlive streams, by result (the gRPC code of the answer)",
             keep_alive_beats.clone(),
         );
+        let banned_announces = Counter::default();
+        r.register(
+            "banned_announces",
+            "Announces refused with PERMISSION_DENIED because an operator banned the peer or its IP",
+            banned_announces.clone(),
+        );
         r.register_collector(Box::new(StateCollector { directory, limits }));
         Self {
             registry,
@@ -127,6 +134,7 @@ impl Metrics {
             index_commits,
             indexed_documents,
             keep_alive_beats,
+            banned_announces,
         }
     }
 
@@ -143,6 +151,10 @@ impl Metrics {
 
     pub fn rate_limited(&self, limit: &'static str) {
         self.rejected_requests.get_or_create(&LimitLabels { limit }).inc();
+    }
+
+    pub fn banned_announce(&self) {
+        self.banned_announces.inc();
     }
 
     pub fn connection_rejected(&self, reason: &'static str) {
