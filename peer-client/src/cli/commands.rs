@@ -1,13 +1,15 @@
 //! `quaver share | unshare | search | status`: one control call each, then print.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quaver_peer::control::ControlClient;
-use quaver_peer::control::pb::{SearchRequest, ShareRequest, StatusRequest, UnshareRequest};
+use quaver_peer::control::pb::{SearchRequest, ShareRequest, StatusRequest, StatusResponse, UnshareRequest};
+use quaver_peer::node::unreachable_advice;
 use quaver_shared::directory::v1::MediaKind;
 use serde_json::json;
 
-use super::format::{bytes, column, duration_ms};
+use super::format::{bytes, column, duration_ms, text, utc_clock};
 use super::{Exit, absolute, connect, print_json, report};
 
 /// The folder made absolute (the daemon has its own working directory) and the daemon's API.
@@ -154,20 +156,19 @@ pub async fn status(data_dir: &Path, json: bool) -> Exit {
             "directory_connected": s.directory_connected, "observed_address": s.observed_address,
             "folders": s.folders, "shared_files": s.shared_files, "uploaded_bytes": s.uploaded_bytes,
             "active_uploads": s.active_uploads, "downloads": downloads,
+            "directory_since_unix_ms": s.directory_since_unix_ms,
+            "directory_last_error": s.directory_last_error, "reachable": s.reachable,
         }));
         return Exit::Ok;
     }
     println!("peer      {}", s.peer_id);
     println!("quic      {}", s.quic_address);
-    let session = if s.directory_connected {
-        format!("connected as {}", s.observed_address)
-    } else {
-        "not connected".into()
-    };
-    println!("directory {} ({session})", s.directory);
+    for line in session_lines(&s, SystemTime::now()) {
+        println!("{line}");
+    }
     println!("sharing   {} files in {} folders", s.shared_files, s.folders.len());
     for f in &s.folders {
-        println!("          {f}");
+        println!("          {}", text(f));
     }
     println!("uploaded  {} ({} uploads now)", bytes(s.uploaded_bytes), s.active_uploads);
     for d in &s.downloads {
@@ -180,4 +181,134 @@ pub async fn status(data_dir: &Path, json: bool) -> Exit {
         );
     }
     Exit::Ok
+}
+
+/// What `status` says about the directory session and whether others can reach this node, as
+/// of `now`. Everything the directory sent (its error text, the address it saw) is shown
+/// through [`text`].
+fn session_lines(s: &StatusResponse, now: SystemTime) -> Vec<String> {
+    let url = text(&s.directory);
+    let since = (s.directory_since_unix_ms > 0).then(|| {
+        let at = UNIX_EPOCH + Duration::from_millis(s.directory_since_unix_ms);
+        let ago = now.duration_since(at).unwrap_or_default().as_secs();
+        format!("since {} ({ago} s ago)", utc_clock(s.directory_since_unix_ms))
+    });
+    let last_error = text(&s.directory_last_error);
+    let mut lines = Vec::new();
+    match (s.directory_connected, since) {
+        (true, Some(since)) => lines.push(format!("directory {url} (connected {since})")),
+        (true, None) => lines.push(format!("directory {url} (connected)")),
+        (false, None) => lines.push(format!("directory {url} (connecting: no answer yet)")),
+        (false, Some(since)) if last_error.is_empty() => {
+            lines.push(format!("directory {url} (reconnecting {since})"));
+        }
+        (false, Some(since)) => {
+            lines.push(format!("directory {url} (reconnecting {since}; last error: {last_error})"));
+            lines.push(format!("          {}", unreachable_advice(&url)));
+        }
+    }
+    let address = text(&s.observed_address);
+    match s.reachable {
+        Some(true) => {
+            lines.push(format!("reach     reachable at {address}: other peers can download from this node"))
+        }
+        Some(false) => {
+            let port = address.rsplit_once(':').map_or("", |(_, port)| port);
+            lines.push(format!(
+                "reach     not reachable: the directory could not connect back to {address}, so other peers \
+                 cannot download from this node; check that UDP port {port} is forwarded to this machine \
+                 and that no firewall drops it"
+            ));
+        }
+        None => lines.push("reach     not known yet (the directory checks when this node announces)".into()),
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(
+        connected: bool,
+        since_unix_ms: u64,
+        last_error: &str,
+        reachable: Option<bool>,
+    ) -> StatusResponse {
+        StatusResponse {
+            directory: "http://127.0.0.1:7700".into(),
+            directory_connected: connected,
+            observed_address: "203.0.113.7:4433".into(),
+            directory_since_unix_ms: since_unix_ms,
+            directory_last_error: last_error.into(),
+            reachable,
+            ..StatusResponse::default()
+        }
+    }
+
+    /// 2026-12-07 02:14:05 UTC.
+    const SINCE_MS: u64 = 1_796_609_645_000;
+
+    fn at(ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_reachable_node_says_others_can_download_from_it() {
+        let lines = session_lines(&status(true, SINCE_MS, "", Some(true)), at(SINCE_MS + 12_000));
+        assert_eq!(
+            lines,
+            [
+                "directory http://127.0.0.1:7700 (connected since 02:14:05 UTC (12 s ago))",
+                "reach     reachable at 203.0.113.7:4433: other peers can download from this node",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unreachable_node_says_others_cannot_download_and_what_to_check() {
+        let lines = session_lines(&status(true, SINCE_MS, "", Some(false)), at(SINCE_MS));
+        let reach = &lines[1];
+        assert!(
+            reach.starts_with(
+                "reach     not reachable: the directory could not connect back to 203.0.113.7:4433"
+            ),
+            "{reach}"
+        );
+        assert!(reach.contains("other peers cannot download from this node"), "{reach}");
+        assert!(reach.contains("UDP port 4433 is forwarded") && reach.contains("firewall"), "{reach}");
+    }
+
+    #[test]
+    fn a_lost_session_says_reconnecting_since_when_with_the_error_and_what_to_check() {
+        let error = "cannot connect to the directory: transport error: Connection refused";
+        let lines = session_lines(&status(false, SINCE_MS, error, Some(true)), at(SINCE_MS + 3_000));
+        assert_eq!(
+            lines[0],
+            format!(
+                "directory http://127.0.0.1:7700 (reconnecting since 02:14:05 UTC (3 s ago); last error: {error})"
+            )
+        );
+        assert!(
+            lines[1].contains("check that the directory is running and listening at http://127.0.0.1:7700")
+        );
+        assert!(lines[1].contains("QUAVER_DIRECTORY"));
+        assert!(!lines.iter().any(|l| l.contains("connected since")));
+    }
+
+    #[test]
+    fn a_starting_session_and_an_unknown_verdict_say_so() {
+        let lines = session_lines(&status(false, 0, "", None), at(SINCE_MS));
+        assert_eq!(lines[0], "directory http://127.0.0.1:7700 (connecting: no answer yet)");
+        assert!(lines[1].starts_with("reach     not known yet"));
+    }
+
+    #[test]
+    fn what_the_directory_sent_is_shown_without_control_or_bidi_characters() {
+        let mut s = status(false, SINCE_MS, "refused: \u{1b}[2J\u{202e}gnp.exe", Some(false));
+        s.observed_address = "1.2.3.4:5\u{202e}".into();
+        for line in session_lines(&s, at(SINCE_MS)) {
+            assert!(!line.chars().any(|c| c.is_control() || c == '\u{202e}'), "{line:?}");
+        }
+    }
 }

@@ -1,5 +1,9 @@
 //! Human-readable numbers and columns for the terminal.
 
+use std::borrow::Cow;
+
+use quaver_peer::sanitize::for_terminal;
+
 /// `1.5 MiB`, `320 B`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -21,6 +25,13 @@ pub fn duration_ms(ms: u32) -> String {
     format!("{}:{:02}", s / 60, s % 60)
 }
 
+/// The time of day of `unix_ms` in UTC, `02:14:05 UTC` (the day is left out: a status
+/// shows recent moments, and its "N s ago" says how recent).
+pub fn utc_clock(unix_ms: u64) -> String {
+    let s = (unix_ms / 1000) % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", s / 3600, s / 60 % 60, s % 60)
+}
+
 /// Columns a terminal gives `c`: two for East Asian wide characters, else one.
 fn char_width(c: char) -> usize {
     let wide = matches!(c as u32,
@@ -36,13 +47,20 @@ fn char_width(c: char) -> usize {
     }
 }
 
-/// `s` cut to at most `width` columns (with `…` when cut) and padded to exactly `width`.
-/// Control characters are dropped: names come from other peers.
+/// `s` as a terminal may show it ([`for_terminal`]): text from other peers and the directory
+/// goes through here before it is printed.
+pub fn text(s: &str) -> Cow<'_, str> {
+    for_terminal(s)
+}
+
+/// `s` cut to at most `width` columns (with `…` when cut) and padded to exactly `width`, its
+/// control and format characters shown as placeholders ([`text`]).
 pub fn column(s: &str, width: usize) -> String {
+    let s = text(s);
     let mut out = String::new();
     let mut used = 0;
     let total: usize = s.chars().map(char_width).sum();
-    for c in s.chars().filter(|c| !c.is_control()) {
+    for c in s.chars() {
         let w = char_width(c);
         if total > width && used + w > width.saturating_sub(1) {
             out.push('…');
@@ -67,14 +85,17 @@ mod tests {
         assert_eq!(bytes(20 * 1024 * 1024), "20.0 MiB");
         assert_eq!(duration_ms(205_000), "3:25");
         assert_eq!(duration_ms(0), "-");
+        assert_eq!(utc_clock(1_796_609_645_999), "02:14:05 UTC");
+        assert_eq!(utc_clock(0), "00:00:00 UTC");
     }
 
     #[test]
-    fn columns_count_wide_characters_twice_and_drop_controls() {
+    fn columns_count_wide_characters_twice_and_show_controls_as_placeholders() {
         assert_eq!(column("晴天", 6), "晴天  ");
         assert_eq!(column("abc", 2), "a…");
         assert_eq!(column("周杰伦周杰伦", 5), "周杰…");
-        assert_eq!(column("a\u{1b}[31mb", 4), "a[3…");
-        assert_eq!(column("ok\n", 3), "ok ");
+        assert_eq!(column("a\u{1b}[31mb", 4), "a\u{fffd}[…");
+        assert_eq!(column("ok\n", 4), "ok\u{fffd} ");
+        assert_eq!(column("evil\u{202e}3pm.exe", 14), "evil\u{fffd}3pm.exe  ");
     }
 }

@@ -44,7 +44,7 @@ pub async fn run(data_dir: &Path, target: &str, out: Option<&Path>, json: bool) 
             Ok(Some(p)) => {
                 if bar.length() != Some(p.size) {
                     bar.set_length(p.size);
-                    bar.set_message(p.name.clone());
+                    bar.set_message(super::format::text(&p.name).into_owned());
                 }
                 bar.set_position(p.verified_bytes);
                 bar.set_prefix(p.active_sources.to_string());

@@ -62,7 +62,8 @@ pub async fn connect(data_dir: &Path) -> Result<ControlClient, Exit> {
 
 /// Prints a failed control call and maps its status to an exit code.
 pub fn report(status: tonic::Status) -> Exit {
-    eprintln!("quaver: {}", status.message());
+    // The message may carry the directory's words: shown like any text from the network.
+    eprintln!("quaver: {}", format::text(status.message()));
     match status.code() {
         tonic::Code::InvalidArgument => Exit::Usage,
         tonic::Code::NotFound => Exit::NotFound,

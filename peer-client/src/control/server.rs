@@ -73,7 +73,7 @@ fn node_status(e: NodeError) -> Status {
 fn lookup_status(e: LookupError) -> Status {
     match e {
         LookupError::NotFound => Status::not_found("the directory does not know this file"),
-        LookupError::Unavailable(m) => Status::unavailable(format!("the directory cannot be reached: {m}")),
+        e @ LookupError::Unavailable { .. } => Status::unavailable(e.to_string()),
         LookupError::Refused(s) => Status::new(s.code(), format!("the directory refused: {}", s.message())),
     }
 }
@@ -93,6 +93,12 @@ impl Control for Handlers {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let node = &self.node;
         let session = node.session_state();
+        let view = session.view(std::time::Instant::now(), std::time::SystemTime::now());
+        // Milliseconds since the Unix epoch (0 for a clock set before it).
+        let unix_ms = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
         let stats = node.serve_stats();
         let store = node.store().clone();
         let folders = tokio::task::spawn_blocking(move || store.folders())
@@ -115,7 +121,7 @@ impl Control for Handlers {
             peer_id: node.peer_id().to_hex(),
             quic_address: node.quic_address().map(|a| a.to_string()).unwrap_or_default(),
             directory: node.config().directory_url.clone(),
-            directory_connected: session.connected,
+            directory_connected: view.up,
             observed_address: session.observed_address.unwrap_or_default(),
             folders: folders.iter().map(|f| f.display().to_string()).collect(),
             shared_files: node.store().len(),
@@ -124,6 +130,9 @@ impl Control for Handlers {
                 .unwrap_or(u32::MAX)
                 .saturating_sub(node.free_slots()),
             downloads,
+            directory_since_unix_ms: view.since.map_or(0, unix_ms),
+            directory_last_error: session.last_error.unwrap_or_default(),
+            reachable: session.reachable,
         }))
     }
 

@@ -24,20 +24,39 @@ const LOCATE_SOURCES: u32 = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
-    #[error("the directory cannot be reached: {0}")]
-    Unavailable(String),
+    /// Says what failed, where, and what to check ([`unreachable_advice`]).
+    #[error("the directory at {url} cannot be reached ({reason}); {}", unreachable_advice(.url))]
+    Unavailable { url: String, reason: String },
     #[error("the directory does not know this file")]
     NotFound,
     #[error("the directory refused: {0}")]
     Refused(tonic::Status),
 }
 
-impl From<tonic::Status> for LookupError {
-    fn from(status: tonic::Status) -> Self {
+/// What to check when the directory at `url` does not answer, for error messages and status.
+pub fn unreachable_advice(url: &str) -> String {
+    let tls = if url.starts_with("https://") {
+        ", and that its certificate verifies (against --directory-ca / QUAVER_DIRECTORY_CA if it is not signed by a public CA)"
+    } else {
+        ""
+    };
+    format!(
+        "check that the directory is running and listening at {url}, and that this is its URL \
+         (the daemon's --directory flag or QUAVER_DIRECTORY){tls}"
+    )
+}
+
+impl LookupError {
+    /// `status` of a call to the directory at `url`, classified.
+    fn from_status(url: &str, status: tonic::Status) -> Self {
         match status.code() {
             tonic::Code::NotFound => LookupError::NotFound,
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                LookupError::Unavailable(status.message().to_owned())
+                // A connection failure's message is generic ("tcp connect error"); the reason
+                // (refused, no route, bad certificate) is in its sources.
+                let source = std::error::Error::source(&status);
+                let reason = crate::session::with_causes(status.message().to_owned(), source);
+                LookupError::Unavailable { url: url.to_owned(), reason }
             }
             _ => LookupError::Refused(status),
         }
@@ -48,6 +67,7 @@ impl From<tonic::Status> for LookupError {
 #[derive(Clone)]
 pub struct DirectoryLink {
     client: DirectoryClient<Channel>,
+    url: String,
 }
 
 impl DirectoryLink {
@@ -58,16 +78,21 @@ impl DirectoryLink {
             .map_err(|e| NodeError::DirectoryUrl { url: url.to_owned(), reason: e.to_string() })?
             .connect_timeout(Duration::from_secs(5))
             .timeout(CALL_TIMEOUT);
-        Ok(Self { client: DirectoryClient::new(endpoint.connect_lazy()) })
+        Ok(Self { client: DirectoryClient::new(endpoint.connect_lazy()), url: url.to_owned() })
+    }
+
+    fn failed(&self) -> impl Fn(tonic::Status) -> LookupError + '_ {
+        |status| LookupError::from_status(&self.url, status)
     }
 
     pub async fn search(&self, request: SearchRequest) -> Result<Vec<SearchHit>, LookupError> {
-        Ok(self.client.clone().search(request).await?.into_inner().hits)
+        Ok(self.client.clone().search(request).await.map_err(self.failed())?.into_inner().hits)
     }
 
     /// The catalog entry of `id`.
     pub async fn file(&self, id: ContentId) -> Result<FileInfo, LookupError> {
-        let resp = self.client.clone().get_file(GetFileRequest { content_id: id.to_vec() }).await?;
+        let request = GetFileRequest { content_id: id.to_vec() };
+        let resp = self.client.clone().get_file(request).await.map_err(self.failed())?;
         resp.into_inner().file.ok_or(LookupError::NotFound)
     }
 
@@ -75,7 +100,7 @@ impl DirectoryLink {
     pub async fn locate(&self, id: ContentId, me: PeerId) -> Result<Vec<SourceAddr>, LookupError> {
         let request =
             LocateRequest { content_id: id.to_vec(), max_sources: LOCATE_SOURCES, peer_id: me.to_vec() };
-        let sources = self.client.clone().locate(request).await?.into_inner().sources;
+        let sources = self.client.clone().locate(request).await.map_err(self.failed())?.into_inner().sources;
         Ok(sources
             .into_iter()
             .filter_map(|s| {

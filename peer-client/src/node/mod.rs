@@ -35,7 +35,7 @@ use quaver_shared::{ContentId, NodeKey, PeerId};
 use tokio::sync::watch;
 
 pub use downloads::{DownloadState, Downloads, Finished, GetError, Subscription};
-pub use lookup::{DirectoryLink, LookupError};
+pub use lookup::{DirectoryLink, LookupError, unreachable_advice};
 
 use crate::serve::{ServeConfig, Server};
 use crate::session::{Session, SessionConfig, SessionHandle, SessionState};

@@ -1,11 +1,14 @@
-//! Beats over the directory's KeepAlive stream: opened at a session's first beat, one message
-//! each way per beat, so a beat costs the directory a small frame instead of a whole call. A
+//! Beats over the directory's KeepAlive stream: opened as a session starts, one message each
+//! way per beat, so a beat costs the directory a small frame instead of a whole call. A
 //! directory without KeepAlive (UNIMPLEMENTED) gets unary `Heartbeat` calls for the rest of the
 //! session.
 //!
 //! Any failure of the stream (a refused beat, a reset, a timeout, the directory closing it) is a
 //! failed beat: the caller ends the session as it would after a failed `Heartbeat` call, and the
-//! next session opens a new stream.
+//! next session opens a new stream. Between beats the stream is watched ([`Beats::lost`]): the
+//! directory sends nothing unasked, so anything it sends then (its end, an error, a reset
+//! connection) means the session is gone, and the node knows it at once instead of at its next
+//! beat.
 
 use std::time::Duration;
 
@@ -36,6 +39,28 @@ pub(super) enum Beats {
 }
 
 impl Beats {
+    /// Opens the stream unless it is open or the directory has none, bounded by `timeout`.
+    pub async fn open(&mut self, client: &mut Client, timeout: Duration) -> Result<(), SessionError> {
+        if matches!(self, Beats::NotOpen) {
+            *self = open(client, timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// Completes when the open stream ends or fails between beats, with why; never while no
+    /// stream is open. Cancel-safe (tonic's `Streaming::message` keeps its state in the
+    /// stream), so it can be raced against the beat timer.
+    pub async fn lost(&mut self) -> SessionError {
+        let Beats::Open { answers, .. } = self else { return std::future::pending().await };
+        let error = match answers.message().await {
+            Ok(Some(_)) => SessionError::BadAnswer { call: CALL, what: "an answer to no beat" },
+            Ok(None) => closed(),
+            Err(status) => SessionError::Rpc { call: CALL, status },
+        };
+        *self = Beats::NotOpen;
+        error
+    }
+
     /// Sends one beat and waits for its answer, each step bounded by `timeout`.
     pub async fn beat(
         &mut self,
@@ -43,9 +68,7 @@ impl Beats {
         request: HeartbeatRequest,
         timeout: Duration,
     ) -> Result<HeartbeatResponse, SessionError> {
-        if matches!(self, Beats::NotOpen) {
-            *self = open(client, timeout).await?;
-        }
+        self.open(client, timeout).await?;
         let Beats::Open { outbox, answers } = self else {
             return bounded("Heartbeat", timeout, client.heartbeat(request)).await;
         };

@@ -36,7 +36,7 @@ mod sync;
 mod worker;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use quaver_shared::NodeKey;
 use tokio::sync::{Notify, watch};
@@ -83,11 +83,21 @@ impl SessionConfig {
     }
 }
 
-/// Where the session stands, for status displays and tests.
+/// Where the session stands, for status displays and tests. Read it through [`view`](Self::view):
+/// `connected` alone is the session task's belief, which a status must not repeat after the
+/// answers stopped.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionState {
-    /// Announced, share list in sync, lease being renewed.
+    /// Announced, share list in sync, lease being renewed, beats on their way (the KeepAlive
+    /// stream open, or `Heartbeat` calls).
     pub connected: bool,
+    /// When `connected` last changed: connected since, or without a session since (the first
+    /// failure after a session, not the latest retry); `None` before the first attempt ended.
+    pub since: Option<SystemTime>,
+    /// Until when the last answer of the directory (announce, publish, beat) vouches for the
+    /// session: that answer's time plus one beat period plus the call timeout, the latest a next
+    /// answer is due. `None` without a session.
+    pub answered_until: Option<Instant>,
     /// The address the directory hands out for this node (observed IP, announced port).
     pub observed_address: Option<String>,
     /// Whether the directory's connect-back check of the last `Announce` reached this node's
@@ -101,6 +111,60 @@ pub struct SessionState {
     pub files_published: u64,
     /// Times the whole share list was resent (`reset`) since spawn.
     pub resets: u64,
+}
+
+/// What a status shows of a session at one moment ([`SessionState::view`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionView {
+    /// The session is live: the task holds it and the directory answered recently enough.
+    pub up: bool,
+    /// Since when it has been up, or down (`None`: not known yet, the first attempt runs).
+    pub since: Option<SystemTime>,
+}
+
+impl SessionState {
+    /// The session as of `now` (monotonic, compared with `answered_until`) and `wall` (the
+    /// same moment on the wall clock, for `since`). A session whose answers are overdue is down
+    /// from the moment they were due, even if the task has not noticed yet.
+    pub fn view(&self, now: Instant, wall: SystemTime) -> SessionView {
+        match self.answered_until {
+            Some(until) if self.connected && now > until => {
+                SessionView { up: false, since: wall.checked_sub(now - until) }
+            }
+            Some(_) if self.connected => SessionView { up: true, since: self.since },
+            _ => SessionView { up: false, since: self.since },
+        }
+    }
+
+    /// Marks a session lost with `error` at `wall`: the session is down since then unless it
+    /// was down already (a failed retry does not move `since`).
+    pub(crate) fn lost(&mut self, error: String, wall: SystemTime) {
+        if self.connected || self.since.is_none() {
+            self.since = Some(wall);
+        }
+        self.connected = false;
+        self.answered_until = None;
+        self.last_error = Some(error);
+    }
+}
+
+/// `error` and its sources as one line, each cause once: tonic's errors repeat their source's
+/// text in their own, so a plain walk of the chain says some causes twice.
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    with_causes(error.to_string(), error.source())
+}
+
+/// `line` followed by the text of `source` and its sources, each said once (see [`describe`]).
+pub fn with_causes(mut line: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
 }
 
 /// Why one attempt to talk to the directory failed. The session retries every one of them.
@@ -194,5 +258,60 @@ impl SessionHandle {
         let mut done = self.done.clone();
         // Only ever fails, when the task has ended and dropped the sender.
         while done.changed().await.is_ok() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connected_until(now: Instant, wall: SystemTime, until: Duration) -> SessionState {
+        SessionState {
+            connected: true,
+            since: Some(wall),
+            answered_until: Some(now + until),
+            ..SessionState::default()
+        }
+    }
+
+    #[test]
+    fn a_session_is_up_only_while_the_directory_answered_recently() {
+        let (now, wall) = (Instant::now(), SystemTime::UNIX_EPOCH + Duration::from_secs(1_000));
+        let state = connected_until(now, wall, Duration::from_secs(40));
+        assert_eq!(state.view(now, wall), SessionView { up: true, since: Some(wall) });
+        let later = now + Duration::from_secs(40);
+        assert!(state.view(later, wall + Duration::from_secs(40)).up, "due, not overdue");
+        // Overdue: down since the answer was due, though the task still believes in it.
+        let view = state.view(now + Duration::from_secs(45), wall + Duration::from_secs(45));
+        assert_eq!(view, SessionView { up: false, since: Some(wall + Duration::from_secs(40)) });
+    }
+
+    #[test]
+    fn a_lost_session_is_down_since_the_loss_not_since_the_latest_retry() {
+        let (now, wall) = (Instant::now(), SystemTime::UNIX_EPOCH + Duration::from_secs(1_000));
+        let mut state = connected_until(now, wall, Duration::from_secs(40));
+        let lost_at = wall + Duration::from_secs(5);
+        state.lost("KeepAlive failed: Unavailable: shutting down".into(), lost_at);
+        state.lost("cannot connect to the directory".into(), lost_at + Duration::from_secs(3));
+        assert_eq!(state.view(now, wall), SessionView { up: false, since: Some(lost_at) });
+        assert_eq!(state.last_error.as_deref(), Some("cannot connect to the directory"));
+        assert_eq!(state.answered_until, None);
+        let mut first = SessionState::default();
+        assert_eq!(first.view(now, wall), SessionView { up: false, since: None }, "nothing tried yet");
+        first.lost("refused".into(), lost_at);
+        assert_eq!(first.view(now, wall).since, Some(lost_at), "the first attempt failed then");
+    }
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot connect to the directory: {0}")]
+        struct Outer(#[source] Middle);
+        #[derive(Debug, thiserror::Error)]
+        #[error("transport error")]
+        struct Middle(#[source] std::io::Error);
+        let error =
+            Outer(Middle(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused")));
+        assert_eq!(describe(&error), "cannot connect to the directory: transport error: Connection refused");
     }
 }

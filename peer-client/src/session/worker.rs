@@ -93,6 +93,8 @@ enum Wake {
     Stop,
     Beat,
     Changed,
+    /// The KeepAlive stream ended or failed between beats.
+    Lost(SessionError),
 }
 
 impl Worker {
@@ -145,10 +147,7 @@ impl Worker {
                     (End::Failed(e), established) => (e, established),
                 },
             };
-            self.state.send_modify(|s| {
-                s.connected = false;
-                s.last_error = Some(error.to_string());
-            });
+            self.state.send_modify(|s| s.lost(super::describe(&error), SystemTime::now()));
             if error.is_unauthenticated() && established {
                 // The directory forgot the session (lease ran out, it restarted, we announced
                 // elsewhere): announce again right away on the same connection.
@@ -237,8 +236,18 @@ impl Worker {
         if let Err(end) = self.sync(live, stop).await {
             return (end, false);
         }
+        // Open now, not at the first beat: the stream is how a dead directory is noticed at
+        // once (see `Beats::lost`), and a status says "connected" only with it open.
+        let timeout = self.config.call_timeout;
+        if let Err(e) = live.beats.open(&mut live.client, timeout).await {
+            return (End::Failed(e), false);
+        }
         self.backoff.reset();
-        self.state.send_modify(|s| s.connected = true);
+        self.state.send_modify(|s| {
+            s.connected = true;
+            s.since = Some(SystemTime::now());
+        });
+        self.answered(live);
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + live.heartbeat, live.heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let changed = Arc::clone(&self.changed);
@@ -247,16 +256,28 @@ impl Worker {
                 _ = stopped(stop) => Wake::Stop,
                 _ = beat.tick() => Wake::Beat,
                 _ = changed.notified() => Wake::Changed,
+                lost = live.beats.lost() => Wake::Lost(lost),
             };
+            let beating = matches!(wake, Wake::Beat);
             let result = match wake {
                 Wake::Stop => return (End::Stop, true),
                 Wake::Beat => self.heartbeat(live, stop).await,
                 Wake::Changed => self.sync(live, stop).await,
+                Wake::Lost(e) => Err(End::Failed(e)),
             };
             if let Err(end) = result {
                 return (end, true);
             }
+            if beating {
+                self.answered(live);
+            }
         }
+    }
+
+    /// The directory just answered: the session holds until the next answer is overdue.
+    fn answered(&self, live: &Live) {
+        let until = std::time::Instant::now() + live.heartbeat + self.config.call_timeout;
+        self.state.send_modify(|s| s.answered_until = Some(until));
     }
 
     async fn heartbeat(&mut self, live: &mut Live, stop: &watch::Receiver<bool>) -> Result<(), End> {
