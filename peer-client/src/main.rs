@@ -74,9 +74,21 @@ enum Command {
     /// Downloads a file: a result number of the last search, or a content id (64 hex digits).
     Get {
         target: String,
-        /// Where the file goes (default: the daemon's download dir).
+        /// Where the file goes (default: the daemon's download dir). Only the downloaded file
+        /// is shared from there, not the folder.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// While no source is online, keep looking this long (seconds) before giving up
+        /// (exit code 7).
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+        wait_sources: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stops a download (running or waiting for a source) and removes its partial data.
+    Cancel {
+        /// The content id (64 hex digits).
+        content_id: String,
         #[arg(long)]
         json: bool,
     },
@@ -141,9 +153,10 @@ fn main() -> std::process::ExitCode {
             Command::Search { query, limit, json } => {
                 cli::commands::search(&data_dir, &query.join(" "), limit, json).await
             }
-            Command::Get { target, out, json } => {
-                cli::get::run(&data_dir, &target, out.as_deref(), json).await
+            Command::Get { target, out, wait_sources, json } => {
+                cli::get::run(&data_dir, &target, out.as_deref(), wait_sources, json).await
             }
+            Command::Cancel { content_id, json } => cli::cancel::run(&data_dir, &content_id, json).await,
             Command::Status { json } => cli::commands::status(&data_dir, json).await,
         }
     });

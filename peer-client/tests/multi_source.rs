@@ -62,6 +62,7 @@ fn spec(f: &Fixture, name: &str, out: &Path) -> DownloadSpec {
         name: name.into(),
         out_dir: out.to_owned(),
         work_dir: f.dir.path().join("work"),
+        wait_for_sources: Duration::from_secs(60),
     }
 }
 

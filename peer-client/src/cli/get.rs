@@ -3,6 +3,9 @@
 //!
 //! The download is the node's: interrupting this command leaves it running, and running the
 //! same `get` again joins it (or, after the node restarted, resumes it from its verified blocks).
+//! While no source is online the node keeps looking, for up to `--wait-sources` seconds; this
+//! command says so on standard error (once each time the wait begins, whether or not the bar
+//! is drawn), then ends with exit code 7 if nobody came.
 
 use std::path::Path;
 
@@ -12,7 +15,7 @@ use serde_json::json;
 
 use super::{Exit, absolute, connect, print_json, report};
 
-pub async fn run(data_dir: &Path, target: &str, out: Option<&Path>, json: bool) -> Exit {
+pub async fn run(data_dir: &Path, target: &str, out: Option<&Path>, wait_sources: u32, json: bool) -> Exit {
     let target = match target.parse::<u32>() {
         Ok(n) if target.len() < 10 => Target::Result(n),
         _ => Target::ContentId(target.to_owned()),
@@ -25,7 +28,8 @@ pub async fn run(data_dir: &Path, target: &str, out: Option<&Path>, json: bool) 
         Ok(c) => c,
         Err(e) => return e,
     };
-    let mut stream = match client.get(GetRequest { target: Some(target), out_dir }).await {
+    let request = GetRequest { target: Some(target), out_dir, wait_sources_secs: wait_sources };
+    let mut stream = match client.get(request).await {
         Ok(r) => r.into_inner(),
         Err(s) => return report(s),
     };
@@ -39,12 +43,26 @@ pub async fn run(data_dir: &Path, target: &str, out: Option<&Path>, json: bool) 
         .progress_chars("=> "),
     );
     let mut last: Option<GetProgress> = None;
+    let mut waiting = false;
     loop {
         match stream.message().await {
             Ok(Some(p)) => {
                 if bar.length() != Some(p.size) {
                     bar.set_length(p.size);
                     bar.set_message(super::format::text(&p.name).into_owned());
+                }
+                if p.waiting_for_sources != waiting {
+                    waiting = p.waiting_for_sources;
+                    if waiting {
+                        bar.suspend(|| {
+                            eprintln!(
+                                "quaver: no source is online for {}; waiting for one (gives up in {} s; `quaver cancel {}` drops it)",
+                                p.name,
+                                p.gives_up_in_secs,
+                                hex::encode(&p.content_id)
+                            )
+                        });
+                    }
                 }
                 bar.set_position(p.verified_bytes);
                 bar.set_prefix(p.active_sources.to_string());

@@ -4,6 +4,7 @@
 //! standard output for scripts. Errors go to standard error as one line, and the exit code says
 //! what happened (see [`Exit`]).
 
+pub mod cancel;
 pub mod commands;
 pub mod daemon;
 mod format;
@@ -29,6 +30,12 @@ pub enum Exit {
     DownloadFailed = 5,
     /// The directory cannot be reached.
     DirectoryDown = 6,
+    /// No source was online for the whole wait (`get --wait-sources`).
+    NoSources = 7,
+    /// Not enough free disk space for the download (refused before it starts).
+    NoSpace = 8,
+    /// The download was cancelled (`quaver cancel`).
+    Cancelled = 9,
 }
 
 impl From<Exit> for std::process::ExitCode {
@@ -69,6 +76,9 @@ pub fn report(status: tonic::Status) -> Exit {
         tonic::Code::NotFound => Exit::NotFound,
         tonic::Code::Unavailable => Exit::DirectoryDown,
         tonic::Code::Aborted => Exit::DownloadFailed,
+        tonic::Code::DeadlineExceeded => Exit::NoSources,
+        tonic::Code::ResourceExhausted => Exit::NoSpace,
+        tonic::Code::Cancelled => Exit::Cancelled,
         _ => Exit::Failure,
     }
 }

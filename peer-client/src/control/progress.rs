@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::pb::{GetProgress, SourceShare};
-use crate::node::{DownloadState, Subscription};
+use crate::node::{DownloadState, Failure, FailureKind, Subscription};
 
 /// How often a `Get` stream reports progress while the download runs (at most, and at least
 /// when nothing changes).
@@ -57,6 +57,8 @@ fn message(id: &ContentId, state: DownloadState) -> Result<GetProgress, Status> 
         verified_bytes: state.progress.verified_bytes,
         fetched_bytes: state.progress.fetched_bytes,
         active_sources: u32::try_from(state.progress.active_sources).unwrap_or(u32::MAX),
+        waiting_for_sources: state.progress.waiting_until.is_some(),
+        gives_up_in_secs: gives_up_in_secs(state.progress.waiting_until),
         ..GetProgress::default()
     };
     match state.outcome {
@@ -68,9 +70,25 @@ fn message(id: &ContentId, state: DownloadState) -> Result<GetProgress, Status> 
                 done.per_source.iter().map(|(p, b)| SourceShare { peer_id: p.to_hex(), bytes: *b }).collect();
             msg.banned = done.banned.iter().map(|p| p.to_hex()).collect();
         }
-        Some(Err(e)) => return Err(Status::aborted(e)),
+        Some(Err(e)) => return Err(failure_status(e)),
     }
     Ok(msg)
+}
+
+/// Seconds left until a waiting download gives up (0 when it is not waiting).
+pub fn gives_up_in_secs(waiting_until: Option<std::time::Instant>) -> u32 {
+    let left = waiting_until.map_or(Duration::ZERO, |t| t.saturating_duration_since(std::time::Instant::now()));
+    u32::try_from(left.as_secs()).unwrap_or(u32::MAX)
+}
+
+/// The status a failed download's `Get` ends with (`proto/control.proto` lists them).
+fn failure_status(failure: Failure) -> Status {
+    match failure.kind {
+        FailureKind::NoSources => Status::deadline_exceeded(failure.message),
+        FailureKind::DiskFull => Status::resource_exhausted(failure.message),
+        FailureKind::Cancelled => Status::cancelled(failure.message),
+        FailureKind::Other => Status::aborted(failure.message),
+    }
 }
 
 #[cfg(test)]
@@ -151,11 +169,37 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failed_download_ends_the_stream_with_its_error() {
         let (state, mut rx) = started().await;
-        state.send_replace(DownloadState { outcome: Some(Err("no source".into())), ..running(0) });
+        state.send_replace(DownloadState { outcome: Some(Err(Failure::other("bad data"))), ..running(0) });
         let status = rx.recv().await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::Aborted);
-        assert_eq!(status.message(), "no source");
+        assert_eq!(status.message(), "bad data");
         assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_kind_of_failure_has_its_own_status() {
+        for (kind, code) in [
+            (FailureKind::NoSources, tonic::Code::DeadlineExceeded),
+            (FailureKind::DiskFull, tonic::Code::ResourceExhausted),
+            (FailureKind::Cancelled, tonic::Code::Cancelled),
+        ] {
+            let (state, mut rx) = started().await;
+            let failure = Failure { kind, message: "why".into() };
+            state.send_replace(DownloadState { outcome: Some(Err(failure)), ..running(0) });
+            assert_eq!(rx.recv().await.unwrap().unwrap_err().code(), code, "{kind:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_download_says_so_and_how_long_it_will_wait() {
+        let (state, mut rx) = started().await;
+        let until = std::time::Instant::now() + Duration::from_secs(90);
+        let mut waiting = running(0);
+        waiting.progress.waiting_until = Some(until);
+        state.send_replace(waiting);
+        let msg = rx.recv().await.unwrap().unwrap();
+        assert!(msg.waiting_for_sources);
+        assert!((88..=90).contains(&msg.gives_up_in_secs), "{}", msg.gives_up_in_secs);
     }
 
     #[tokio::test(start_paused = true)]

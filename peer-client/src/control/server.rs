@@ -3,6 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use quaver_shared::ContentId;
 use quaver_shared::directory::v1::SearchRequest as DirectorySearch;
@@ -70,6 +71,19 @@ fn node_status(e: NodeError) -> Status {
     }
 }
 
+fn get_status(e: GetError) -> Status {
+    match e {
+        GetError::Lookup(l) => lookup_status(l),
+        GetError::NoSpace(no) => Status::resource_exhausted(no.to_string()),
+        GetError::NothingToCancel(_) => Status::not_found(e.to_string()),
+        other => Status::failed_precondition(other.to_string()),
+    }
+}
+
+fn content_id(hex: &str) -> Result<ContentId, Status> {
+    hex.trim().parse::<ContentId>().map_err(|e| Status::invalid_argument(format!("content id {hex:?}: {e}")))
+}
+
 fn lookup_status(e: LookupError) -> Status {
     match e {
         LookupError::NotFound => Status::not_found("the directory does not know this file"),
@@ -115,6 +129,8 @@ impl Control for Handlers {
                 size: d.progress.size,
                 verified_bytes: d.progress.verified_bytes,
                 active_sources: u32::try_from(d.progress.active_sources).unwrap_or(u32::MAX),
+                waiting_for_sources: d.progress.waiting_until.is_some(),
+                gives_up_in_secs: super::progress::gives_up_in_secs(d.progress.waiting_until),
             })
             .collect();
         Ok(Response::new(StatusResponse {
@@ -166,22 +182,23 @@ impl Control for Handlers {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
         let r = request.into_inner();
         let id = match r.target {
-            Some(get_request::Target::ContentId(hex)) => hex
-                .trim()
-                .parse::<ContentId>()
-                .map_err(|e| Status::invalid_argument(format!("content id {hex:?}: {e}")))?,
+            Some(get_request::Target::ContentId(hex)) => content_id(&hex)?,
             Some(get_request::Target::Result(n)) => self.node.result_id(n).ok_or_else(|| {
                 Status::invalid_argument(format!("the last search has no result {n} (search again)"))
             })?,
             None => return Err(Status::invalid_argument("say which file: a content id or a result number")),
         };
         let out_dir = if r.out_dir.is_empty() { None } else { Some(absolute(&r.out_dir)?) };
-        let sub = self.node.get(id, out_dir).await.map_err(|e| match e {
-            GetError::Lookup(l) => lookup_status(l),
-            other => Status::failed_precondition(other.to_string()),
-        })?;
+        let wait = (r.wait_sources_secs > 0).then(|| Duration::from_secs(u64::from(r.wait_sources_secs)));
+        let sub = self.node.get(id, out_dir, wait).await.map_err(get_status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(super::progress::forward(id, sub, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
+        let id = content_id(&request.into_inner().content_id)?;
+        let done = self.node.cancel(id).await.map_err(get_status)?;
+        Ok(Response::new(CancelResponse { was_running: done.was_running, freed_bytes: done.freed_bytes }))
     }
 }

@@ -24,6 +24,11 @@
 //! A dropped or lost source is forgotten, not banned: while the download is short of sources,
 //! the next lookup may return it and it is connected to again, so a live source that only
 //! looked silent (this task was starved for a moment) comes back.
+//!
+//! A download with nobody to fetch from (before the outboard or after it) keeps asking the
+//! directory and waits, visibly (`DownloadProgress::waiting_until`), for up to the user's bound;
+//! a source that answers BUSY is asked again later, never taken for a failure. Those decisions
+//! are `waiting`'s ([`SourceWait`]), sans-IO.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,6 +45,7 @@ use super::client::{FileBody, RequestError, request};
 use super::partfile::{PartFile, unused_path};
 use super::scheduler::{BLOCK_SIZE, Block, Scheduler, Verified};
 use super::verify::{Outboard, VerifyError};
+use super::waiting::{RELOCATE_EVERY, SourceWait, Verdict, busy_retry_after};
 use crate::sanitize::safe_file_name;
 use crate::wire::{Request, ResponseStatus};
 
@@ -53,10 +59,6 @@ pub const MAX_SOURCES: usize = 8;
 pub const MAX_BUFFERS: usize = 32;
 /// A request that takes longer than this counts as failed (the source stalls).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often to ask the directory for more sources while short of them.
-const RELOCATE_EVERY: Duration = Duration::from_secs(2);
-/// Lookups in a row that found nobody new, with no source left, before giving up.
-const MAX_FRUITLESS_RELOCATES: u32 = 5;
 
 /// A peer that has the file, as the directory's Locate gave it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +77,9 @@ pub struct DownloadSpec {
     pub out_dir: PathBuf,
     /// Where `.part` state lives between runs.
     pub work_dir: PathBuf,
+    /// How long to keep looking while no source is online before failing with
+    /// [`FetchError::NoSources`] (see [`super::waiting`]).
+    pub wait_for_sources: Duration,
 }
 
 /// Progress for bars and status commands.
@@ -84,6 +89,8 @@ pub struct DownloadProgress {
     pub verified_bytes: u64,
     pub active_sources: usize,
     pub fetched_bytes: u64,
+    /// Set while no source is online: the download keeps looking until then, and fails after.
+    pub waiting_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -103,12 +110,12 @@ pub struct DownloadOutcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("no source could serve the file (tried {tried})")]
-    NoSources { tried: usize },
+    #[error("no source was online to serve the file for {} s (tried {tried}); try again later, or wait longer with --wait-sources", waited.as_secs())]
+    NoSources { tried: usize, waited: Duration },
     #[error("no source sent a valid outboard")]
     NoOutboard,
-    #[error("download state on disk: {0}")]
-    Disk(#[from] std::io::Error),
+    #[error("{}: {source}", path.display())]
+    Disk { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Scheduler(#[from] super::scheduler::SchedulerError),
 }
@@ -120,11 +127,97 @@ mod futures_lite {
     pub type BoxedFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 }
 
+/// A disk error about `path`.
+fn disk(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
+    move |source| FetchError::Disk { path: path.to_owned(), source }
+}
+
+impl FetchError {
+    /// True when the disk is full (the user can free space, or drop the partial download).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, FetchError::Disk { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
+    }
+}
+
+/// Why an outboard request did not bring an outboard.
+enum OutboardFailure {
+    /// The source is out of upload slots for now: ask again after this long.
+    Busy(Duration),
+    Failed(String),
+}
+
+/// The sources a download is not talking to yet: who it knows of, how many it is dialling,
+/// and the lookups for more, paced and bounded by its [`SourceWait`].
+struct Finder {
+    endpoint: quinn::Endpoint,
+    tx: mpsc::Sender<Event>,
+    known: Vec<SourceAddr>,
+    connecting: usize,
+    tried: usize,
+    relocate: Option<Relocate>,
+    wait: SourceWait,
+}
+
+impl Finder {
+    fn connect(&mut self, s: SourceAddr) {
+        self.known.push(s);
+        self.connecting += 1;
+        self.tried += 1;
+        let (endpoint, tx) = (self.endpoint.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let ev = match crate::tls::connect(&endpoint, s.addr, s.peer).await {
+                Ok(c) => Event::Connected(s.peer, c),
+                Err(e) => {
+                    tracing::info!(peer = %s.peer, addr = %s.addr, error = %e, "cannot connect to source");
+                    Event::ConnectFailed(s.peer)
+                }
+            };
+            let _ = tx.send(ev).await;
+        });
+    }
+
+    /// A dial ended (either way).
+    fn dialled(&mut self) {
+        self.connecting = self.connecting.saturating_sub(1);
+    }
+
+    /// Forgets `peer`, so a later lookup that returns it dials it again.
+    fn forget(&mut self, peer: PeerId) {
+        self.known.retain(|s| s.peer != peer);
+    }
+
+    /// Asks for more sources if a lookup is due, and dials those not `skip`ped or known.
+    async fn look(&mut self, now: Instant, skip: impl Fn(&PeerId) -> bool) {
+        if self.relocate.is_none() || !self.wait.lookup_due(now) {
+            return;
+        }
+        let Some(find) = self.relocate.as_mut() else { return };
+        for s in find().await {
+            if !skip(&s.peer) && !self.known.contains(&s) {
+                self.connect(s);
+            }
+        }
+    }
+
+    /// The waiting verdict; a download that cannot look for sources (no `relocate`) gives up
+    /// as soon as it has none.
+    fn verdict(&mut self, now: Instant, has_sources: bool) -> Verdict {
+        match self.relocate {
+            None if !has_sources => Verdict::GiveUp,
+            _ => self.wait.update(now, has_sources),
+        }
+    }
+
+    fn no_sources(&self, waited: Duration) -> FetchError {
+        FetchError::NoSources { tried: self.tried, waited }
+    }
+}
+
 enum Event {
     Connected(PeerId, quinn::Connection),
     ConnectFailed(PeerId),
     /// An outboard request's outcome: the file it was written to, or why it failed.
-    Outboard(PeerId, Result<(std::fs::File, PathBuf), String>),
+    Outboard(PeerId, Result<(std::fs::File, PathBuf), OutboardFailure>),
     /// A request's outcome; an OK body comes with its verdict against the outboard.
     Block {
         peer: PeerId,
@@ -139,39 +232,35 @@ pub async fn download(
     endpoint: &quinn::Endpoint,
     spec: DownloadSpec,
     sources: Vec<SourceAddr>,
-    mut relocate: Option<Relocate>,
+    relocate: Option<Relocate>,
     progress: Option<watch::Sender<DownloadProgress>>,
 ) -> Result<DownloadOutcome, FetchError> {
     let mut part = {
         let blocks = spec.size.div_ceil(BLOCK_SIZE).max(1) as usize;
-        PartFile::open(&spec.work_dir, &spec.id, spec.size, blocks)?
+        PartFile::open(&spec.work_dir, &spec.id, spec.size, blocks).map_err(disk(&spec.work_dir))?
     };
     // For the debug log's timeline of the download's phases.
     let began = Instant::now();
     let (tx, mut rx) = mpsc::channel::<Event>(256);
     let mut conns: HashMap<PeerId, quinn::Connection> = HashMap::new();
-    let mut connecting = 0usize;
-    let mut known: Vec<SourceAddr> = Vec::new();
-    let mut tried = 0usize;
-    let connect = |s: SourceAddr, tx: &mpsc::Sender<Event>| {
-        let (endpoint, tx) = (endpoint.clone(), tx.clone());
-        tokio::spawn(async move {
-            let ev = match crate::tls::connect(&endpoint, s.addr, s.peer).await {
-                Ok(c) => Event::Connected(s.peer, c),
-                Err(e) => {
-                    tracing::info!(peer = %s.peer, addr = %s.addr, error = %e, "cannot connect to source");
-                    Event::ConnectFailed(s.peer)
-                }
-            };
-            let _ = tx.send(ev).await;
-        });
+    let mut finder = Finder {
+        endpoint: endpoint.clone(),
+        tx: tx.clone(),
+        known: Vec::new(),
+        connecting: 0,
+        tried: 0,
+        relocate,
+        wait: SourceWait::new(spec.wait_for_sources, RELOCATE_EVERY),
     };
     for s in sources.into_iter().take(MAX_SOURCES) {
-        known.push(s);
-        connect(s, &tx);
-        connecting += 1;
-        tried += 1;
+        finder.connect(s);
     }
+    let report = |progress_now: DownloadProgress| {
+        if let Some(p) = &progress {
+            let _ = p.send(progress_now);
+        }
+    };
+    let mut banned = Vec::new();
 
     // The outboard: from a previous run, or from the first source that sends a valid one.
     let saved = part
@@ -179,10 +268,12 @@ pub async fn download(
         .and_then(|(file, len)| Outboard::from_file(&spec.id, spec.size, file, len).ok());
     let outboard = match saved {
         Some(outboard) => outboard,
-        None => race_for_outboard(&spec, &part, &tx, &mut rx, &mut conns, &mut connecting).await?,
+        None => {
+            let mut race = Race { spec: &spec, part: &part, conns: &mut conns, banned: &mut banned };
+            race.run(&mut finder, &mut rx, &report).await?
+        }
     };
     tracing::debug!(after = ?began.elapsed(), "outboard ready");
-    let mut banned = Vec::new();
     let outboard = Arc::new(outboard);
 
     // Resume: re-check what a previous run marked, keep what passes.
@@ -193,7 +284,7 @@ pub async fn download(
         if part.read_at(range.start, &mut buf).is_ok() && outboard.check_block(range, &buf).is_ok() {
             kept.push(block);
         } else {
-            part.unmark(block)?;
+            part.unmark(block).map_err(disk(part.marks_path()))?;
         }
     }
     let mut sched = Scheduler::new(spec.size, BLOCK_SIZE, kept)?;
@@ -205,8 +296,7 @@ pub async fn download(
     let mut in_flight: HashMap<(PeerId, Block), AbortHandle> = HashMap::new();
     let mut fetched_bytes = 0u64;
     let mut per_source: HashMap<PeerId, u64> = HashMap::new();
-    let mut relocated_at: Option<Instant> = None;
-    let mut fruitless = 0u32;
+    let mut waiting_until: Option<Instant> = None;
 
     while !sched.is_complete() {
         let now = Instant::now();
@@ -222,7 +312,7 @@ pub async fn download(
                     tracing::info!(peer = %peer, "source silent with requests in flight; dropping it");
                     sched.remove_source(peer);
                     drop_source(&mut conns, &mut in_flight, peer);
-                    known.retain(|s| s.peer != peer);
+                    finder.forget(peer);
                 }
             }
         }
@@ -253,35 +343,39 @@ pub async fn download(
             in_flight.insert((peer, block), task.abort_handle());
         }
 
-        // Too few sources left: ask for more (at most every RELOCATE_EVERY), and give up only
-        // when nobody is left and asking again found no one new several times.
-        if connecting == 0 && sched.needs_more_sources() {
-            let due = relocated_at.is_none_or(|t| t.elapsed() >= RELOCATE_EVERY);
-            let mut added = 0;
-            if let (Some(find), true) = (relocate.as_mut(), due) {
-                relocated_at = Some(Instant::now());
-                for s in find().await {
-                    if conns.contains_key(&s.peer) || banned.contains(&s.peer) || known.contains(&s) {
-                        continue;
-                    }
-                    known.push(s);
-                    connect(s, &tx);
-                    connecting += 1;
-                    tried += 1;
-                    added += 1;
-                }
-                fruitless = if added == 0 { fruitless + 1 } else { 0 };
+        // Too few sources left: ask for more (at most every RELOCATE_EVERY).
+        if finder.connecting == 0 && sched.needs_more_sources() {
+            finder.look(now, |p| conns.contains_key(p) || banned.contains(p)).await;
+        }
+        // Retired and banned sources get no more requests: nobody usable is as good as nobody
+        // connected. Then the download waits, visibly, up to its bound.
+        let usable = !conns.is_empty() && sched.usable_sources() > 0;
+        let has_sources = usable || !in_flight.is_empty() || finder.connecting > 0;
+        let verdict = finder.verdict(now, has_sources);
+        let until = match verdict {
+            Verdict::GiveUp => return Err(finder.no_sources(spec.wait_for_sources)),
+            Verdict::Waiting { gives_up_at } => Some(gives_up_at),
+            Verdict::Fetching => None,
+        };
+        if until != waiting_until {
+            waiting_until = until;
+            if until.is_some() {
+                tracing::info!(id = %spec.id, "no source online; waiting for one");
             }
-            // Retired and banned sources get no more requests: nobody usable is as good as
-            // nobody connected.
-            let stranded =
-                (conns.is_empty() || sched.usable_sources() == 0) && in_flight.is_empty() && added == 0;
-            if stranded && (relocate.is_none() || fruitless >= MAX_FRUITLESS_RELOCATES) {
-                return Err(FetchError::NoSources { tried });
-            }
+            let snap = sched.progress();
+            report(DownloadProgress {
+                size: spec.size,
+                verified_bytes: snap.verified_bytes,
+                active_sources: conns.len(),
+                fetched_bytes,
+                waiting_until,
+            });
         }
 
-        let wake = sched.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
+        let mut wake = sched.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
+        if waiting_until.is_some() {
+            wake = wake.min(finder.wait.next_wake(Instant::now()));
+        }
         let ev = tokio::select! {
             ev = rx.recv() => ev,
             _ = tokio::time::sleep_until(wake.into()) => continue,
@@ -289,13 +383,15 @@ pub async fn download(
         let Some(ev) = ev else { break };
         match ev {
             Event::Connected(peer, conn) => {
-                connecting = connecting.saturating_sub(1);
+                finder.dialled();
                 if sched.add_source(peer) {
                     conns.insert(peer, conn);
                 }
             }
             Event::ConnectFailed(peer) => {
-                connecting = connecting.saturating_sub(1);
+                finder.dialled();
+                // Forgotten, so that a later lookup dials it again (it may come back).
+                finder.forget(peer);
                 tracing::debug!(peer = %peer, "source unreachable; others carry on");
             }
             // A losing copy of the outboard that was on its way when the race ended.
@@ -316,7 +412,8 @@ pub async fn download(
                                 if let Verified::Accepted { cancel } =
                                     sched.block_verified(peer, block, bytes.len() as u64, elapsed)
                                 {
-                                    part.write_block(block, range.start, bytes)?;
+                                    part.write_block(block, range.start, bytes)
+                                        .map_err(disk(part.part_path()))?;
                                     *per_source.entry(peer).or_default() += bytes.len() as u64;
                                     for loser in cancel {
                                         if let Some(h) = in_flight.remove(&(loser, block)) {
@@ -326,7 +423,10 @@ pub async fn download(
                                 }
                             }
                             Err(VerifyError::Unreadable(e)) => {
-                                return Err(FetchError::Disk(std::io::Error::other(e)));
+                                return Err(FetchError::Disk {
+                                    path: part.outboard_path().to_owned(),
+                                    source: std::io::Error::other(e),
+                                });
                             }
                             Err(VerifyError::BadOutboard) => {
                                 // Our outboard was checked block by block: cannot happen after the
@@ -346,7 +446,7 @@ pub async fn download(
                         tracing::info!(peer = %peer, error = %e, "source lost");
                         sched.remove_source(peer);
                         drop_source(&mut conns, &mut in_flight, peer);
-                        known.retain(|s| s.peer != peer);
+                        finder.forget(peer);
                     }
                     Err(RequestError::Refused(ResponseStatus::Busy { estimated_wait, .. })) => {
                         tracing::trace!(peer = %peer, block, ?estimated_wait, "source busy");
@@ -359,15 +459,14 @@ pub async fn download(
                 }
             }
         }
-        if let Some(p) = &progress {
-            let snap = sched.progress();
-            let _ = p.send(DownloadProgress {
-                size: spec.size,
-                verified_bytes: snap.verified_bytes,
-                active_sources: conns.len(),
-                fetched_bytes,
-            });
-        }
+        let snap = sched.progress();
+        report(DownloadProgress {
+            size: spec.size,
+            verified_bytes: snap.verified_bytes,
+            active_sources: conns.len(),
+            fetched_bytes,
+            waiting_until,
+        });
     }
     tracing::debug!(after = ?began.elapsed(), "every block verified");
     for (_, h) in in_flight.drain() {
@@ -378,9 +477,9 @@ pub async fn download(
     buffers.release_free();
     drop(outboard);
     let name = safe_file_name(&spec.name, &format!("{}.download", &spec.id.to_hex()[..16]));
-    std::fs::create_dir_all(&spec.out_dir)?;
+    std::fs::create_dir_all(&spec.out_dir).map_err(disk(&spec.out_dir))?;
     let dest = unused_path(&spec.out_dir, &name);
-    let outboard = part.finish(&dest)?;
+    let outboard = part.finish(&dest).map_err(disk(&dest))?;
     tracing::debug!(after = ?began.elapsed(), "file complete on disk");
     for conn in conns.values() {
         crate::tls::log_transport_stats(conn, "source connection at the end of the download");
@@ -416,68 +515,157 @@ fn block_range(block: Block, size: u64) -> std::ops::Range<u64> {
     start..(start + BLOCK_SIZE).min(size)
 }
 
-/// Asks every source that connects for the outboard at once, until one sends a valid copy
-/// (kept as the download's outboard). They race, so a slow source that happens to connect
-/// first does not hold up the start; an outboard is 0.4 % of the file, so the losers' bytes
-/// cost little. Sources that connect meanwhile are added to `conns`. However it ends, the
+/// The outboard race: every source that connects is asked for the outboard at once, until one
+/// sends a valid copy (kept as the download's outboard). They race, so a slow source that
+/// happens to connect first does not hold up the start; an outboard is 0.4 % of the file, so
+/// the losers' bytes cost little. Sources that connect meanwhile are added to `conns`; one that
+/// sends a bad outboard is `banned`. A BUSY source is asked again after its wait; with nobody to
+/// ask, the race keeps looking for sources, up to the download's bound. However it ends, the
 /// other requests are aborted and their copies removed (see [`OutboardRace`]).
-async fn race_for_outboard(
-    spec: &DownloadSpec,
-    part: &PartFile,
-    tx: &mpsc::Sender<Event>,
-    rx: &mut mpsc::Receiver<Event>,
-    conns: &mut HashMap<PeerId, quinn::Connection>,
-    connecting: &mut usize,
-) -> Result<Outboard, FetchError> {
-    let mut race = OutboardRace { part, requests: Vec::new() };
-    let mut fetching = 0usize;
-    loop {
-        let Some(ev) = rx.recv().await else { return Err(FetchError::NoOutboard) };
-        match ev {
-            Event::Connected(peer, conn) => {
-                *connecting = connecting.saturating_sub(1);
-                let (file, path) = part.new_outboard(race.requests.len())?;
-                let (tx, conn2, id, size) = (tx.clone(), conn.clone(), spec.id, spec.size);
-                let task = tokio::spawn(async move {
-                    let result =
-                        match request(&conn2, &Request::Outboard(id), &mut FileBody::new(&file)).await {
-                            Ok(h) if h.file_size == size => Ok((file, path)),
-                            Ok(h) => Err(format!("source reports another size: {}", h.file_size)),
-                            Err(e) => Err(e.to_string()),
-                        };
-                    let _ = tx.send(Event::Outboard(peer, result)).await;
-                });
-                race.requests.push(task.abort_handle());
-                fetching += 1;
-                conns.insert(peer, conn);
-            }
-            Event::ConnectFailed(_) => *connecting = connecting.saturating_sub(1),
-            Event::Outboard(peer, result) => {
-                fetching = fetching.saturating_sub(1);
-                match result {
-                    Ok((file, path)) => {
-                        let len = file.metadata()?.len();
-                        match Outboard::from_file(&spec.id, spec.size, file, len) {
-                            Ok(outboard) => {
-                                part.keep_outboard(&path)?;
-                                return Ok(outboard);
-                            }
-                            Err(e) => tracing::warn!(peer = %peer, error = %e, "bad outboard"),
-                        }
-                    }
-                    Err(e) => tracing::info!(peer = %peer, error = %e, "outboard request failed"),
+struct Race<'a> {
+    spec: &'a DownloadSpec,
+    part: &'a PartFile,
+    conns: &'a mut HashMap<PeerId, quinn::Connection>,
+    banned: &'a mut Vec<PeerId>,
+}
+
+impl Race<'_> {
+    async fn run(
+        &mut self,
+        finder: &mut Finder,
+        rx: &mut mpsc::Receiver<Event>,
+        report: &impl Fn(DownloadProgress),
+    ) -> Result<Outboard, FetchError> {
+        let mut race = OutboardRace { part: self.part, requests: Vec::new() };
+        let mut fetching = 0usize;
+        // BUSY sources and when to ask them again.
+        let mut busy: Vec<(Instant, PeerId)> = Vec::new();
+        let mut bad_outboards = 0usize;
+        let mut waiting_until = None;
+        loop {
+            let now = Instant::now();
+            for peer in take_due(&mut busy, now) {
+                if let Some(conn) = self.conns.get(&peer).cloned() {
+                    self.ask(&mut race, finder, peer, conn)?;
+                    fetching += 1;
                 }
             }
-            // No block was asked for yet.
-            Event::Block { .. } => {}
+            if finder.connecting == 0 && fetching == 0 && busy.is_empty() {
+                let (conns, banned) = (&*self.conns, &*self.banned);
+                finder.look(now, |p| conns.contains_key(p) || banned.contains(p)).await;
+            }
+            let has_sources = finder.connecting > 0 || fetching > 0 || !busy.is_empty();
+            let until = match finder.verdict(now, has_sources) {
+                Verdict::GiveUp if bad_outboards > 0 => return Err(FetchError::NoOutboard),
+                Verdict::GiveUp => return Err(finder.no_sources(self.spec.wait_for_sources)),
+                Verdict::Waiting { gives_up_at } => Some(gives_up_at),
+                Verdict::Fetching => None,
+            };
+            if until != waiting_until {
+                waiting_until = until;
+                if until.is_some() {
+                    tracing::info!(id = %self.spec.id, "no source online; waiting for one");
+                }
+                report(DownloadProgress { size: self.spec.size, waiting_until, ..DownloadProgress::default() });
+            }
+            let mut wake = finder.wait.next_wake(now);
+            if let Some(first) = busy.iter().map(|(at, _)| *at).min() {
+                wake = wake.min(first);
+            }
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                _ = tokio::time::sleep_until(wake.into()) => continue,
+            };
+            // This function holds a sender (in `finder`): the channel cannot close.
+            let Some(ev) = ev else { return Err(FetchError::NoOutboard) };
+            match ev {
+                Event::Connected(peer, conn) => {
+                    finder.dialled();
+                    self.ask(&mut race, finder, peer, conn.clone())?;
+                    fetching += 1;
+                    self.conns.insert(peer, conn);
+                }
+                Event::ConnectFailed(peer) => {
+                    finder.dialled();
+                    finder.forget(peer);
+                }
+                Event::Outboard(peer, result) => {
+                    fetching = fetching.saturating_sub(1);
+                    match result {
+                        Ok((file, path)) => {
+                            let len = file.metadata().map_err(disk(&path))?.len();
+                            match Outboard::from_file(&self.spec.id, self.spec.size, file, len) {
+                                Ok(outboard) => {
+                                    self.part.keep_outboard(&path).map_err(disk(self.part.outboard_path()))?;
+                                    return Ok(outboard);
+                                }
+                                Err(e) => {
+                                    tracing::warn!(peer = %peer, error = %e, "bad outboard; dropping the source");
+                                    bad_outboards += 1;
+                                    self.banned.push(peer);
+                                    self.drop_source(finder, peer);
+                                }
+                            }
+                        }
+                        Err(OutboardFailure::Busy(wait)) => {
+                            tracing::debug!(peer = %peer, ?wait, "source busy; asking for the outboard again later");
+                            busy.push((Instant::now() + busy_retry_after(wait), peer));
+                        }
+                        Err(OutboardFailure::Failed(e)) => {
+                            tracing::info!(peer = %peer, error = %e, "outboard request failed");
+                            // Forgotten, not banned: a later lookup may bring it back.
+                            self.drop_source(finder, peer);
+                        }
+                    }
+                }
+                // No block was asked for yet.
+                Event::Block { .. } => {}
+            }
         }
-        if *connecting == 0 && fetching == 0 {
-            return Err(FetchError::NoOutboard);
+    }
+
+    /// Sends `peer` an outboard request, its answer going to a fresh copy file.
+    fn ask(
+        &self,
+        race: &mut OutboardRace<'_>,
+        finder: &Finder,
+        peer: PeerId,
+        conn: quinn::Connection,
+    ) -> Result<(), FetchError> {
+        let (file, path) =
+            self.part.new_outboard(race.requests.len()).map_err(disk(self.part.outboard_path()))?;
+        let (tx, id, size) = (finder.tx.clone(), self.spec.id, self.spec.size);
+        let task = tokio::spawn(async move {
+            let result = match request(&conn, &Request::Outboard(id), &mut FileBody::new(&file)).await {
+                Ok(h) if h.file_size == size => Ok((file, path)),
+                Ok(h) => Err(OutboardFailure::Failed(format!("source reports another size: {}", h.file_size))),
+                Err(RequestError::Refused(ResponseStatus::Busy { estimated_wait, .. })) => {
+                    Err(OutboardFailure::Busy(estimated_wait))
+                }
+                Err(e) => Err(OutboardFailure::Failed(e.to_string())),
+            };
+            let _ = tx.send(Event::Outboard(peer, result)).await;
+        });
+        race.requests.push(task.abort_handle());
+        Ok(())
+    }
+
+    fn drop_source(&mut self, finder: &mut Finder, peer: PeerId) {
+        if let Some(conn) = self.conns.remove(&peer) {
+            conn.close(1u32.into(), b"dropped");
         }
+        finder.forget(peer);
     }
 }
 
-/// The outboard requests of a race. Dropped on every way out of [`race_for_outboard`]
+/// Removes and returns the peers whose retry time has come.
+fn take_due(busy: &mut Vec<(Instant, PeerId)>, now: Instant) -> Vec<PeerId> {
+    let due = busy.iter().filter(|(at, _)| *at <= now).map(|(_, p)| *p).collect();
+    busy.retain(|(at, _)| *at > now);
+    due
+}
+
+/// The outboard requests of a race. Dropped on every way out of [`Race::run`]
 /// (a winner, no source left, a disk error, the download being cancelled): it aborts the
 /// requests still running and removes their copies (the winner's was renamed away already).
 struct OutboardRace<'a> {

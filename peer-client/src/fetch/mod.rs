@@ -9,6 +9,7 @@
 //! - `buffers`: the download's bounded pool of block buffers, reused however a request ends.
 //! - [`client`]: one request over a QUIC stream.
 //! - [`download`]: the tokio task tying them together.
+//! - [`waiting`]: how a download waits for sources (and for a BUSY source); sans-IO.
 
 mod buffers;
 pub mod client;
@@ -19,6 +20,7 @@ mod scheduler_blocks;
 mod scheduler_source;
 mod scheduler_types;
 pub mod verify;
+pub mod waiting;
 
 #[cfg(test)]
 mod scheduler_sim;

@@ -13,7 +13,8 @@
 //! outboards/     one outboard file per shared content id (named by its hex)
 //! partial/       downloads in progress (.part, .blocks, .outboard, and a .dest note naming the
 //!                folder each goes to): every noted one resumes when the node starts
-//! files/         finished downloads (default; --download-dir); shared automatically
+//! files/         finished downloads (default; --download-dir); shared automatically (a file
+//!                saved elsewhere with `get --out` is shared alone, not its folder)
 //! control.sock   the control API (mode 0600)
 //! ```
 //!
@@ -24,6 +25,7 @@
 mod downloads;
 mod lookup;
 mod resume;
+mod space;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,8 +36,11 @@ use quaver_shared::directory::v1::SearchHit;
 use quaver_shared::{ContentId, NodeKey, PeerId};
 use tokio::sync::watch;
 
-pub use downloads::{DownloadState, Downloads, Finished, GetError, Subscription};
+pub use downloads::{
+    Cancelled, DownloadState, Downloads, Failure, FailureKind, Finished, GetError, Subscription,
+};
 pub use lookup::{DirectoryLink, LookupError, unreachable_advice};
+pub use space::NoSpace;
 
 use crate::serve::{ServeConfig, Server};
 use crate::session::{Session, SessionConfig, SessionHandle, SessionState};
@@ -249,31 +254,31 @@ impl Node {
     }
 
     /// Starts downloading `id` into `out_dir` (the node's download dir if `None`), or joins the
-    /// download already running. On success the file is shared and announced.
+    /// download already running. While no source is online it keeps looking for
+    /// `wait_for_sources` (default [`DEFAULT_WAIT`](crate::fetch::waiting::DEFAULT_WAIT)), then
+    /// fails. On success the file is shared and announced.
     pub async fn get(
         self: &Arc<Self>,
         id: ContentId,
         out_dir: Option<PathBuf>,
+        wait_for_sources: Option<Duration>,
     ) -> Result<Subscription, GetError> {
         let out_dir = out_dir.unwrap_or_else(|| self.config.download_dir.clone());
-        self.downloads.start(self.clone(), id, out_dir).await
+        let wait = wait_for_sources.unwrap_or(crate::fetch::waiting::DEFAULT_WAIT);
+        self.downloads.start(self.clone(), id, out_dir, wait).await
+    }
+
+    /// Stops the download of `id` (running or waiting) and removes its partial data.
+    pub async fn cancel(&self, id: ContentId) -> Result<Cancelled, GetError> {
+        self.downloads.cancel(id).await
     }
 
     /// Called by a finished download: share the file (with the outboard file the download
     /// verified against, which the store takes over; the file is not hashed again) and
-    /// announce it.
+    /// announce it. A file outside the shared folders is shared alone (`Store::add_download`).
     async fn adopt(&self, path: PathBuf, id: ContentId, outboard: PathBuf) -> Result<(), NodeError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            if let Err(e) = share_folder_of(&store, &path) {
-                // The store never got the outboard file: nobody else would remove it.
-                let _ = std::fs::remove_file(&outboard);
-                return Err(e);
-            }
-            store.add_verified(&path, id, &outboard)?;
-            Ok(())
-        })
-        .await??;
+        tokio::task::spawn_blocking(move || store.add_download(&path, id, &outboard)).await??;
         self.session.changed();
         Ok(())
     }
@@ -300,14 +305,4 @@ async fn report_slots(node: std::sync::Weak<Node>) {
         let free = node.free_slots();
         node.free_slots.send_if_modified(|v| std::mem::replace(v, free) != free);
     }
-}
-
-/// A download outside the shared folders makes its folder shared: a node that downloads a file
-/// serves it (DESIGN.md, Peer node).
-fn share_folder_of(store: &Store, file: &Path) -> Result<(), StoreError> {
-    let Some(dir) = file.parent() else { return Ok(()) };
-    if !store.folders()?.iter().any(|f| dir.starts_with(f)) {
-        store.add_folder(dir)?;
-    }
-    Ok(())
 }

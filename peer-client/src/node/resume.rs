@@ -87,7 +87,7 @@ pub(super) fn resume_all(node: &Arc<Node>) {
 async fn resume_one(node: std::sync::Weak<Node>, id: ContentId, out_dir: PathBuf) {
     for attempt in 1..=ATTEMPTS {
         let Some(node) = node.upgrade() else { return };
-        match node.get(id, Some(out_dir.clone())).await {
+        match node.get(id, Some(out_dir.clone()), None).await {
             Ok(_) => {
                 tracing::info!(id = %id, "resuming an unfinished download");
                 return;

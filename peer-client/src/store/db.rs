@@ -3,7 +3,7 @@
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `roots` | shared folder (canonical path bytes) | empty |
+//! | `roots` | shared folder or file (canonical path bytes) | empty for a folder; [`FILE_ROOT`] for one file shared by itself (a download saved outside the shared folders) |
 //! | `files` | content id | [`StoredEntry`] (prost): the first path seen with these bytes |
 //! | `paths` | path bytes | [`PathEntry`]: id, size, mtime of what that path held when hashed |
 //! | `sources` | content id ‖ path bytes | empty: every path holding the id |
@@ -19,6 +19,8 @@ use quaver_shared::{ContentId, ShareDigest};
 use super::StoreError;
 
 pub const ROOTS: &str = "roots";
+/// The `roots` value of a file shared by itself, not with its folder.
+pub const FILE_ROOT: &[u8] = b"file";
 pub const FILES: &str = "files";
 /// Where stores before outboard files kept outboards (content id → outboard); moved to files
 /// and dropped on open.

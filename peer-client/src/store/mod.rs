@@ -237,7 +237,28 @@ impl Store {
 
     /// The shared folders, canonical.
     pub fn folders(&self) -> Result<Vec<PathBuf>, StoreError> {
-        self.roots.iter().keys().map(|k| Ok(db::key_path(&k?))).collect()
+        self.roots_of_kind(b"")
+    }
+
+    /// The files shared by themselves (downloads saved outside the shared folders), canonical.
+    fn file_roots(&self) -> Result<Vec<PathBuf>, StoreError> {
+        self.roots_of_kind(db::FILE_ROOT)
+    }
+
+    fn roots_of_kind(&self, kind: &[u8]) -> Result<Vec<PathBuf>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.roots.iter() {
+            let (k, v) = kv?;
+            if &v[..] == kind {
+                out.push(db::key_path(&k));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `path` (canonical) is a file shared by itself.
+    fn is_file_root(&self, path: &Path) -> Result<bool, StoreError> {
+        Ok(self.roots.get(db::path_key(path))?.is_some_and(|v| &v[..] == db::FILE_ROOT))
     }
 
     /// Every shared file, streamed from sled in content-id order (for announcing).

@@ -62,6 +62,19 @@ impl Store {
                 missing.push(root.clone());
             }
         }
+        // Files shared by themselves; one inside a shared folder was walked already.
+        for file in self.file_roots()? {
+            if eligible(&roots, &file) {
+                continue;
+            }
+            match fs::metadata(&file) {
+                Ok(meta) if meta.is_file() => self.visit(&file, &meta, &mut batch, &mut report)?,
+                // Gone or replaced: the sweep below forgets its record, and the entry goes too.
+                _ => {
+                    self.roots.remove(db::path_key(&file))?;
+                }
+            }
+        }
         self.record_batch(&mut batch, &mut report)?;
         self.sweep(&roots, &missing, &mut report)?;
         self.db.flush()?;
@@ -124,11 +137,33 @@ impl Store {
         Ok(SharedRecord { id, path, size, info, newly_shared: change.entered.is_some() })
     }
 
+    /// Shares a finished download (see [`Store::add_verified`] for `id` and `outboard`). Inside
+    /// a shared folder it is shared with the folder. Elsewhere (`quaver get --out DIR`) the file
+    /// alone is shared, not its folder: the other files there are the user's own business.
+    pub fn add_download(
+        &self,
+        path: &Path,
+        id: ContentId,
+        outboard: &Path,
+    ) -> Result<SharedRecord, StoreError> {
+        let marked = fs::canonicalize(path).map_err(StoreError::io(path)).and_then(|canonical| {
+            if !eligible(&self.folders()?, &canonical) {
+                self.roots.insert(db::path_key(&canonical), db::FILE_ROOT)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = marked {
+            let _ = fs::remove_file(outboard);
+            return Err(e);
+        }
+        self.add_verified(path, id, outboard)
+    }
+
     /// `path` made canonical, with its metadata, if it is a regular file the store may share.
     fn shareable(&self, path: &Path) -> Result<(PathBuf, Metadata), StoreError> {
         let path = fs::canonicalize(path).map_err(StoreError::io(path))?;
         let meta = fs::metadata(&path).map_err(StoreError::io(&path))?;
-        if !meta.is_file() || !eligible(&self.folders()?, &path) {
+        if !meta.is_file() || !(eligible(&self.folders()?, &path) || self.is_file_root(&path)?) {
             return Err(StoreError::NotShared(path));
         }
         Ok((path, meta))
@@ -273,7 +308,7 @@ impl Store {
                 continue;
             }
             let exists = fs::metadata(&path).is_ok_and(|m| m.is_file());
-            if exists && eligible(roots, &path) {
+            if exists && (eligible(roots, &path) || self.is_file_root(&path)?) {
                 continue;
             }
             if let Some(id) = self.forget(&path)? {

@@ -91,6 +91,35 @@ fn add_verified_moves_a_download_outboard_in_and_drops_one_it_already_has() {
     assert!(store.entry(&other).unwrap().is_none());
 }
 
+/// `quaver get --out ~/Downloads`: the download is shared, the folder it landed in is not.
+#[test]
+fn a_download_outside_the_shared_folders_is_shared_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("Downloads");
+    let data = bytes(300_000, 4);
+    let (id, outboard) = song(&out.join("song.flac"), &data);
+    let store = Store::temporary().unwrap();
+    let download_outboard = dir.path().join("partial.outboard");
+    fs::write(&download_outboard, &outboard).unwrap();
+    store.add_download(&out.join("song.flac"), id, &download_outboard).unwrap();
+    assert!(store.folders().unwrap().is_empty(), "{:?}", store.folders());
+
+    let (private, _) = song(&out.join("tax return.pdf"), &bytes(10_000, 5));
+    let report = store.rescan().unwrap();
+    assert!(report.added.is_empty() && report.removed.is_empty(), "{report:?}");
+    assert!(store.entry(&private).unwrap().is_none(), "another file in the folder was shared");
+    assert_eq!(store.len(), 1);
+    assert_eq!(served_outboard(&store, &id), outboard, "the download itself stays shared");
+
+    // Deleted by the user: withdrawn on the next rescan, and not shared again if it comes back
+    // as some other file.
+    fs::remove_file(out.join("song.flac")).unwrap();
+    assert_eq!(store.rescan().unwrap().removed, vec![id]);
+    song(&out.join("song.flac"), &bytes(1000, 6));
+    store.rescan().unwrap();
+    assert!(store.is_empty());
+}
+
 #[test]
 fn a_reopened_store_moves_sled_outboards_to_files_and_sweeps_orphans() {
     let dir = tempfile::tempdir().unwrap();
