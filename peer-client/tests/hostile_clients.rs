@@ -23,12 +23,16 @@ struct Source {
     _dir: tempfile::TempDir,
     id: ContentId,
     work: std::path::PathBuf,
-    _server: Server,
+    server: Server,
     addr: SourceAddr,
     key: NodeKey,
 }
 
 fn source() -> Source {
+    source_with(ServeConfig::default())
+}
+
+fn source_with(config: ServeConfig) -> Source {
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<u8> =
         (0..SIZE).map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes()[7]).collect();
@@ -43,9 +47,9 @@ fn source() -> Source {
     let key = NodeKey::generate().unwrap();
     let endpoint = tls::endpoint("127.0.0.1:0".parse().unwrap(), &key).unwrap();
     let addr = SourceAddr { peer: key.peer_id(), addr: endpoint.local_addr().unwrap() };
-    let server = Server::spawn(endpoint, library, ServeConfig::default());
+    let server = Server::spawn(endpoint, library, config);
     let work = dir.path().join("work");
-    Source { _dir: dir, id, work, _server: server, addr, key }
+    Source { _dir: dir, id, work, server, addr, key }
 }
 
 /// The honest downloader: the real download task, from 127.0.0.1, with this source only.
@@ -58,6 +62,7 @@ async fn honest_download(src: &Source) {
         name: "song.flac".into(),
         out_dir: out.clone(),
         work_dir: src.work.clone(),
+        wait_for_sources: Duration::from_secs(60),
     };
     let result = tokio::time::timeout(FINISH_WITHIN, download(&client, spec, vec![src.addr], None, None))
         .await
@@ -140,4 +145,49 @@ async fn a_client_with_200_connections_cannot_keep_an_honest_download_from_finis
     tokio::time::sleep(Duration::from_millis(500)).await;
     honest_download(&src).await;
     assert!(hogs.try_join_next().is_none(), "the hogs were still at it");
+}
+
+/// Holds one upload slot: asks for the first MiB and reads nothing, until the connection is
+/// closed. Returns once the server has answered OK (the slot is taken).
+async fn hold_a_slot(conn: &quinn::Connection, id: ContentId) -> (quinn::SendStream, quinn::RecvStream) {
+    let request = encode_request(&Request::range(id, 0, 1 << 20).unwrap());
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&request).await.unwrap();
+    let _ = send.finish();
+    let mut decoder = FrameDecoder::<ResponseHeader>::new();
+    let mut buf = [0u8; 16];
+    loop {
+        let n = recv.read(&mut buf).await.unwrap().expect("the server closed before answering");
+        if let Some(header) = decoder.decode(&mut &buf[..n]).unwrap() {
+            assert_eq!(header.status, ResponseStatus::Ok, "the slot was not granted");
+            return (send, recv);
+        }
+    }
+}
+
+/// Every slot of the only source is taken when the download asks for the outboard: BUSY is
+/// backpressure, so the download waits for a slot and finishes once one frees up (here when the
+/// two holders leave, after a second), instead of failing with "no source sent a valid
+/// outboard".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_whose_only_source_is_busy_waits_for_a_slot_and_finishes() {
+    let src = source_with(ServeConfig { upload_slots: 2, ..ServeConfig::default() });
+    // One address may hold half the slots: two holders from two addresses take both.
+    let mut holders = Vec::new();
+    for ip in [[127, 0, 0, 4], [127, 0, 0, 5]] {
+        let endpoint = quinn::Endpoint::client(SocketAddr::from((ip, 0))).unwrap();
+        let conn = stingy_connection(&endpoint, &src).await.expect("admitted");
+        let streams = hold_a_slot(&conn, src.id).await;
+        holders.push((endpoint, conn, streams));
+    }
+    assert_eq!(src.server.free_slots(), 0, "both slots are held");
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for (_, conn, _) in &holders {
+            conn.close(0u32.into(), b"done");
+        }
+    });
+    honest_download(&src).await;
+    assert!(src.server.stats().busy_answers >= 1, "the download never met a busy source");
+    release.await.unwrap();
 }

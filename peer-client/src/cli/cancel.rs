@@ -22,7 +22,11 @@ pub async fn run(data_dir: &Path, content_id: &str, json: bool) -> Exit {
                 }));
             } else {
                 let stopped = if r.was_running { "stopped; " } else { "" };
-                println!("cancelled {}: {stopped}{} bytes of partial data removed", content_id.trim(), r.freed_bytes);
+                println!(
+                    "cancelled {}: {stopped}{} bytes of partial data removed",
+                    content_id.trim(),
+                    r.freed_bytes
+                );
             }
             Exit::Ok
         }

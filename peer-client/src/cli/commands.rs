@@ -148,6 +148,7 @@ pub async fn status(data_dir: &Path, json: bool) -> Exit {
                 json!({
                     "content_id": hex::encode(&d.content_id), "name": d.name, "size": d.size,
                     "verified_bytes": d.verified_bytes, "active_sources": d.active_sources,
+                    "waiting_for_sources": d.waiting_for_sources, "gives_up_in_secs": d.gives_up_in_secs,
                 })
             })
             .collect();
@@ -173,12 +174,12 @@ pub async fn status(data_dir: &Path, json: bool) -> Exit {
     println!("uploaded  {} ({} uploads now)", bytes(s.uploaded_bytes), s.active_uploads);
     for d in &s.downloads {
         let pct = if d.size == 0 { 100.0 } else { d.verified_bytes as f64 * 100.0 / d.size as f64 };
-        println!(
-            "download  {} {pct:.1}% of {} from {} sources",
-            column(&d.name, 40),
-            bytes(d.size),
-            d.active_sources
-        );
+        let from = if d.waiting_for_sources {
+            format!("waiting for a source to come online (gives up in {} s)", d.gives_up_in_secs)
+        } else {
+            format!("from {} sources", d.active_sources)
+        };
+        println!("download  {} {pct:.1}% of {} {from}", column(&d.name, 40), bytes(d.size));
     }
     Exit::Ok
 }

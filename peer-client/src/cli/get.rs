@@ -57,7 +57,7 @@ pub async fn run(data_dir: &Path, target: &str, out: Option<&Path>, wait_sources
                         bar.suspend(|| {
                             eprintln!(
                                 "quaver: no source is online for {}; waiting for one (gives up in {} s; `quaver cancel {}` drops it)",
-                                p.name,
+                                super::format::text(&p.name),
                                 p.gives_up_in_secs,
                                 hex::encode(&p.content_id)
                             )

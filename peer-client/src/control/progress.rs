@@ -77,7 +77,8 @@ fn message(id: &ContentId, state: DownloadState) -> Result<GetProgress, Status> 
 
 /// Seconds left until a waiting download gives up (0 when it is not waiting).
 pub fn gives_up_in_secs(waiting_until: Option<std::time::Instant>) -> u32 {
-    let left = waiting_until.map_or(Duration::ZERO, |t| t.saturating_duration_since(std::time::Instant::now()));
+    let left =
+        waiting_until.map_or(Duration::ZERO, |t| t.saturating_duration_since(std::time::Instant::now()));
     u32::try_from(left.as_secs()).unwrap_or(u32::MAX)
 }
 

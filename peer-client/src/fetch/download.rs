@@ -566,7 +566,11 @@ impl Race<'_> {
                 if until.is_some() {
                     tracing::info!(id = %self.spec.id, "no source online; waiting for one");
                 }
-                report(DownloadProgress { size: self.spec.size, waiting_until, ..DownloadProgress::default() });
+                report(DownloadProgress {
+                    size: self.spec.size,
+                    waiting_until,
+                    ..DownloadProgress::default()
+                });
             }
             let mut wake = finder.wait.next_wake(now);
             if let Some(first) = busy.iter().map(|(at, _)| *at).min() {
@@ -596,7 +600,9 @@ impl Race<'_> {
                             let len = file.metadata().map_err(disk(&path))?.len();
                             match Outboard::from_file(&self.spec.id, self.spec.size, file, len) {
                                 Ok(outboard) => {
-                                    self.part.keep_outboard(&path).map_err(disk(self.part.outboard_path()))?;
+                                    self.part
+                                        .keep_outboard(&path)
+                                        .map_err(disk(self.part.outboard_path()))?;
                                     return Ok(outboard);
                                 }
                                 Err(e) => {
@@ -638,7 +644,9 @@ impl Race<'_> {
         let task = tokio::spawn(async move {
             let result = match request(&conn, &Request::Outboard(id), &mut FileBody::new(&file)).await {
                 Ok(h) if h.file_size == size => Ok((file, path)),
-                Ok(h) => Err(OutboardFailure::Failed(format!("source reports another size: {}", h.file_size))),
+                Ok(h) => {
+                    Err(OutboardFailure::Failed(format!("source reports another size: {}", h.file_size)))
+                }
                 Err(RequestError::Refused(ResponseStatus::Busy { estimated_wait, .. })) => {
                     Err(OutboardFailure::Busy(estimated_wait))
                 }

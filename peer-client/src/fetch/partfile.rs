@@ -220,7 +220,8 @@ impl PartFile {
     pub fn finish(mut self, dest: &Path) -> io::Result<PathBuf> {
         self.sync()?;
         self.part.sync_all()?;
-        let moved = std::fs::hard_link(&self.paths.part, dest).or_else(|_| std::fs::rename(&self.paths.part, dest));
+        let moved =
+            std::fs::hard_link(&self.paths.part, dest).or_else(|_| std::fs::rename(&self.paths.part, dest));
         match moved {
             Err(e) if e.kind() == io::ErrorKind::CrossesDevices => copy_checked(&self.part, &self.id, dest)?,
             other => other?,

@@ -201,7 +201,10 @@ impl Downloads {
         let running = self.running().remove(&id);
         let was_running = running.is_some();
         if let Some(r) = running {
-            let failure = Failure { kind: FailureKind::Cancelled, message: format!("the download of {id} was cancelled") };
+            let failure = Failure {
+                kind: FailureKind::Cancelled,
+                message: format!("the download of {id} was cancelled"),
+            };
             r.publish.send_modify(|s| s.outcome = Some(Err(failure)));
             r.task.abort();
             // Stopped for good before its files go: it must not write them back.
@@ -288,9 +291,10 @@ async fn run(
                     banned: done.banned,
                 })
             }
-            Err(e) => {
-                Err(Failure::other(format!("downloaded to {}, but sharing it failed: {e}", done.path.display())))
-            }
+            Err(e) => Err(Failure::other(format!(
+                "downloaded to {}, but sharing it failed: {e}",
+                done.path.display()
+            ))),
         },
         Err(e) => {
             tracing::warn!(id = %id, error = %e, "download failed");

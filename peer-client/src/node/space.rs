@@ -69,11 +69,8 @@ pub fn check(work_dir: &Path, out_dir: &Path, id: &ContentId, size: u64) -> Resu
     let (Ok(work), Ok(out)) = (filesystem(work_dir), filesystem(out_dir)) else { return Ok(()) };
     let base = work_dir.join(id.to_hex());
     let allocated = std::fs::metadata(base.with_extension("part")).map_or(0, |m| m.blocks() * 512);
-    let outboard = if base.with_extension("outboard").exists() {
-        0
-    } else {
-        crate::store::hash::outboard_len(size)
-    };
+    let outboard =
+        if base.with_extension("outboard").exists() { 0 } else { crate::store::hash::outboard_len(size) };
     match shortfall(&work, &out, size, allocated, outboard) {
         Some(no) => Err(no),
         None => Ok(()),
