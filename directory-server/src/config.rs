@@ -61,8 +61,37 @@ impl Default for Config {
     }
 }
 
+/// The directory's data dir variable. Not `QUAVER_DATA_DIR`: that one is the peer's (`quaver
+/// --data-dir`), and a directory started in a shell set up for a peer would write its catalog
+/// into the peer's data dir.
+pub const DATA_DIR_ENV: &str = "QUAVER_DIRECTORY_DATA_DIR";
+/// The peer's data dir variable, which the directory never reads (see [`refuse_peer_data_dir`]).
+pub const PEER_DATA_DIR_ENV: &str = "QUAVER_DATA_DIR";
+
+/// Refuses to start on the default data dir while the peer's `QUAVER_DATA_DIR` is set and
+/// nothing else chose the directory's (`QUAVER_DIRECTORY_DATA_DIR`, `data_dir` in the file, or
+/// `--data-dir`, which the caller checks first). Such a shell was set up for a peer, or for an
+/// older directory that read `QUAVER_DATA_DIR`: starting on `./quaver-directory-data` would look
+/// like a catalog lost, and reading the variable would write into a peer's data dir.
+pub fn refuse_peer_data_dir(
+    config: &Config,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let chosen = env(DATA_DIR_ENV).is_some() || config.data_dir != Config::default().data_dir;
+    match env(PEER_DATA_DIR_ENV) {
+        Some(value) if !chosen => Err(ConfigError::PeerDataDir { value }),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error(
+        "{PEER_DATA_DIR_ENV}={value:?} is set, but that variable is a peer's data dir and the \
+         directory does not read it; give the directory's own with {DATA_DIR_ENV}, --data-dir or \
+         data_dir in the config file (or unset {PEER_DATA_DIR_ENV})"
+    )]
+    PeerDataDir { value: String },
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is invalid: {source}")]
@@ -94,7 +123,7 @@ impl Config {
         if let Some(v) = env("QUAVER_LISTEN") {
             config.listen = parse("QUAVER_LISTEN", v)?;
         }
-        if let Some(v) = env("QUAVER_DATA_DIR") {
+        if let Some(v) = env(DATA_DIR_ENV) {
             config.data_dir = PathBuf::from(v);
         }
         if let Some(v) = env("QUAVER_LEASE_SECONDS") {
@@ -232,5 +261,32 @@ mod tests {
         assert!(half_tls.validate().unwrap_err().to_string().contains("tls_key"));
         let env = |k: &str| (k == "QUAVER_LOG_FORMAT").then(|| "xml".to_string());
         assert!(Config::load(None, env).unwrap_err().to_string().contains("QUAVER_LOG_FORMAT"));
+    }
+
+    #[test]
+    fn the_directory_reads_its_own_data_dir_variable_never_the_peers() {
+        let peer = |k: &str| (k == PEER_DATA_DIR_ENV).then(|| "/home/u/.local/share/quaver".to_string());
+        let c = Config::load(None, peer).unwrap();
+        assert_eq!(c.data_dir, Config::default().data_dir, "QUAVER_DATA_DIR is not read");
+        let e = refuse_peer_data_dir(&c, peer).unwrap_err().to_string();
+        assert!(e.contains("QUAVER_DATA_DIR=\"/home/u/.local/share/quaver\" is set"), "{e}");
+        assert!(e.contains("QUAVER_DIRECTORY_DATA_DIR, --data-dir or data_dir"), "{e}");
+
+        let both = |k: &str| match k {
+            DATA_DIR_ENV => Some("/var/lib/quaver-directory".to_string()),
+            _ => peer(k),
+        };
+        let c = Config::load(None, both).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/quaver-directory"));
+        refuse_peer_data_dir(&c, both).unwrap();
+
+        // data_dir from the config file is a choice too.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.toml");
+        std::fs::write(&file, "data_dir = \"/srv/dir\"\n").unwrap();
+        let c = Config::load(Some(&file), peer).unwrap();
+        refuse_peer_data_dir(&c, peer).unwrap();
+        // Nothing set at all: the embedded default, no refusal.
+        refuse_peer_data_dir(&Config::default(), |_| None).unwrap();
     }
 }

@@ -19,7 +19,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Context;
 use clap::Parser;
 use quaver_directory::ops::{LogFormat, logging};
-use quaver_directory::{Config, RunningServer};
+use quaver_directory::{Config, RunningServer, ServerError};
+use quaver_shared::data_dir_lock::DataDirLock;
 
 /// Quaver directory server: indexes shared files and tells peers where to find them.
 #[derive(Parser, Debug)]
@@ -58,14 +59,51 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let mut config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, each cause once, never a backtrace (even with RUST_BACKTRACE set).
+            eprintln!("quaver-directory: {}", explain(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A failed run for the operator: the error chain, and what to do where that is known.
+fn explain(e: &anyhow::Error) -> String {
+    let line = quaver_shared::report::chain_line(e.chain());
+    let bind = e.chain().find_map(|cause| match cause.downcast_ref::<ServerError>() {
+        Some(ServerError::Bind { addr, setting, source })
+            if source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            Some((*addr, *setting))
+        }
+        _ => None,
+    });
+    match bind {
+        Some((addr, setting)) => {
+            let flag = setting.replace('_', "-");
+            let env = format!("QUAVER_{}", setting.to_uppercase());
+            format!(
+                "{line}; another program uses port {} on {}: stop it, or choose another address with --{flag} ({env}, `{setting}` in the config file)",
+                addr.port(),
+                addr.ip()
+            )
+        }
+        None => line,
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let env = |k: &str| std::env::var(k).ok();
+    let mut config = Config::load(args.config.as_deref(), env)?;
     if let Some(v) = args.listen {
         config.listen = v;
     }
-    if let Some(v) = args.data_dir {
-        config.data_dir = v;
+    match args.data_dir {
+        Some(v) => config.data_dir = v,
+        None => quaver_directory::config::refuse_peer_data_dir(&config, env)?,
     }
     if let Some(v) = args.lease_seconds {
         config.lease_seconds = v;
@@ -93,6 +131,8 @@ async fn main() -> anyhow::Result<()> {
         return cli::run(command, config).await;
     }
 
+    // Before the catalog opens: a second directory here is told which process holds the dir.
+    let _lock = DataDirLock::acquire(&config.data_dir, "quaver-directory")?;
     let mut server = RunningServer::start(config.clone())
         .await
         .with_context(|| format!("starting the directory with data in {}", config.data_dir.display()))?;

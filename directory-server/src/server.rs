@@ -39,8 +39,9 @@ const COMPACT_REST_FACTOR: u32 = 50;
 pub enum ServerError {
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    /// `setting` is the config key that chose `addr` (`listen`, `metrics_listen`).
+    #[error("cannot listen on {addr} (`{setting}`): {source}")]
+    Bind { addr: SocketAddr, setting: &'static str, source: std::io::Error },
     #[error(transparent)]
     Directory(#[from] DirectoryError),
     #[error("gRPC transport failed: {0}")]
@@ -76,11 +77,14 @@ impl RunningServer {
             (Some(cert), Some(key)) => Some(CertStore::open(cert, key)?),
             _ => None,
         };
-        let listener = bind(config.listen).await?;
-        let local_addr =
-            listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let listener = bind(config.listen, "listen").await?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            setting: "listen",
+            source,
+        })?;
         let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind(addr, "metrics_listen").await?),
             None => None,
         };
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -122,8 +126,8 @@ impl RunningServer {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
+async fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, setting, source })
 }
 
 /// The operator's parts of one server (see the module doc).

@@ -354,7 +354,7 @@ async fn the_image_and_compose_command_lines_serve_and_share() -> anyhow::Result
         assert_eq!(v, "/etc/quaver/directory.toml");
         env.push(("QUAVER_CONFIG", deploy().join("config/directory.toml").display().to_string()));
     }
-    env.push(("QUAVER_DATA_DIR", data.path().display().to_string()));
+    env.push(("QUAVER_DIRECTORY_DATA_DIR", data.path().display().to_string()));
     env.push(("QUAVER_LISTEN", listen.clone()));
 
     let health = Dockerfile::exec_form(docker.last("HEALTHCHECK"));

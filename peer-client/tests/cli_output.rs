@@ -31,7 +31,7 @@ async fn directory(heartbeat_seconds: u32) -> (RunningServer, tempfile::TempDir)
 
 /// A `quaver daemon` process with its own data dir, talking to the directory at `url`.
 struct Daemon {
-    _child: Child,
+    child: Child,
     data: PathBuf,
 }
 
@@ -51,7 +51,7 @@ impl Daemon {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let ready = tokio::time::timeout(WAIT, lines.next_line()).await.unwrap().unwrap().unwrap();
         assert!(ready.starts_with("quaver node "), "{ready}");
-        Daemon { _child: child, data }
+        Daemon { child, data }
     }
 
     async fn run(&self, args: &[&str]) -> Output {
@@ -183,4 +183,44 @@ async fn a_directory_nobody_listens_on_is_named_with_what_to_check() {
         shown.contains(&format!("check that the directory is running and listening at {url}")),
         "{shown}"
     );
+}
+
+/// `quaver daemon ARGS` that is expected to fail at once: its standard error, which must be one
+/// plain line (no backtrace with RUST_BACKTRACE=1, no colour codes on a pipe).
+async fn failed_daemon(data: &Path, args: &[&str]) -> String {
+    let run = Command::new(QUAVER)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--directory", "http://127.0.0.1:9", "daemon"])
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output();
+    let out = tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "colour codes: {stderr:?}");
+    stderr.trim_end().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_cannot_start_says_why_once_and_what_to_do() {
+    let root = tempfile::tempdir().unwrap();
+    let node = Daemon::start(root.path(), "node", "http://127.0.0.1:9").await;
+    let pid = node.child.id().unwrap();
+    let second = failed_daemon(&node.data, &["--listen", "127.0.0.1:0"]).await;
+    assert_eq!(
+        second,
+        format!(
+            "quaver daemon: another quaver node (pid {pid}) uses {}: stop it first, or give this one another data dir",
+            node.data.display()
+        )
+    );
+
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let busy = failed_daemon(&root.path().join("other"), &["--listen", &format!("127.0.0.1:{port}")]).await;
+    assert!(busy.starts_with(&format!("quaver daemon: UDP port {port} on 127.0.0.1 is in use")), "{busy}");
+    assert!(busy.contains("--listen"), "{busy}");
+    assert_eq!(busy.matches("Address already in use").count(), 1, "each cause once: {busy}");
 }

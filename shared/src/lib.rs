@@ -8,12 +8,14 @@
 //! peer crates.
 
 pub mod announce_proof;
+pub mod data_dir_lock;
 pub mod digest;
 pub mod directory_endpoint;
 pub mod grpc_codec;
 pub mod ids;
 pub mod limits;
 pub mod node_key;
+pub mod report;
 pub mod signal;
 pub mod tls;
 mod udp;

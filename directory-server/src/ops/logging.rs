@@ -28,7 +28,12 @@ impl std::str::FromStr for LogFormat {
 /// Installs the process's log subscriber. Call once, before anything logs.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal as _;
+    // Colour only for a person at a terminal: journald and log files show escapes raw.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         // Fields at the top level (`flatten_event`) are what most shippers index directly.

@@ -25,18 +25,39 @@ pub struct DaemonArgs {
 }
 
 pub async fn run(args: DaemonArgs) -> Exit {
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: journald and log files show escapes raw.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     // One rustls provider for the process, as insurance (every config also names ring itself).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let listen = args.listen;
     match serve(args).await {
         Ok(()) => Exit::Ok,
         Err(e) => {
-            eprintln!("quaver daemon: {e:#}");
+            eprintln!("quaver daemon: {}", explain(&e, listen));
             Exit::Failure
         }
+    }
+}
+
+/// A failed start as one line, each cause once, with what to do where the daemon knows it.
+fn explain(e: &anyhow::Error, listen: SocketAddr) -> String {
+    let line = quaver_shared::report::chain_line(e.chain());
+    let port_in_use = e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    });
+    if port_in_use {
+        format!(
+            "UDP port {} on {} is in use by another program ({line}); stop it, or choose another with --listen ADDR:PORT (port 0: any free port)",
+            listen.port(),
+            listen.ip()
+        )
+    } else {
+        line
     }
 }
 
@@ -47,6 +68,8 @@ async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
     if args.max_upload_rate == Some(0) {
         anyhow::bail!("--max-upload-rate must be at least 1 byte per second (omit it for no cap)");
     }
+    // Before anything opens a store: a second daemon here is told who holds the data dir.
+    let _lock = quaver_shared::data_dir_lock::DataDirLock::acquire(&args.data_dir, "quaver node")?;
     let mut config = NodeConfig::new(args.data_dir, args.directory);
     config.directory_ca = args.directory_ca;
     config.listen = args.listen;

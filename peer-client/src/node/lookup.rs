@@ -55,7 +55,7 @@ impl LookupError {
                 // A connection failure's message is generic ("tcp connect error"); the reason
                 // (refused, no route, bad certificate) is in its sources.
                 let source = std::error::Error::source(&status);
-                let reason = crate::session::with_causes(status.message().to_owned(), source);
+                let reason = quaver_shared::report::with_causes(status.message().to_owned(), source);
                 LookupError::Unavailable { url: url.to_owned(), reason }
             }
             _ => LookupError::Refused(status),

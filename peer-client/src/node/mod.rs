@@ -16,6 +16,7 @@
 //! files/         finished downloads (default; --download-dir); shared automatically (a file
 //!                saved elsewhere with `get --out` is shared alone, not its folder)
 //! control.sock   the control API (mode 0600)
+//! LOCK           the daemon's pid, locked while it runs (`quaver_shared::data_dir_lock`)
 //! ```
 //!
 //! Must never: block the runtime on disk (store calls run on the blocking pool), trust the

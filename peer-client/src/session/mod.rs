@@ -148,25 +148,6 @@ impl SessionState {
     }
 }
 
-/// `error` and its sources as one line, each cause once: tonic's errors repeat their source's
-/// text in their own, so a plain walk of the chain says some causes twice.
-pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    with_causes(error.to_string(), error.source())
-}
-
-/// `line` followed by the text of `source` and its sources, each said once (see [`describe`]).
-pub fn with_causes(mut line: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    line
-}
-
 /// Why one attempt to talk to the directory failed. The session retries every one of them.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -300,18 +281,5 @@ mod tests {
         assert_eq!(first.view(now, wall), SessionView { up: false, since: None }, "nothing tried yet");
         first.lost("refused".into(), lost_at);
         assert_eq!(first.view(now, wall).since, Some(lost_at), "the first attempt failed then");
-    }
-
-    #[test]
-    fn an_error_chain_names_each_cause_once() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("cannot connect to the directory: {0}")]
-        struct Outer(#[source] Middle);
-        #[derive(Debug, thiserror::Error)]
-        #[error("transport error")]
-        struct Middle(#[source] std::io::Error);
-        let error =
-            Outer(Middle(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused")));
-        assert_eq!(describe(&error), "cannot connect to the directory: transport error: Connection refused");
     }
 }

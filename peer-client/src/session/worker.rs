@@ -147,7 +147,7 @@ impl Worker {
                     (End::Failed(e), established) => (e, established),
                 },
             };
-            self.state.send_modify(|s| s.lost(super::describe(&error), SystemTime::now()));
+            self.state.send_modify(|s| s.lost(quaver_shared::report::describe(&error), SystemTime::now()));
             if error.is_unauthenticated() && established {
                 // The directory forgot the session (lease ran out, it restarted, we announced
                 // elsewhere): announce again right away on the same connection.
