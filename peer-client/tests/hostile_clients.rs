@@ -54,7 +54,8 @@ fn source_with(config: ServeConfig) -> Source {
 
 /// The honest downloader: the real download task, from 127.0.0.1, with this source only.
 async fn honest_download(src: &Source) {
-    let client = tls::endpoint("127.0.0.1:0".parse().unwrap(), &NodeKey::generate().unwrap()).unwrap();
+    let me = NodeKey::generate().unwrap();
+    let client = tls::endpoint("127.0.0.1:0".parse().unwrap(), &me).unwrap();
     let out = src.work.join("out");
     let spec = DownloadSpec {
         id: src.id,
@@ -63,6 +64,7 @@ async fn honest_download(src: &Source) {
         out_dir: out.clone(),
         work_dir: src.work.clone(),
         wait_for_sources: Duration::from_secs(60),
+        identity: Some(tls::ClientAuth::new(&me).unwrap()),
     };
     let result = tokio::time::timeout(FINISH_WITHIN, download(&client, spec, vec![src.addr], None, None))
         .await
@@ -74,12 +76,21 @@ async fn honest_download(src: &Source) {
 /// A connection that grants almost no flow-control credit (256 bytes per stream) and, since
 /// it reads no body, never grants more; keep-alives keep it from timing out.
 async fn stingy_connection(endpoint: &quinn::Endpoint, src: &Source) -> Option<quinn::Connection> {
+    stingy_connection_as(endpoint, src, None).await
+}
+
+/// [`stingy_connection`] proving `me` (a node key) to the server.
+async fn stingy_connection_as(
+    endpoint: &quinn::Endpoint,
+    src: &Source,
+    me: Option<&tls::ClientAuth>,
+) -> Option<quinn::Connection> {
     let mut transport = quinn::TransportConfig::default();
     transport
         .stream_receive_window(256u32.into())
         .receive_window((64u32 * 1024).into())
         .keep_alive_interval(Some(Duration::from_millis(500)));
-    let mut config = tls::client_config(src.key.peer_id()).unwrap();
+    let mut config = tls::client_config_as(src.key.peer_id(), me).unwrap();
     config.transport_config(Arc::new(transport));
     endpoint.connect_with(config, src.addr.addr, tls::SERVER_NAME).unwrap().await.ok()
 }
@@ -150,6 +161,17 @@ async fn a_client_with_200_connections_cannot_keep_an_honest_download_from_finis
 /// Holds one upload slot: asks for the first MiB and reads nothing, until the connection is
 /// closed. Returns once the server has answered OK (the slot is taken).
 async fn hold_a_slot(conn: &quinn::Connection, id: ContentId) -> (quinn::SendStream, quinn::RecvStream) {
+    let (status, streams) = ask_for_a_slot(conn, id).await;
+    assert_eq!(status, ResponseStatus::Ok, "the slot was not granted");
+    streams
+}
+
+/// Asks for the first MiB and reads the answer's header only: OK (the slot is held until the
+/// connection closes) or BUSY.
+async fn ask_for_a_slot(
+    conn: &quinn::Connection,
+    id: ContentId,
+) -> (ResponseStatus, (quinn::SendStream, quinn::RecvStream)) {
     let request = encode_request(&Request::range(id, 0, 1 << 20).unwrap());
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&request).await.unwrap();
@@ -159,8 +181,7 @@ async fn hold_a_slot(conn: &quinn::Connection, id: ContentId) -> (quinn::SendStr
     loop {
         let n = recv.read(&mut buf).await.unwrap().expect("the server closed before answering");
         if let Some(header) = decoder.decode(&mut &buf[..n]).unwrap() {
-            assert_eq!(header.status, ResponseStatus::Ok, "the slot was not granted");
-            return (send, recv);
+            return (header.status, (send, recv));
         }
     }
 }
@@ -190,4 +211,27 @@ async fn a_download_whose_only_source_is_busy_waits_for_a_slot_and_finishes() {
     honest_download(&src).await;
     assert!(src.server.stats().busy_answers >= 1, "the download never met a busy source");
     release.await.unwrap();
+}
+
+/// One node key from two addresses: its slots count against its `PeerId` over both, so it
+/// holds half the slots, not half per address, and an honest peer still finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_from_two_addresses_holds_only_its_share_of_the_slots() {
+    let src = source_with(ServeConfig { upload_slots: 4, ..ServeConfig::default() });
+    let hog = tls::ClientAuth::new(&NodeKey::generate().unwrap()).unwrap();
+    let (mut held, mut connections) = (Vec::new(), Vec::new());
+    let mut granted = 0;
+    for ip in [[127, 0, 0, 6], [127, 0, 0, 7]] {
+        let endpoint = quinn::Endpoint::client(SocketAddr::from((ip, 0))).unwrap();
+        let conn = stingy_connection_as(&endpoint, &src, Some(&hog)).await.expect("admitted");
+        for _ in 0..2 {
+            let (status, streams) = ask_for_a_slot(&conn, src.id).await;
+            granted += usize::from(status == ResponseStatus::Ok);
+            held.push(streams);
+        }
+        connections.push((endpoint, conn));
+    }
+    assert_eq!(granted, 2, "one peer over two addresses got {granted} of 4 slots");
+    assert_eq!(src.server.free_slots(), 2);
+    honest_download(&src).await;
 }

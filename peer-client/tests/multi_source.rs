@@ -63,6 +63,7 @@ fn spec(f: &Fixture, name: &str, out: &Path) -> DownloadSpec {
         out_dir: out.to_owned(),
         work_dir: f.dir.path().join("work"),
         wait_for_sources: Duration::from_secs(60),
+        identity: None,
     }
 }
 

@@ -18,7 +18,11 @@
 //! - accept TLS 1.2 or any signature scheme other than Ed25519;
 //! - build a config without ALPN [`ALPN`] (pitfall 10: quinn's shortcut constructors set none).
 //!
-//! Clients are not authenticated: any peer may ask, and what it gets is public data anyway.
+//! Clients may prove a `PeerId` too: a node dials with its own certificate ([`ClientAuth`],
+//! [`connect_as`]) and the server reads the proven id back with [`peer_id_of`], so it can count
+//! what one peer takes however many addresses it comes from. Client certificates are optional:
+//! the directory's connect-back has no node key, and what a server hands out is public data
+//! anyway, so an anonymous client is served, counted by its address alone.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +33,8 @@ use quinn::{EndpointConfig, IdleTimeout, MtuDiscoveryConfig, TransportConfig, Va
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::{NodeKey, PeerId};
 
@@ -197,9 +202,10 @@ pub fn server_config(key: &NodeKey) -> Result<quinn::ServerConfig, TlsError> {
 /// [`server_config`] with another crypto provider (tests: a node of an older release).
 fn server_config_with(key: &NodeKey, provider: Arc<CryptoProvider>) -> Result<quinn::ServerConfig, TlsError> {
     let (cert, pkcs8) = node_certificate(key)?;
+    let clients = AnyNodeKey { algorithms: provider.signature_verification_algorithms };
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(Arc::new(clients))
         .with_single_cert(vec![cert], PrivateKeyDer::Pkcs8(pkcs8))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
 
@@ -219,15 +225,40 @@ fn node_certificate(
     Ok((cert.der().clone(), pkcs8))
 }
 
+/// A node's certificate and key as a client presents them: made once per node (it costs a
+/// certificate signature), used for every connection it dials.
+#[derive(Debug)]
+pub struct ClientAuth {
+    cert: CertificateDer<'static>,
+    pkcs8: PrivatePkcs8KeyDer<'static>,
+}
+
+impl ClientAuth {
+    pub fn new(key: &NodeKey) -> Result<Arc<ClientAuth>, TlsError> {
+        let (cert, pkcs8) = node_certificate(key)?;
+        Ok(Arc::new(ClientAuth { cert, pkcs8 }))
+    }
+}
+
 /// A client config that accepts exactly one server: the holder of `expected`'s private key.
+/// It proves no identity of its own (see [`client_config_as`]).
 pub fn client_config(expected: PeerId) -> Result<quinn::ClientConfig, TlsError> {
+    client_config_as(expected, None)
+}
+
+/// [`client_config`] that also proves `me` to the server, if given.
+pub fn client_config_as(expected: PeerId, me: Option<&ClientAuth>) -> Result<quinn::ClientConfig, TlsError> {
     let provider = provider();
     let verifier = PinnedPeer { expected, algorithms: provider.signature_verification_algorithms };
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous() // "dangerous" only in the web-PKI sense: pinning replaces the CA check.
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut tls = match me {
+        Some(me) => builder
+            .with_client_auth_cert(vec![me.cert.clone()], PrivateKeyDer::Pkcs8(me.pkcs8.clone_key()))?,
+        None => builder.with_no_client_auth(),
+    };
     tls.alpn_protocols = vec![ALPN.to_vec()];
 
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
@@ -274,8 +305,31 @@ pub async fn connect(
     addr: SocketAddr,
     peer: PeerId,
 ) -> Result<quinn::Connection, TlsError> {
-    let connecting = endpoint.connect_with(client_config(peer)?, addr, SERVER_NAME)?;
+    connect_as(endpoint, addr, peer, None).await
+}
+
+/// [`connect`], proving `me` to the server if given.
+pub async fn connect_as(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    peer: PeerId,
+    me: Option<&ClientAuth>,
+) -> Result<quinn::Connection, TlsError> {
+    let connecting = endpoint.connect_with(client_config_as(peer, me)?, addr, SERVER_NAME)?;
     Ok(connecting.await?)
+}
+
+/// The `PeerId` a client of this server proved in its handshake, if it presented one.
+pub fn peer_id_of(connection: &quinn::Connection) -> Option<PeerId> {
+    let certs = connection.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    node_key_of(certs.first()?)
+}
+
+/// The Ed25519 key a node certificate carries, as a `PeerId`; `None` for any other key.
+fn node_key_of(cert: &CertificateDer<'_>) -> Option<PeerId> {
+    let cert = webpki::EndEntityCert::try_from(cert).ok()?;
+    let key = cert.subject_public_key_info().as_ref().strip_prefix(&ED25519_SPKI_PREFIX[..])?.to_vec();
+    PeerId::from_slice(&key).ok()
 }
 
 /// The verifier behind [`client_config`]: the certificate must carry the expected Ed25519 key,
@@ -340,6 +394,63 @@ impl ServerCertVerifier for PinnedPeer {
     }
 }
 
+/// The verifier of client certificates on a node's server: any node key, proven by the
+/// handshake signature, or none at all (see the module doc).
+#[derive(Debug)]
+struct AnyNodeKey {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AnyNodeKey {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // As for servers, only the key counts; `verify_tls13_signature` makes the client prove it.
+        match node_key_of(end_entity) {
+            Some(_) => Ok(ClientCertVerified::assertion()),
+            None => Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not accepted".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if dss.scheme != SignatureScheme::ED25519 {
+            return Err(rustls::Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+            ));
+        }
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,6 +507,28 @@ mod tests {
             }
         });
         (server, addr)
+    }
+
+    #[tokio::test]
+    async fn a_client_that_proves_its_key_is_known_by_it_and_an_anonymous_one_is_still_served() {
+        let server_key = NodeKey::generate().unwrap();
+        let server = quinn::Endpoint::server(server_config(&server_key).unwrap(), loopback()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let accepting = server.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = accepting.accept().await {
+                let Ok(conn) = incoming.await else { continue };
+                let _ = seen_tx.send(peer_id_of(&conn));
+            }
+        });
+        let client = quinn::Endpoint::client(loopback()).unwrap();
+        let me = NodeKey::generate().unwrap();
+        let auth = ClientAuth::new(&me).unwrap();
+        let _proven = connect_as(&client, addr, server_key.peer_id(), Some(&auth)).await.unwrap();
+        assert_eq!(seen.recv().await.unwrap(), Some(me.peer_id()));
+        let _anonymous = connect(&client, addr, server_key.peer_id()).await.unwrap();
+        assert_eq!(seen.recv().await.unwrap(), None);
     }
 
     fn node_cert(key: &NodeKey) -> CertificateDer<'static> {

@@ -80,6 +80,9 @@ pub struct DownloadSpec {
     /// How long to keep looking while no source is online before failing with
     /// [`FetchError::NoSources`] (see [`super::waiting`]).
     pub wait_for_sources: Duration,
+    /// The node's certificate, proven to every source so that they count what this node takes
+    /// by its `PeerId` (`None`: an anonymous client, counted by address alone).
+    pub identity: Option<Arc<crate::tls::ClientAuth>>,
 }
 
 /// Progress for bars and status commands.
@@ -150,6 +153,7 @@ enum OutboardFailure {
 /// and the lookups for more, paced and bounded by its [`SourceWait`].
 struct Finder {
     endpoint: quinn::Endpoint,
+    identity: Option<Arc<crate::tls::ClientAuth>>,
     tx: mpsc::Sender<Event>,
     known: Vec<SourceAddr>,
     connecting: usize,
@@ -163,9 +167,9 @@ impl Finder {
         self.known.push(s);
         self.connecting += 1;
         self.tried += 1;
-        let (endpoint, tx) = (self.endpoint.clone(), self.tx.clone());
+        let (endpoint, tx, identity) = (self.endpoint.clone(), self.tx.clone(), self.identity.clone());
         tokio::spawn(async move {
-            let ev = match crate::tls::connect(&endpoint, s.addr, s.peer).await {
+            let ev = match crate::tls::connect_as(&endpoint, s.addr, s.peer, identity.as_deref()).await {
                 Ok(c) => Event::Connected(s.peer, c),
                 Err(e) => {
                     tracing::info!(peer = %s.peer, addr = %s.addr, error = %e, "cannot connect to source");
@@ -245,6 +249,7 @@ pub async fn download(
     let mut conns: HashMap<PeerId, quinn::Connection> = HashMap::new();
     let mut finder = Finder {
         endpoint: endpoint.clone(),
+        identity: spec.identity.clone(),
         tx: tx.clone(),
         known: Vec::new(),
         connecting: 0,

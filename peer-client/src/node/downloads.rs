@@ -171,6 +171,7 @@ impl Downloads {
             out_dir,
             work_dir: self.work_dir.clone(),
             wait_for_sources,
+            identity: Some(node.client_auth.clone()),
         };
         let initial = DownloadState {
             id: Some(id),

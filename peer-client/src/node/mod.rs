@@ -117,6 +117,8 @@ pub struct Node {
     /// The hits of the last search, so that `get 3` can name one.
     last_search: Mutex<Vec<SearchHit>>,
     free_slots: watch::Sender<u32>,
+    /// This node's certificate for the sources it downloads from (see `crate::tls::ClientAuth`).
+    client_auth: Arc<crate::tls::ClientAuth>,
 }
 
 /// How often the node tells the session how many upload slots are free.
@@ -146,6 +148,7 @@ impl Node {
         };
         let store = Arc::new(store);
         let endpoint = crate::tls::endpoint(config.listen, &key)?;
+        let client_auth = crate::tls::ClientAuth::new(&key)?;
         let quic_port = endpoint.local_addr().map_err(crate::tls::TlsError::Bind)?.port();
         let server = Mutex::new(Some(Server::spawn(endpoint.clone(), store.clone(), config.serve.clone())));
         let directory = DirectoryLink::new(&config.directory_url, config.directory_ca.as_deref())?;
@@ -168,6 +171,7 @@ impl Node {
             downloads,
             last_search: Mutex::new(Vec::new()),
             free_slots,
+            client_auth,
         });
         tokio::spawn(report_slots(Arc::downgrade(&node)));
         resume::resume_all(&node);

@@ -3,10 +3,14 @@
 //! the tokio layer ([`super::gate`]) holds them behind a lock and turns verdicts into QUIC
 //! actions.
 //!
-//! Why per address and not per `PeerId`: clients are not authenticated ([`crate::tls`] asks no
-//! client certificate), so a connection's address is the only identity the server knows. An
-//! address stands for one host, or one IPv6 /64 (what one subscriber gets), so a peer cannot
-//! escape its share by hopping through the addresses of its own prefix.
+//! Per address and per `PeerId`: a client may prove its node key in the handshake
+//! ([`crate::tls::peer_id_of`]; every quaver node does), and then its streams and slots count
+//! against both its address and its id, so one peer cannot take more by coming from several
+//! addresses, and several peers behind one NAT are each bounded too. A client that proves no
+//! key is counted by its address alone. An address stands for one host, or one IPv6 /64 (what
+//! one subscriber gets), so a peer cannot escape its share by hopping through the addresses of
+//! its own prefix. Connections are counted by address only: the id is known after the
+//! handshake, and a node key costs nothing to make, so the address is what bounds them.
 //!
 //! The policy:
 //! - **Connections**: at most `connections_per_ip` from one address and `connections` in all.
@@ -14,10 +18,12 @@
 //!   NAT while keeping the memory of open connections (about 66 KiB each) bounded. Past half
 //!   of either bound, a connection from an address QUIC has not validated is asked to prove it
 //!   (a Retry) before it is counted, so spoofed packets cannot fill another address's share.
-//! - **Streams**: at most `streams_per_ip` request streams in progress from one address and
-//!   `streams` in all, whatever connections they come on.
-//! - **Upload slots**: at most `slots_per_ip` of the `slots` from one address, so one peer (or
-//!   one that never reads what it asked for) leaves slots to the others. A peer refused for its
+//! - **Streams**: at most `streams_per_ip` request streams in progress from one address (and
+//!   `streams_per_peer` from one proven `PeerId`) and `streams` in all, whatever connections
+//!   they come on.
+//! - **Upload slots**: at most `slots_per_ip` of the `slots` from one address, and as many from
+//!   one proven `PeerId`, so one peer (or one that never reads what it asked for) leaves slots
+//!   to the others. A peer refused for its
 //!   own share gets its own queue position and wait, and does not lengthen the queue others
 //!   are told about.
 //!
@@ -27,6 +33,8 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
+
+use quaver_shared::PeerId;
 
 /// What one upload is assumed to take before any has finished.
 const INITIAL_HOLD: Duration = Duration::from_millis(500);
@@ -51,23 +59,29 @@ const STREAMS: usize = 4096;
 pub(super) struct Limits {
     pub slots: usize,
     pub slots_per_ip: usize,
+    pub slots_per_peer: usize,
     pub connections: usize,
     pub connections_per_ip: usize,
     pub streams: usize,
     pub streams_per_ip: usize,
+    pub streams_per_peer: usize,
 }
 
 impl Limits {
-    /// The bounds for a server with `slots` upload slots: one address may take half of them
-    /// (rounded up, so a one-slot server still serves), the other half stays for everyone else.
+    /// The bounds for a server with `slots` upload slots: one address, and one peer, may take
+    /// half of them (rounded up, so a one-slot server still serves), the other half stays for
+    /// everyone else.
     pub fn for_slots(slots: usize) -> Self {
+        let half = slots.div_ceil(2).max(1);
         Self {
             slots,
-            slots_per_ip: slots.div_ceil(2).max(1),
+            slots_per_ip: half,
+            slots_per_peer: half,
             connections: CONNECTIONS,
             connections_per_ip: CONNECTIONS_PER_IP,
             streams: STREAMS,
             streams_per_ip: STREAMS_PER_IP,
+            streams_per_peer: STREAMS_PER_IP,
         }
     }
 }
@@ -98,6 +112,20 @@ impl std::fmt::Display for IpGroup {
     }
 }
 
+/// Who asks for a stream or a slot: the address it came from and, when the client proved one in
+/// its handshake, its `PeerId`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Asker {
+    pub ip: IpGroup,
+    pub peer: Option<PeerId>,
+}
+
+impl From<IpGroup> for Asker {
+    fn from(ip: IpGroup) -> Self {
+        Asker { ip, peer: None }
+    }
+}
+
 /// What to do with a new connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum ConnectionVerdict {
@@ -120,6 +148,8 @@ pub(super) enum Refusal {
     Streams,
     #[error("too many requests in progress from this address")]
     StreamsFromIp,
+    #[error("too many requests in progress from this peer")]
+    StreamsFromPeer,
 }
 
 /// The answer to a request that may not take a slot now.
@@ -162,6 +192,8 @@ pub(super) struct Admission {
     /// Only addresses holding something (an idle one is removed), so the map is bounded by the
     /// connection and stream bounds.
     by_ip: HashMap<IpGroup, Usage>,
+    /// The same for proven `PeerId`s (streams and slots; connections are counted by address).
+    by_peer: HashMap<PeerId, Usage>,
 }
 
 impl Admission {
@@ -174,12 +206,21 @@ impl Admission {
             queued: 0,
             avg_hold: INITIAL_HOLD,
             by_ip: HashMap::new(),
+            by_peer: HashMap::new(),
         }
     }
 
     fn forget_if_idle(&mut self, ip: IpGroup) {
         if self.by_ip.get(&ip).is_some_and(Usage::is_idle) {
             self.by_ip.remove(&ip);
+        }
+    }
+
+    fn forget_peer_if_idle(&mut self, peer: Option<PeerId>) {
+        if let Some(peer) = peer
+            && self.by_peer.get(&peer).is_some_and(Usage::is_idle)
+        {
+            self.by_peer.remove(&peer);
         }
     }
 
@@ -211,45 +252,75 @@ impl Admission {
         self.forget_if_idle(ip);
     }
 
-    /// A request stream opened by `ip`: counted, or refused.
-    pub fn stream(&mut self, ip: IpGroup) -> Result<(), Refusal> {
+    /// A request stream opened by `who`: counted, or refused.
+    pub fn stream(&mut self, who: impl Into<Asker>) -> Result<(), Refusal> {
+        let who = who.into();
         if self.streams >= self.limits.streams {
             return Err(Refusal::Streams);
         }
-        if self.by_ip.get(&ip).is_some_and(|u| u.streams >= self.limits.streams_per_ip) {
+        if self.by_ip.get(&who.ip).is_some_and(|u| u.streams >= self.limits.streams_per_ip) {
             return Err(Refusal::StreamsFromIp);
         }
+        let peer_streams = who.peer.and_then(|p| self.by_peer.get(&p)).map_or(0, |u| u.streams);
+        if peer_streams >= self.limits.streams_per_peer {
+            return Err(Refusal::StreamsFromPeer);
+        }
         self.streams += 1;
-        self.by_ip.entry(ip).or_default().streams += 1;
+        self.by_ip.entry(who.ip).or_default().streams += 1;
+        if let Some(peer) = who.peer {
+            self.by_peer.entry(peer).or_default().streams += 1;
+        }
         Ok(())
     }
 
-    pub fn stream_closed(&mut self, ip: IpGroup) {
+    pub fn stream_closed(&mut self, who: impl Into<Asker>) {
+        let who = who.into();
         self.streams = self.streams.saturating_sub(1);
-        if let Some(u) = self.by_ip.get_mut(&ip) {
-            u.streams = u.streams.saturating_sub(1);
+        for usage in self.usages_mut(who) {
+            usage.streams = usage.streams.saturating_sub(1);
         }
-        self.forget_if_idle(ip);
+        self.forget_if_idle(who.ip);
+        self.forget_peer_if_idle(who.peer);
     }
 
-    /// An upload slot for `ip`, or the BUSY answer: first its own share, then the total.
-    pub fn slot(&mut self, ip: IpGroup) -> Result<(), Busy> {
+    /// What `who`'s address and peer hold (those known).
+    fn usages_mut(&mut self, who: Asker) -> impl Iterator<Item = &mut Usage> {
+        let peer = who.peer.and_then(|p| self.by_peer.get_mut(&p));
+        self.by_ip.get_mut(&who.ip).into_iter().chain(peer)
+    }
+
+    /// An upload slot for `who`, or the BUSY answer: first its address's share, then its
+    /// peer's, then the total.
+    pub fn slot(&mut self, who: impl Into<Asker>) -> Result<(), Busy> {
+        let who = who.into();
         let (limits, avg_hold) = (self.limits, self.avg_hold);
-        let held = self.by_ip.get(&ip).map_or(0, |u| u.slots);
+        let held = self.by_ip.get(&who.ip).map_or(0, |u| u.slots);
         if held >= limits.slots_per_ip {
-            // It waits for one of its own uploads to end, not for everyone's. It holds slots,
-            // so its entry exists.
-            let usage = self.by_ip.entry(ip).or_default();
+            // It waits for one of its own uploads to end, not for everyone's.
+            let usage = self.by_ip.entry(who.ip).or_default();
             usage.queued = usage.queued.saturating_add(1);
             return Err(busy(usage.queued, avg_hold, limits.slots_per_ip));
+        }
+        if let Some(peer) = who.peer
+            && self.by_peer.get(&peer).is_some_and(|u| u.slots >= limits.slots_per_peer)
+        {
+            // The same for one peer over all its addresses (it holds slots: its entry exists).
+            let usage = self.by_peer.entry(peer).or_default();
+            usage.queued = usage.queued.saturating_add(1);
+            return Err(busy(usage.queued, avg_hold, limits.slots_per_peer));
         }
         if self.slots >= limits.slots {
             self.queued = self.queued.saturating_add(1);
             return Err(busy(self.queued, avg_hold, limits.slots));
         }
-        let usage = self.by_ip.entry(ip).or_default();
-        usage.slots += 1;
-        usage.queued = usage.queued.saturating_sub(1);
+        self.by_ip.entry(who.ip).or_default();
+        if let Some(peer) = who.peer {
+            self.by_peer.entry(peer).or_default();
+        }
+        for usage in self.usages_mut(who) {
+            usage.slots += 1;
+            usage.queued = usage.queued.saturating_sub(1);
+        }
         self.slots += 1;
         // Whoever takes a slot leaves the virtual queue (or jumped it; either way one fewer is
         // waiting ahead of the next asker).
@@ -257,16 +328,18 @@ impl Admission {
         Ok(())
     }
 
-    /// A slot of `ip`'s was given back after being held for `held`.
-    pub fn slot_released(&mut self, ip: IpGroup, held: Duration) {
+    /// A slot of `who`'s was given back after being held for `held`.
+    pub fn slot_released(&mut self, who: impl Into<Asker>, held: Duration) {
+        let who = who.into();
         self.slots = self.slots.saturating_sub(1);
-        if let Some(u) = self.by_ip.get_mut(&ip) {
+        for u in self.usages_mut(who) {
             u.slots = u.slots.saturating_sub(1);
             if u.slots == 0 {
                 u.queued = 0;
             }
         }
-        self.forget_if_idle(ip);
+        self.forget_if_idle(who.ip);
+        self.forget_peer_if_idle(who.peer);
         // avg = 7/8 avg + 1/8 sample: smooth enough to ignore one odd upload, quick enough to
         // follow a change of link speed within a few dozen uploads.
         self.avg_hold = (self.avg_hold * 7 + held) / 8;
@@ -413,6 +486,48 @@ mod tests {
         a.stream_closed(ip(1));
         a.stream(ip(3)).unwrap();
         assert_eq!(a.stream(ip(1)), Err(Refusal::Streams));
+    }
+
+    fn peer(n: u8) -> Option<PeerId> {
+        Some(PeerId::from_slice(&[n; 32]).unwrap())
+    }
+
+    #[test]
+    fn one_peer_gets_half_the_slots_over_all_its_addresses_and_peers_behind_one_address_share_it() {
+        let mut a = Admission::new(limits(8));
+        let roaming = |n| Asker { ip: ip(n), peer: peer(1) };
+        a.slot(roaming(1)).unwrap();
+        a.slot(roaming(1)).unwrap();
+        a.slot(roaming(2)).unwrap();
+        a.slot(roaming(3)).unwrap();
+        let refused = a.slot(roaming(4)).unwrap_err();
+        assert_eq!(refused.queue_position, 1, "its own queue");
+        assert_eq!(a.status(), (4, 0), "the server's queue is untouched, half the slots stay free");
+        // Two peers behind one NAT: the address's share bounds them together.
+        let behind = |p| Asker { ip: ip(9), peer: peer(p) };
+        for p in [2, 3, 2, 3] {
+            a.slot(behind(p)).unwrap();
+        }
+        assert!(a.slot(behind(4)).is_err(), "the address holds its share");
+        a.slot_released(roaming(2), Duration::from_millis(10));
+        a.slot(roaming(4)).unwrap();
+        for who in
+            [roaming(1), roaming(1), roaming(3), roaming(4), behind(2), behind(3), behind(2), behind(3)]
+        {
+            a.slot_released(who, Duration::from_millis(10));
+        }
+        assert!(a.by_ip.is_empty() && a.by_peer.is_empty(), "{:?} {:?}", a.by_ip, a.by_peer);
+    }
+
+    #[test]
+    fn streams_are_bounded_per_peer_over_its_addresses() {
+        let mut a = Admission::new(Limits { streams_per_peer: 2, ..limits(8) });
+        a.stream(Asker { ip: ip(1), peer: peer(1) }).unwrap();
+        a.stream(Asker { ip: ip(2), peer: peer(1) }).unwrap();
+        assert_eq!(a.stream(Asker { ip: ip(3), peer: peer(1) }), Err(Refusal::StreamsFromPeer));
+        a.stream(Asker { ip: ip(3), peer: peer(2) }).unwrap();
+        a.stream_closed(Asker { ip: ip(2), peer: peer(1) });
+        a.stream(Asker { ip: ip(3), peer: peer(1) }).unwrap();
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::time::Instant;
 
-use super::admission::{Admission, Busy, ConnectionVerdict, IpGroup, Limits, Refusal};
+use super::admission::{Admission, Asker, Busy, ConnectionVerdict, IpGroup, Limits, Refusal};
 
 pub(super) struct Gate {
     state: Mutex<Admission>,
@@ -27,20 +27,22 @@ impl Gate {
     /// The verdict on a connection from `ip`, with its permit when admitted.
     pub fn connection(self: &Arc<Self>, ip: IpGroup, validated: bool) -> Result<Permit, ConnectionVerdict> {
         match self.lock().connection(ip, validated) {
-            ConnectionVerdict::Admit => Ok(Permit { gate: Arc::clone(self), ip, kind: Kind::Connection }),
+            ConnectionVerdict::Admit => {
+                Ok(Permit { gate: Arc::clone(self), who: ip.into(), kind: Kind::Connection })
+            }
             other => Err(other),
         }
     }
 
-    pub fn stream(self: &Arc<Self>, ip: IpGroup) -> Result<Permit, Refusal> {
-        self.lock().stream(ip)?;
-        Ok(Permit { gate: Arc::clone(self), ip, kind: Kind::Stream })
+    pub fn stream(self: &Arc<Self>, who: Asker) -> Result<Permit, Refusal> {
+        self.lock().stream(who)?;
+        Ok(Permit { gate: Arc::clone(self), who, kind: Kind::Stream })
     }
 
-    /// An upload slot if `ip` may take one now; otherwise the BUSY answer for it.
-    pub fn slot(self: &Arc<Self>, ip: IpGroup) -> Result<Permit, Busy> {
-        self.lock().slot(ip)?;
-        Ok(Permit { gate: Arc::clone(self), ip, kind: Kind::Slot { since: Instant::now() } })
+    /// An upload slot if `who` may take one now; otherwise the BUSY answer for it.
+    pub fn slot(self: &Arc<Self>, who: Asker) -> Result<Permit, Busy> {
+        self.lock().slot(who)?;
+        Ok(Permit { gate: Arc::clone(self), who, kind: Kind::Slot { since: Instant::now() } })
     }
 
     /// `(free_slots, queue_len)` for a `Status` answer.
@@ -58,7 +60,7 @@ enum Kind {
 /// Something admitted: held while it lasts, given back when dropped.
 pub(super) struct Permit {
     gate: Arc<Gate>,
-    ip: IpGroup,
+    who: Asker,
     kind: Kind,
 }
 
@@ -66,9 +68,9 @@ impl Drop for Permit {
     fn drop(&mut self) {
         let mut state = self.gate.lock();
         match self.kind {
-            Kind::Connection => state.connection_closed(self.ip),
-            Kind::Stream => state.stream_closed(self.ip),
-            Kind::Slot { since } => state.slot_released(self.ip, since.elapsed()),
+            Kind::Connection => state.connection_closed(self.who.ip),
+            Kind::Stream => state.stream_closed(self.who),
+            Kind::Slot { since } => state.slot_released(self.who, since.elapsed()),
         }
     }
 }

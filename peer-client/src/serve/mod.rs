@@ -39,7 +39,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::library::Library;
 use crate::wire::ALPN;
-use admission::{ConnectionVerdict, IpGroup, Limits};
+use admission::{Asker, ConnectionVerdict, IpGroup, Limits};
 use budget::TokenBucket;
 use gate::{Gate, Permit};
 use pieces::PiecePool;
@@ -280,15 +280,17 @@ async fn serve_connection(
         connection.close(CLOSE_WRONG_PROTOCOL, b"quaver/1 required");
         return;
     }
-    tracing::debug!(%remote, "peer connected");
+    // Counted by address and, if the client proved its node key, by PeerId too.
+    let who = Asker { ip, peer: crate::tls::peer_id_of(&connection) };
+    tracing::debug!(%remote, peer = ?who.peer, "peer connected");
 
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
-                Ok((send, recv)) => match shared.gate.stream(ip) {
+                Ok((send, recv)) => match shared.gate.stream(who) {
                     Ok(permit) => {
-                        streams.spawn(stream::serve_stream(Arc::clone(&shared), ip, permit, send, recv));
+                        streams.spawn(stream::serve_stream(Arc::clone(&shared), who, permit, send, recv));
                     }
                     Err(why) => {
                         tracing::debug!(%remote, %why, "request stream refused");

@@ -20,7 +20,7 @@ use quaver_shared::ContentId;
 use quinn::{RecvStream, SendStream};
 use tokio::time::timeout;
 
-use super::admission::{Busy, IpGroup};
+use super::admission::{Asker, Busy};
 use super::gate::Permit;
 use super::pieces::PiecePool;
 use super::{RESET_BAD_FRAME, RESET_INTERNAL, RESET_STALLED, RESET_TOO_MANY_REQUESTS, Shared};
@@ -82,12 +82,12 @@ enum BadRequest {
     Gone(quinn::ReadError),
 }
 
-/// Serves one bidirectional stream of a peer at `ip` to its end, holding the stream's `permit`
+/// Serves one bidirectional stream of `who` (a peer's address, and id if proven) to its end, holding the stream's `permit`
 /// meanwhile. Never panics on peer input and never touches other streams: every failure ends
 /// here, with an answer, a reset, or nothing.
 pub(super) async fn serve_stream(
     shared: Arc<Shared>,
-    ip: IpGroup,
+    who: Asker,
     _permit: Permit,
     mut send: SendStream,
     mut recv: RecvStream,
@@ -111,7 +111,7 @@ pub(super) async fn serve_stream(
     let _ = recv.stop(0u32.into());
     tracing::trace!(?request, "request");
 
-    if let Err(e) = respond(&shared, ip, &mut send, request).await {
+    if let Err(e) = respond(&shared, who, &mut send, request).await {
         let code = match e {
             AnswerError::Write(e) => {
                 tracing::debug!(error = %e, "peer left during the answer");
@@ -119,7 +119,7 @@ pub(super) async fn serve_stream(
             }
             AnswerError::Stalled => {
                 // Debug: a peer that never reads would otherwise fill the log.
-                tracing::debug!(%ip, "peer took nothing of the answer for too long");
+                tracing::debug!(ip = %who.ip, "peer took nothing of the answer for too long");
                 shared.stalled_answers.fetch_add(1, Ordering::Relaxed);
                 RESET_STALLED
             }
@@ -197,7 +197,7 @@ async fn answer(send: &mut SendStream, header: &ResponseHeader) -> Result<(), An
 
 async fn respond(
     shared: &Shared,
-    ip: IpGroup,
+    who: Asker,
     send: &mut SendStream,
     request: Request,
 ) -> Result<(), AnswerError> {
@@ -206,7 +206,7 @@ async fn respond(
             let (free, queued) = shared.gate.status();
             return answer(send, &ResponseHeader::ok_status(free, queued)).await;
         }
-        Request::Range { id, offset, len } => return send_range(shared, ip, send, id, offset, len).await,
+        Request::Range { id, offset, len } => return send_range(shared, who, send, id, offset, len).await,
         Request::Outboard(id) | Request::Have(id) => id,
     };
     // The library may sit on disk (sled): look it up off the runtime.
@@ -220,14 +220,14 @@ async fn respond(
             let whole = std::iter::once(0..entry.size).collect();
             answer(send, &ResponseHeader::ok_have(entry.size, whole)).await
         }
-        Request::Outboard(_) => send_outboard(shared, ip, send, entry).await,
+        Request::Outboard(_) => send_outboard(shared, who, send, entry).await,
         Request::Range { .. } | Request::Status => Ok(()), // answered above
     }
 }
 
 async fn send_outboard(
     shared: &Shared,
-    ip: IpGroup,
+    who: Asker,
     send: &mut SendStream,
     entry: Entry,
 ) -> Result<(), AnswerError> {
@@ -237,7 +237,7 @@ async fn send_outboard(
     if len > max_outboard_len(entry.size) {
         return Err(AnswerError::OutboardTooLong { len, size: entry.size });
     }
-    let permit = match shared.gate.slot(ip) {
+    let permit = match shared.gate.slot(who) {
         Ok(permit) => permit,
         Err(busy) => return answer_busy(shared, send, busy).await,
     };
@@ -269,13 +269,13 @@ async fn send_outboard(
 /// first and learn the truth when it comes back.
 async fn send_range(
     shared: &Shared,
-    ip: IpGroup,
+    who: Asker,
     send: &mut SendStream,
     id: ContentId,
     offset: u64,
     len: u64,
 ) -> Result<(), AnswerError> {
-    let permit = match shared.gate.slot(ip) {
+    let permit = match shared.gate.slot(who) {
         Ok(permit) => permit,
         Err(busy) => return answer_busy(shared, send, busy).await,
     };
