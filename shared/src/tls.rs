@@ -370,8 +370,7 @@ impl ServerCertVerifier for PinnedPeer {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Unreachable with a TLS 1.3-only config; refuse rather than trust that.
-        Err(rustls::Error::General("TLS 1.2 is not accepted".into()))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -380,16 +379,11 @@ impl ServerCertVerifier for PinnedPeer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        if dss.scheme != SignatureScheme::ED25519 {
-            return Err(rustls::Error::PeerMisbehaved(
-                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
-            ));
-        }
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        verify_ed25519(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        // Node keys are Ed25519, so that is the only proof a server can give.
+        // Node keys are Ed25519, so that is the only proof a node can give.
         vec![SignatureScheme::ED25519]
     }
 }
@@ -429,7 +423,7 @@ impl ClientCertVerifier for AnyNodeKey {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not accepted".into()))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -438,17 +432,33 @@ impl ClientCertVerifier for AnyNodeKey {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        if dss.scheme != SignatureScheme::ED25519 {
-            return Err(rustls::Error::PeerMisbehaved(
-                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
-            ));
-        }
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        verify_ed25519(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        // Node keys are Ed25519, so that is the only proof a node can give.
         vec![SignatureScheme::ED25519]
     }
+}
+
+/// TLS 1.2 signatures: unreachable with TLS 1.3-only configs; refused rather than trusted.
+fn refuse_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::General("TLS 1.2 is not accepted".into()))
+}
+
+/// A TLS 1.3 handshake signature, which must be Ed25519 (node keys are nothing else).
+fn verify_ed25519(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+    algorithms: &WebPkiSupportedAlgorithms,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    if dss.scheme != SignatureScheme::ED25519 {
+        return Err(rustls::Error::PeerMisbehaved(
+            rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+        ));
+    }
+    rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
 }
 
 #[cfg(test)]
