@@ -47,8 +47,11 @@ pub async fn run(args: DaemonArgs) -> Exit {
 /// A failed start as one line, each cause once, with what to do where the daemon knows it.
 fn explain(e: &anyhow::Error, listen: SocketAddr) -> String {
     let line = quaver_shared::report::chain_line(e.chain());
+    // The QUIC endpoint's bind only: another "address in use" (the control socket's) is not
+    // about the UDP port.
     let port_in_use = e.chain().any(|cause| {
-        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+        matches!(cause.downcast_ref::<quaver_peer::tls::TlsError>(),
+            Some(quaver_peer::tls::TlsError::Bind(io)) if io.kind() == std::io::ErrorKind::AddrInUse)
     });
     if port_in_use {
         format!(

@@ -130,6 +130,23 @@ mod futures_lite {
     pub type BoxedFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 }
 
+/// The download's progress as bars and status show it.
+fn progress_of(
+    spec: &DownloadSpec,
+    sched: &Scheduler<PeerId>,
+    active_sources: usize,
+    fetched_bytes: u64,
+    waiting_until: Option<Instant>,
+) -> DownloadProgress {
+    DownloadProgress {
+        size: spec.size,
+        verified_bytes: sched.progress().verified_bytes,
+        active_sources,
+        fetched_bytes,
+        waiting_until,
+    }
+}
+
 /// A disk error about `path`.
 fn disk(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
     move |source| FetchError::Disk { path: path.to_owned(), source }
@@ -367,14 +384,7 @@ pub async fn download(
             if until.is_some() {
                 tracing::info!(id = %spec.id, "no source online; waiting for one");
             }
-            let snap = sched.progress();
-            report(DownloadProgress {
-                size: spec.size,
-                verified_bytes: snap.verified_bytes,
-                active_sources: conns.len(),
-                fetched_bytes,
-                waiting_until,
-            });
+            report(progress_of(&spec, &sched, conns.len(), fetched_bytes, waiting_until));
         }
 
         let mut wake = sched.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
@@ -464,14 +474,7 @@ pub async fn download(
                 }
             }
         }
-        let snap = sched.progress();
-        report(DownloadProgress {
-            size: spec.size,
-            verified_bytes: snap.verified_bytes,
-            active_sources: conns.len(),
-            fetched_bytes,
-            waiting_until,
-        });
+        report(progress_of(&spec, &sched, conns.len(), fetched_bytes, waiting_until));
     }
     tracing::debug!(after = ?began.elapsed(), "every block verified");
     for (_, h) in in_flight.drain() {
