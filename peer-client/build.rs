@@ -1,21 +1,16 @@
-//! Generates, with protox (pure Rust, no `protoc`):
-//! - the peer wire messages from `proto/peer.proto`: messages only, the peer protocol is not
-//!   gRPC (see `src/wire/mod.rs`);
-//! - the node's local control API from `proto/control.proto`: gRPC client and server. Its
-//!   references to `quaver.directory.v1` point at `quaver_shared`'s generated types.
+//! Generates, with protox (pure Rust, no `protoc`), the node's local control API from
+//! `proto/control.proto`: gRPC client and server. Its references to `quaver.directory.v1` point
+//! at `quaver_shared`'s generated types. (The peer wire messages are `quaver-core`'s.)
 
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../proto");
-    let files =
-        [proto_dir.join("peer.proto"), proto_dir.join("control.proto"), proto_dir.join("directory.proto")];
+    let files = [proto_dir.join("control.proto"), proto_dir.join("directory.proto")];
     // compile_fds emits no rerun-if-changed lines of its own.
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }
-    let peer = protox::compile([proto_dir.join("peer.proto")], [&proto_dir])?;
-    tonic_prost_build::configure().build_client(false).build_server(false).compile_fds(peer)?;
     // The set holds directory.proto too (an import; prost needs it to analyse the types), but
     // extern_path makes every reference to it point at quaver_shared's generated code.
     let control = protox::compile([proto_dir.join("control.proto")], [&proto_dir])?;

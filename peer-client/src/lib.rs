@@ -1,11 +1,9 @@
 //! Quaver peer node: shares a music library and downloads files from other peers.
 //!
-//! The sans-IO cores come first and own no sockets, files, clocks or runtimes:
-//! - [`wire`]: the peer protocol codec (length-prefixed `peer.proto` frames, validated messages);
-//! - [`fetch`]: the download scheduler (events in, block requests out).
-//!
-//! The tokio code around them (QUIC serving and fetching, the store, the directory session,
-//! the control API and the CLI) only moves bytes and time.
+//! Every decision of the peer protocol and of a download is in the sans-IO crate `quaver-core`
+//! (the wire codec, the scheduler, the download's `Transfer` policy); [`wire`] re-exports its
+//! codec. The tokio code here (QUIC serving and fetching, the store, the directory session, the
+//! control API and the CLI) only moves bytes and time around it.
 
 pub mod control;
 pub mod fetch;
@@ -16,4 +14,4 @@ pub mod serve;
 pub mod session;
 pub mod store;
 pub mod tls;
-pub mod wire;
+pub use quaver_core::wire;

@@ -12,7 +12,6 @@ pub mod data_dir_lock;
 pub mod digest;
 pub mod directory_endpoint;
 pub mod grpc_codec;
-pub mod ids;
 pub mod limits;
 pub mod node_key;
 pub mod report;
@@ -21,8 +20,10 @@ pub mod tls;
 mod udp;
 
 pub use digest::ShareDigest;
-pub use ids::{ContentId, IdError, PeerId};
 pub use node_key::{NodeKey, NodeKeyError};
+/// The identities live in the sans-IO core (`quaver-core`), which the peer wire codec needs
+/// without this crate's tokio and TLS; they are re-exported here for everyone else.
+pub use quaver_core::ids::{self, ContentId, IdError, PeerId};
 
 /// Generated code for `proto/directory.proto` (package `quaver.directory.v1`).
 pub mod directory {

@@ -38,9 +38,8 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 
 use crate::{NodeKey, PeerId};
 
-/// The QUIC ALPN of the peer protocol, version 1 (`proto/peer.proto`; the peer crate's `wire`
-/// module specifies it). A change of meaning or bound needs `quaver/2`.
-pub const ALPN: &[u8] = b"quaver/1";
+/// The QUIC ALPN of the peer protocol (`quaver_core::wire` specifies it).
+pub use quaver_core::wire::ALPN;
 
 /// The SNI every client sends. Servers ignore it and so does [`client_config`]'s verifier: the
 /// pinned key, not a name, says who answers. It is also the certificate's only subject name.

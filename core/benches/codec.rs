@@ -3,10 +3,10 @@
 
 use bytes::{Buf, Bytes};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use quaver_peer::wire::{
+use quaver_core::ids::ContentId;
+use quaver_core::wire::{
     Frame, FrameDecoder, MAX_HAVE_RANGES, Request, ResponseHeader, encode_header, encode_request,
 };
-use quaver_shared::ContentId;
 use std::hint::black_box;
 use std::time::Duration;
 

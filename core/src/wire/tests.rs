@@ -1,9 +1,9 @@
 //! Codec tests: round trips, any chunking, limits before allocation, garbage never panics.
 
 use super::*;
+use crate::ids::ContentId;
 use bytes::Bytes;
 use proptest::prelude::*;
-use quaver_shared::ContentId;
 use std::time::Duration;
 
 /// Counts the bytes this thread asks the allocator for, to prove a refused frame costs nothing.

@@ -4,7 +4,7 @@
 //! the scheduler's cost per scheduled block.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use quaver_peer::fetch::scheduler::{BLOCK_SIZE, Block, Scheduler, Verified};
+use quaver_core::scheduler::{BLOCK_SIZE, Block, Scheduler, Verified};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::hint::black_box;

@@ -3,7 +3,7 @@
 //! Owns the mapping between `pb::Request` and [`Request`]; never does I/O.
 
 use super::{MAX_RANGE_LEN, WireError, pb};
-use quaver_shared::ContentId;
+use crate::ids::ContentId;
 
 /// One request, as a server should see it: ids are exactly 32 bytes and ranges are bounded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,7 +81,7 @@ impl From<&Request> for pb::Request {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quaver_shared::IdError;
+    use crate::ids::IdError;
 
     fn id() -> ContentId {
         ContentId::of_bytes(b"song")

@@ -59,7 +59,7 @@ pub use codec::{Frame, FrameDecoder, encode_header, encode_request};
 pub use request::Request;
 pub use response::{ResponseHeader, ResponseStatus};
 
-use quaver_shared::IdError;
+use crate::ids::IdError;
 
 /// Generated code for `proto/peer.proto` (package `quaver.peer.v1`). Use the validated types of
 /// this module ([`Request`], [`ResponseHeader`]) rather than these directly.
@@ -67,8 +67,8 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/quaver.peer.v1.rs"));
 }
 
-/// The QUIC ALPN of this protocol version.
-pub use quaver_shared::tls::ALPN;
+/// The QUIC ALPN of this protocol version. A change of meaning or bound needs `quaver/2`.
+pub const ALPN: &[u8] = b"quaver/1";
 /// Bytes of the big-endian length in front of every frame.
 pub const LEN_PREFIX: usize = 4;
 /// Largest encoded `Request` a server accepts (a real one is under 60 bytes).
