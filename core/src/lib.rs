@@ -19,6 +19,7 @@ pub mod scheduler;
 mod scheduler_blocks;
 mod scheduler_source;
 mod scheduler_types;
+pub mod transfer;
 pub mod waiting;
 pub mod wire;
 
@@ -26,3 +27,7 @@ pub mod wire;
 mod scheduler_sim;
 #[cfg(test)]
 mod scheduler_tests;
+#[cfg(test)]
+mod transfer_sim;
+#[cfg(test)]
+mod transfer_tests;
