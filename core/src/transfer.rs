@@ -296,12 +296,11 @@ impl<S: SourceKey> Transfer<S> {
         };
         let lookup =
             (wants_lookup && self.cfg.can_locate && !self.locating).then(|| self.wait.next_wake(now));
-        let mut at = [lookup, self.waiting_until].into_iter().flatten().min();
+        let timers = [lookup, self.waiting_until].into_iter().flatten();
         match self.phase {
-            Phase::Outboard => at = at.into_iter().chain(self.busy.iter().map(|(at, _)| *at)).min(),
-            _ => at = [at, self.plan.poll_timeout(), Some(now + IDLE_TICK)].into_iter().flatten().min(),
+            Phase::Outboard => timers.chain(self.busy.iter().map(|(at, _)| *at)).min(),
+            _ => timers.chain(self.plan.poll_timeout()).chain([now + IDLE_TICK]).min(),
         }
-        at
     }
 
     pub fn handle(&mut self, now: Instant, event: Event<S>) {
@@ -519,8 +518,7 @@ impl<S: SourceKey> Transfer<S> {
     /// verdict, the end.
     fn drive(&mut self, now: Instant) {
         let has_sources = match self.phase {
-            Phase::Done => return,
-            Phase::Resume => return,
+            Phase::Done | Phase::Resume => return,
             Phase::Outboard => {
                 let due: Vec<S> = self.busy.iter().filter(|(at, _)| *at <= now).map(|(_, s)| *s).collect();
                 self.busy.retain(|(at, _)| *at > now);

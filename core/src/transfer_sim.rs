@@ -89,6 +89,18 @@ pub struct Sim {
 
 const NS_PER_MS: u64 = 1_000_000;
 
+/// The node's settings (8 sources, a lookup at most every 2 s) for a file of `size`.
+pub fn config(size: u64, block_size: u64, wait_for_sources: Duration, can_locate: bool) -> TransferConfig {
+    TransferConfig {
+        size,
+        block_size,
+        max_sources: 8,
+        wait_for_sources,
+        relocate_every: Duration::from_secs(2),
+        can_locate,
+    }
+}
+
 impl Sim {
     pub fn new(size: u64, block_size: u64, sources: Vec<SimSource>) -> Self {
         Self {
@@ -110,14 +122,7 @@ impl Sim {
     /// Runs the download to its end, checking every promise on the way.
     pub fn run(&self) -> SimOutcome {
         let base = Instant::now();
-        let cfg = TransferConfig {
-            size: self.size,
-            block_size: self.block_size,
-            max_sources: 8,
-            wait_for_sources: self.wait_for_sources,
-            relocate_every: Duration::from_secs(2),
-            can_locate: true,
-        };
+        let cfg = config(self.size, self.block_size, self.wait_for_sources, true);
         let n = u8::try_from(self.sources.len()).unwrap();
         let first: Vec<u8> = (0..n).filter(|i| self.online(*i, 0)).collect();
         let mut tr = Transfer::new(cfg, base, first, self.saved_outboard, self.marked.clone()).unwrap();
@@ -166,6 +171,11 @@ impl Sim {
                         push(&mut heap, t + rtt, Due::Event(s, kind));
                     }
                     Action::Disconnect { source, why } => {
+                        // Banned from here on: it must never be dialled or asked again. (A bad
+                        // outboard that lost the race is never looked at, and bans nobody.)
+                        if matches!(why, DropReason::BadData | DropReason::BadOutboard) {
+                            known_bad.insert(source);
+                        }
                         connected.remove(&source);
                         open.retain(|(s, _)| *s != source);
                         out.dropped.push((source, why));
@@ -274,9 +284,7 @@ impl Sim {
                         }
                         None
                     }
-                    Due::Event(s, kind) => {
-                        self.answer(s, kind, t, &mut open, &mut connected, &mut known_bad, &mut last_done)
-                    }
+                    Due::Event(s, kind) => self.answer(s, kind, t, &mut open, &mut connected, &mut last_done),
                 };
                 if let Some(event) = event {
                     tr.handle(now, event);
@@ -290,7 +298,6 @@ impl Sim {
     }
 
     /// The event a source's answer becomes, or `None` if the driver had dropped what it answers.
-    #[allow(clippy::too_many_arguments)]
     fn answer(
         &self,
         s: u8,
@@ -298,7 +305,6 @@ impl Sim {
         t: u64,
         open: &mut BTreeSet<(u8, Block)>,
         connected: &mut BTreeSet<u8>,
-        known_bad: &mut BTreeSet<u8>,
         last_done: &mut Option<(u8, Block)>,
     ) -> Option<Event<u8>> {
         let src = &self.sources[s as usize];
@@ -314,9 +320,6 @@ impl Sim {
                 if !connected.contains(&s) {
                     return None;
                 }
-                if !valid {
-                    known_bad.insert(s);
-                }
                 let result = if valid { OutboardResult::Valid } else { OutboardResult::Invalid };
                 Event::OutboardArrived { from: s, result }
             }
@@ -331,7 +334,6 @@ impl Sim {
             EventKind::Block(block) => {
                 let len = (self.size - u64::from(block) * self.block_size).min(self.block_size);
                 let result = if src.corrupt {
-                    known_bad.insert(s);
                     BlockResult::Corrupt
                 } else {
                     *last_done = Some((s, block));

@@ -117,28 +117,14 @@ fn every_outboard_invalid_fails_with_no_outboard() {
 
 #[test]
 fn without_lookups_a_download_with_no_source_fails_at_once() {
-    let cfg = TransferConfig {
-        size: file(4),
-        block_size: BLOCK_SIZE,
-        max_sources: 8,
-        wait_for_sources: Duration::from_secs(300),
-        relocate_every: Duration::from_secs(2),
-        can_locate: false,
-    };
+    let cfg = config(file(4), BLOCK_SIZE, Duration::from_secs(300), false);
     let mut t = Transfer::<u8>::new(cfg, Instant::now(), [], false, Vec::new()).unwrap();
     assert!(matches!(t.poll_action(), Some(Action::Fail(Failure::NoSources { tried: 0, .. }))));
 }
 
 #[test]
 fn an_outboard_broken_on_disk_fails_the_download_instead_of_banning_sources() {
-    let cfg = TransferConfig {
-        size: file(4),
-        block_size: BLOCK_SIZE,
-        max_sources: 8,
-        wait_for_sources: Duration::from_secs(300),
-        relocate_every: Duration::from_secs(2),
-        can_locate: false,
-    };
+    let cfg = config(file(4), BLOCK_SIZE, Duration::from_secs(300), false);
     let now = Instant::now();
     let mut t = Transfer::<u8>::new(cfg, now, [7], true, Vec::new()).unwrap();
     assert_eq!(t.poll_action(), Some(Action::Connect(7)));
