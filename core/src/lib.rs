@@ -11,10 +11,12 @@
 //! - [`waiting`]: how long a download with no source keeps looking, and a BUSY source's retry.
 //! - [`transfer`]: one download's whole policy: connects, outboard race, resume, requests,
 //!   stalls, bans, lookups, finish. Events in, actions out.
+//! - [`nat`]: a router's kind judged from what two rendezvous endpoints saw of one socket.
 //!
 //! Must never depend on tokio, quinn or the file system: the compiler keeps it pure.
 
 pub mod ids;
+pub mod nat;
 pub mod scheduler;
 mod scheduler_blocks;
 mod scheduler_source;

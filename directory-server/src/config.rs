@@ -39,6 +39,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `text` (human-readable) or `json` (one object per line, for log shippers).
     pub log_format: LogFormat,
+    /// First UDP port of the two rendezvous endpoints (the second is the next port); by
+    /// default the number of the gRPC port (UDP and TCP ports are separate), so an operator
+    /// opens `7700/tcp` and `7700-7701/udp`. With `listen` on port 0, both are any free port.
+    pub rendezvous_port: Option<u16>,
     /// Abuse limits: the `[limits]` table.
     pub limits: LimitsConfig,
 }
@@ -56,6 +60,7 @@ impl Default for Config {
             tls_key: None,
             metrics_listen: None,
             log_format: LogFormat::Text,
+            rendezvous_port: None,
             limits: LimitsConfig::default(),
         }
     }
@@ -147,6 +152,9 @@ impl Config {
         if let Some(v) = env("QUAVER_METRICS_LISTEN") {
             config.metrics_listen = Some(parse("QUAVER_METRICS_LISTEN", v)?);
         }
+        if let Some(v) = env("QUAVER_RENDEZVOUS_PORT") {
+            config.rendezvous_port = Some(parse("QUAVER_RENDEZVOUS_PORT", v)?);
+        }
         if let Some(v) = env("QUAVER_LOG_FORMAT") {
             config.log_format = parse("QUAVER_LOG_FORMAT", v)?;
         }
@@ -183,6 +191,12 @@ impl Config {
                 "tls_cert and tls_key go together: give both (TLS) or neither (plain HTTP/2)".into(),
             ));
         }
+        if self.rendezvous_port.unwrap_or(self.listen.port()) == u16::MAX {
+            return Err(ConfigError::Invalid(
+                "rendezvous_port must leave room for the second endpoint on the next port: at most 65534"
+                    .into(),
+            ));
+        }
         self.limits.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
@@ -193,6 +207,14 @@ impl Config {
 
     pub fn index_commit_interval(&self) -> Duration {
         Duration::from_millis(self.index_commit_ms.max(1))
+    }
+
+    /// The UDP ports of the two rendezvous endpoints (0: any free port).
+    pub fn rendezvous_ports(&self) -> [u16; 2] {
+        match self.rendezvous_port.unwrap_or(self.listen.port()) {
+            0 => [0, 0],
+            p => [p, p.saturating_add(1)],
+        }
     }
 
     pub fn verify_timeout(&self) -> Duration {

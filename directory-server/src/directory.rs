@@ -334,6 +334,8 @@ impl Directory {
             known_count: stored.count,
             observed_address: address.to_string(),
             reachable,
+            // The service adds its rendezvous endpoints; the domain knows nothing of sockets.
+            ..Default::default()
         })
     }
 

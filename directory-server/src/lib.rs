@@ -2,7 +2,7 @@
 //! file, and answers searches and "who has this file?" over gRPC.
 //!
 //! Layers, outside in: `server` (transport, timers, shutdown) → `service` (thin gRPC handlers;
-//! `reach` dials an announcing peer back over QUIC) → `directory` (domain logic, locking) → `catalog` (sled), `index` (tantivy), `presence`
+//! `reach` dials an announcing peer back over QUIC; `rendezvous` tells peers their mapped UDP address) → `directory` (domain logic, locking) → `catalog` (sled), `index` (tantivy), `presence`
 //! (leases), `online` (counts), `ranking` (source order). The inner modules never know about
 //! gRPC or tokio; `presence`, `online` and `ranking` are pure and tested without I/O.
 //! `ops` is what runs around them for operators: TLS, the accept path's connection limits,
@@ -25,6 +25,7 @@ pub mod presence;
 pub mod proof;
 pub mod ranking;
 pub mod reach;
+pub mod rendezvous;
 pub mod server;
 pub mod service;
 pub mod validate;

@@ -1,4 +1,5 @@
-//! Runs the directory: binds the listener and the connect-back QUIC endpoint, serves gRPC
+//! Runs the directory: binds the listener, the connect-back QUIC endpoint and the rendezvous
+//! endpoints, serves gRPC
 //! (directory, health, reflection), drives the timers (lease expiry, index commits) and shuts
 //! down gracefully.
 //!
@@ -28,6 +29,7 @@ use crate::ops::layer::OpsLayer;
 use crate::ops::tls::{CertStore, TlsSetupError};
 use crate::ops::{Limits, Metrics, incoming, metrics_http};
 use crate::reach::ConnectBack;
+use crate::rendezvous::{Rendezvous, RendezvousError};
 use crate::service::DirectoryService;
 
 /// After a merge of the whole search index (see `index::compaction`), the next one waits this
@@ -50,6 +52,8 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Rendezvous(#[from] RendezvousError),
     #[error("cannot set up the connect-back QUIC endpoint: {0}")]
     ConnectBack(#[from] quaver_shared::tls::TlsError),
     #[error(transparent)]
@@ -63,6 +67,8 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     pub directory: Arc<Directory>,
     pub metrics: Arc<Metrics>,
+    /// The UDP endpoints that tell peers their mapped address.
+    pub rendezvous: Arc<Rendezvous>,
     tls: Option<Arc<CertStore>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
@@ -92,12 +98,20 @@ impl RunningServer {
             let config = config.clone();
             Arc::new(tokio::task::spawn_blocking(move || Directory::open(config)).await??)
         };
+        let rendezvous =
+            Arc::new(Rendezvous::bind(local_addr.ip(), config.rendezvous_ports(), &config.data_dir)?);
         let limits = Arc::new(Limits::new(config.limits.clone()));
         let metrics = Arc::new(Metrics::new(directory.clone(), limits.clone()));
         let (stop, stopping) = watch::channel(false);
-        let ops = Ops { tls: tls.clone(), limits, metrics: metrics.clone(), metrics_listener };
+        let ops = Ops {
+            tls: tls.clone(),
+            limits,
+            metrics: metrics.clone(),
+            metrics_listener,
+            rendezvous: rendezvous.clone(),
+        };
         let task = tokio::spawn(serve(directory.clone(), config, listener, ops, stopping));
-        Ok(Self { local_addr, metrics_addr, directory, metrics, tls, stop, task })
+        Ok(Self { local_addr, metrics_addr, directory, metrics, rendezvous, tls, stop, task })
     }
 
     /// Re-reads the TLS certificate and key (what SIGHUP does): new connections get the new
@@ -136,6 +150,7 @@ struct Ops {
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     metrics_listener: Option<TcpListener>,
+    rendezvous: Arc<Rendezvous>,
 }
 
 /// Serves until `stopping` turns true, then stops gracefully. The service sees the same signal:
@@ -164,13 +179,20 @@ async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reach = Arc::new(ConnectBack::bind(config.listen, config.verify_timeout())?);
-    let Ops { tls, limits, metrics, metrics_listener } = ops;
+    let Ops { tls, limits, metrics, metrics_listener, rendezvous } = ops;
     let mut stopped = stopping.clone();
     let shutdown = async move {
         // A dropped sender means nobody can ask any more: stop too.
         let _ = stopped.wait_for(|s| *s).await;
     };
-    let service = DirectoryService::new(directory.clone(), reach, limits.clone(), metrics.clone(), stopping);
+    let service = DirectoryService::new(
+        directory.clone(),
+        reach,
+        rendezvous.clone(),
+        limits.clone(),
+        metrics.clone(),
+        stopping,
+    );
     let api = DirectoryServer::new(service).max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
     let (stop_timers, timers_stopped) = watch::channel(false);
@@ -183,6 +205,7 @@ async fn serve(
             timers_stopped.clone(),
         )),
         tokio::spawn(limits.clone().forget_idle_clients(timers_stopped.clone())),
+        tokio::spawn(rendezvous.serve(timers_stopped.clone())),
     ];
     if let Some(l) = metrics_listener {
         background.push(tokio::spawn(metrics_http::serve(l, metrics.clone(), timers_stopped.clone())));

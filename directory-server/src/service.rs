@@ -29,11 +29,13 @@ use crate::keep_alive::Answers;
 use crate::ops::limits::{Limits, PeerKey, Refusal};
 use crate::ops::metrics::Metrics;
 use crate::reach::ConnectBack;
+use crate::rendezvous::Rendezvous;
 
 #[derive(Clone)]
 pub struct DirectoryService {
     dir: Arc<Directory>,
     reach: Arc<ConnectBack>,
+    rendezvous: Arc<Rendezvous>,
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     /// Searches running at once: one per core. A search is pure CPU; more of them at once
@@ -49,12 +51,14 @@ impl DirectoryService {
     pub fn new(
         dir: Arc<Directory>,
         reach: Arc<ConnectBack>,
+        rendezvous: Arc<Rendezvous>,
         limits: Arc<Limits>,
         metrics: Arc<Metrics>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self { dir, reach, limits, metrics, search_slots: Arc::new(Semaphore::new(cores)), stopping }
+        let search_slots = Arc::new(Semaphore::new(cores));
+        Self { dir, reach, rendezvous, limits, metrics, search_slots, stopping }
     }
 
     /// Counts a call of one peer against its rate.
@@ -153,7 +157,11 @@ impl DirectoryApi for DirectoryService {
             Err(tonic::Code::PermissionDenied) => self.metrics.banned_announce(),
             _ => {}
         }
-        answer.map(Response::new)
+        answer.map(|mut a| {
+            a.rendezvous_ports = self.rendezvous.ports().map(u32::from).to_vec();
+            a.directory_id = self.rendezvous.id().to_vec();
+            Response::new(a)
+        })
     }
 
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {

@@ -122,6 +122,7 @@ struct Node {
     key: Arc<NodeKey>,
     _server: Server,
     port: u16,
+    endpoint: quinn::Endpoint,
     store: Option<Arc<Store>>,
     store_path: PathBuf,
     folder: tempfile::TempDir,
@@ -145,8 +146,18 @@ impl Node {
         store.add_folder(folder.path())?;
         // The directory only needs the handshake; an empty library keeps the store free to
         // be closed and reopened.
-        let server = Server::spawn(endpoint, Arc::new(MemoryLibrary::default()), ServeConfig::default());
-        let node = Self { key, _server: server, port, store: Some(store), store_path, folder, _data: data };
+        let server =
+            Server::spawn(endpoint.clone(), Arc::new(MemoryLibrary::default()), ServeConfig::default());
+        let node = Self {
+            key,
+            _server: server,
+            port,
+            endpoint,
+            store: Some(store),
+            store_path,
+            folder,
+            _data: data,
+        };
         for n in 0..files {
             node.write(n)?;
         }
@@ -173,7 +184,7 @@ impl Node {
 
     fn session(&self, config: SessionConfig) -> anyhow::Result<SessionHandle> {
         let (_slots_tx, slots) = watch::channel(4);
-        Ok(Session::spawn(config, self.store()?, self.key.clone(), self.port, slots))
+        Ok(Session::spawn(config, self.store()?, self.key.clone(), self.endpoint.clone(), slots))
     }
 
     /// Closes the store (every session using it must have ended) and opens it again.

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use quaver_core::nat::NatKind;
 use quaver_peer::control::ControlClient;
 use quaver_peer::control::pb::{SearchRequest, ShareRequest, StatusRequest, StatusResponse, UnshareRequest};
 use quaver_peer::node::unreachable_advice;
@@ -159,6 +160,7 @@ pub async fn status(data_dir: &Path, json: bool) -> Exit {
             "active_uploads": s.active_uploads, "downloads": downloads,
             "directory_since_unix_ms": s.directory_since_unix_ms,
             "directory_last_error": s.directory_last_error, "reachable": s.reachable,
+            "nat": s.nat, "public_address": s.public_address, "discovery_error": s.discovery_error,
         }));
         return Exit::Ok;
     }
@@ -223,7 +225,28 @@ fn session_lines(s: &StatusResponse, now: SystemTime) -> Vec<String> {
         }
         None => lines.push("reach     not known yet (the directory checks when this node announces)".into()),
     }
+    if let Some(line) = nat_line(s) {
+        lines.push(line);
+    }
     lines
+}
+
+/// What address discovery found out about the node's router; `None` before it ran.
+fn nat_line(s: &StatusResponse) -> Option<String> {
+    let public = text(&s.public_address);
+    Some(match NatKind::from_name(&s.nat)? {
+        NatKind::None => format!("nat       none: peers see this node at its own address {public}"),
+        NatKind::EndpointIndependent => format!(
+            "nat       cone: the router maps this node to {public} for every peer, so hole punching can connect it"
+        ),
+        NatKind::Symmetric => format!(
+            "nat       symmetric: the router maps this node to a new address for every peer ({public} towards \
+             the directory), so only a relay or a peer without such a NAT can connect to it"
+        ),
+        NatKind::Unknown => {
+            format!("nat       unknown: address discovery failed ({})", text(&s.discovery_error))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -302,6 +325,20 @@ mod tests {
         let lines = session_lines(&status(false, 0, "", None), at(SINCE_MS));
         assert_eq!(lines[0], "directory http://127.0.0.1:7700 (connecting: no answer yet)");
         assert!(lines[1].starts_with("reach     not known yet"));
+    }
+
+    #[test]
+    fn the_nat_line_names_the_kind_and_the_mapped_address() {
+        let mut s = status(true, SINCE_MS, "", Some(false));
+        assert_eq!(nat_line(&s), None);
+        s.public_address = "198.18.0.11:4433".into();
+        s.nat = "cone".into();
+        assert!(nat_line(&s).unwrap().contains("maps this node to 198.18.0.11:4433 for every peer"));
+        s.nat = "symmetric".into();
+        assert!(nat_line(&s).unwrap().contains("only a relay"));
+        s.nat = "unknown".into();
+        s.discovery_error = "no answer".into();
+        assert_eq!(nat_line(&s).unwrap(), "nat       unknown: address discovery failed (no answer)");
     }
 
     #[test]

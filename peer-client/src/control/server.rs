@@ -149,6 +149,9 @@ impl Control for Handlers {
             directory_since_unix_ms: view.since.map_or(0, unix_ms),
             directory_last_error: session.last_error.unwrap_or_default(),
             reachable: session.reachable,
+            nat: session.nat.map(|k| k.name().to_owned()).unwrap_or_default(),
+            public_address: session.public_address.unwrap_or_default(),
+            discovery_error: session.discovery_error.unwrap_or_default(),
         }))
     }
 

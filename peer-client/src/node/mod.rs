@@ -149,7 +149,8 @@ impl Node {
         let store = Arc::new(store);
         let endpoint = crate::tls::endpoint(config.listen, &key)?;
         let client_auth = crate::tls::ClientAuth::new(&key)?;
-        let quic_port = endpoint.local_addr().map_err(crate::tls::TlsError::Bind)?.port();
+        // The session announces the bound port: a socket without one is a start-up error.
+        endpoint.local_addr().map_err(crate::tls::TlsError::Bind)?;
         let server = Mutex::new(Some(Server::spawn(endpoint.clone(), store.clone(), config.serve.clone())));
         let directory = DirectoryLink::new(&config.directory_url, config.directory_ca.as_deref())?;
         let (free_slots, slots_rx) =
@@ -158,7 +159,8 @@ impl Node {
             directory_ca: config.directory_ca.clone(),
             ..SessionConfig::new(config.directory_url.clone())
         };
-        let session = Session::spawn(session_config, store.clone(), Arc::new(key), quic_port, slots_rx);
+        let session =
+            Session::spawn(session_config, store.clone(), Arc::new(key), endpoint.clone(), slots_rx);
         let downloads = Downloads::new(endpoint.clone(), crate::fetch::download::default_work_dir(&data_dir));
         let node = Arc::new(Node {
             config,

@@ -32,6 +32,7 @@
 pub mod backoff;
 pub mod diff;
 mod keep_alive;
+pub mod rendezvous;
 mod sync;
 mod worker;
 
@@ -103,6 +104,12 @@ pub struct SessionState {
     /// Whether the directory's connect-back check of the last `Announce` reached this node's
     /// QUIC endpoint (only then is the node a source); `None` before the first announce.
     pub reachable: Option<bool>,
+    /// The node's NAT as address discovery judged it; `None` before the first discovery.
+    pub nat: Option<quaver_core::nat::NatKind>,
+    /// The address the directory's first rendezvous endpoint saw this node's QUIC socket at.
+    pub public_address: Option<String>,
+    /// Why the last address discovery failed, if it did.
+    pub discovery_error: Option<String>,
     /// The most recent failure, kept after recovery for diagnosis.
     pub last_error: Option<String>,
     /// Successful `Announce` calls since spawn.
@@ -192,7 +199,7 @@ impl Session {
         config: SessionConfig,
         store: Arc<Store>,
         key: Arc<NodeKey>,
-        quic_port: u16,
+        endpoint: quinn::Endpoint,
         free_slots: watch::Receiver<u32>,
     ) -> SessionHandle {
         let (state_tx, state) = watch::channel(SessionState::default());
@@ -200,7 +207,7 @@ impl Session {
         let (done_tx, done) = watch::channel(());
         let changed = Arc::new(Notify::new());
         let worker =
-            worker::Worker::new(config, store, key, quic_port, free_slots, Arc::clone(&changed), state_tx);
+            worker::Worker::new(config, store, key, endpoint, free_slots, Arc::clone(&changed), state_tx);
         tokio::spawn(async move {
             worker.run(stop_rx).await;
             // Dropping the sender tells every `shutdown` waiting that the task has ended.

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use quaver_core::nat::NatKind;
 use quaver_shared::directory::v1::directory_client::DirectoryClient;
 use quaver_shared::directory::v1::{AnnounceRequest, HeartbeatRequest, WithdrawRequest};
 use quaver_shared::limits::MAX_GRPC_MESSAGE_BYTES;
@@ -13,6 +14,7 @@ use tokio::sync::{Notify, watch};
 use tonic::transport::Channel;
 
 use super::keep_alive::Beats;
+use super::rendezvous::{self, Offer};
 use super::{AGENT, Backoff, SessionConfig, SessionError, SessionState};
 use crate::store::{Published, Store};
 use quaver_shared::directory_endpoint::directory_endpoint;
@@ -21,6 +23,8 @@ pub(super) type Client = DirectoryClient<Channel>;
 
 /// Used when the directory names no heartbeat interval (it always should).
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+/// Bound on one address discovery (two QUIC handshakes and two answers).
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest heartbeat interval taken from a directory, so a bad answer cannot silence us.
 const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
 
@@ -53,7 +57,15 @@ pub(super) struct Worker {
     pub store: Arc<Store>,
     /// Signs each Announce's challenge: the proof that we hold our PeerId's key.
     key: Arc<NodeKey>,
-    quic_port: u16,
+    /// The node's QUIC endpoint: its port is announced, and address discovery dials from it.
+    endpoint: quinn::Endpoint,
+    /// The node certificate the rendezvous endpoints see (`None`: it could not be made, so
+    /// there is no discovery).
+    identity: Option<Arc<quaver_shared::tls::ClientAuth>>,
+    /// The port to announce: the endpoint's own, or the one the node's NAT maps it to.
+    announce_port: u16,
+    /// The connection to the directory's first rendezvous endpoint, while it lives.
+    rendezvous: Option<quinn::Connection>,
     free_slots: watch::Receiver<u32>,
     changed: Arc<Notify>,
     pub state: watch::Sender<SessionState>,
@@ -102,7 +114,7 @@ impl Worker {
         config: SessionConfig,
         store: Arc<Store>,
         key: Arc<NodeKey>,
-        quic_port: u16,
+        endpoint: quinn::Endpoint,
         free_slots: watch::Receiver<u32>,
         changed: Arc<Notify>,
         state: watch::Sender<SessionState>,
@@ -113,11 +125,18 @@ impl Worker {
         id.copy_from_slice(&key.peer_id().as_bytes()[..8]);
         let backoff =
             Backoff::new(config.backoff_initial, config.backoff_max, clock ^ u64::from_le_bytes(id));
+        let identity = quaver_shared::tls::ClientAuth::new(&key)
+            .inspect_err(|e| tracing::warn!(error = %e, "no node certificate for address discovery"))
+            .ok();
+        let announce_port = endpoint.local_addr().map_or(0, |a| a.port());
         Self {
             config,
             store,
             key,
-            quic_port,
+            endpoint,
+            identity,
+            announce_port,
+            rendezvous: None,
             free_slots,
             changed,
             state,
@@ -177,7 +196,7 @@ impl Worker {
         };
         let (digest, count) = self.store.summary();
         let request = AnnounceRequest {
-            quic_port: u32::from(self.quic_port),
+            quic_port: u32::from(self.announce_port),
             share_digest: digest.as_bytes().to_vec(),
             share_count: count,
             free_upload_slots: *self.free_slots.borrow_and_update(),
@@ -212,7 +231,62 @@ impl Worker {
             s.observed_address = observed;
             s.reachable = Some(answer.reachable);
         });
+        if self.rediscover(&answer).await {
+            // The NAT maps the endpoint to another port than its own: announce that one, so
+            // the directory checks (and hands out) the address others can use.
+            return Box::pin(self.open(client)).await;
+        }
         Ok(Live { client: c, token: answer.session_token, known, heartbeat, beats: Beats::default() })
+    }
+
+    /// Learns the node's mapped address and NAT kind unless the rendezvous connection still
+    /// lives (`rendezvous`). True when the port to announce changed.
+    async fn rediscover(&mut self, answer: &quaver_shared::directory::v1::AnnounceResponse) -> bool {
+        if self.rendezvous.as_ref().is_some_and(|c| c.close_reason().is_none()) {
+            return false;
+        }
+        let Some(identity) = self.identity.clone() else { return false };
+        let url = self.config.directory_url.clone();
+        let found = async {
+            let ip = rendezvous::directory_ip(&url).await?;
+            let Some(offer) = Offer::from_answer(ip, &answer.rendezvous_ports, &answer.directory_id)? else {
+                return Err(rendezvous::DiscoveryError::NotOffered);
+            };
+            rendezvous::discover(&self.endpoint, &identity, &offer, DISCOVERY_TIMEOUT).await
+        };
+        match found.await {
+            Ok(found) => {
+                let mapping = found.mapping;
+                tracing::info!(
+                    nat = %mapping.kind,
+                    public = %mapping.public.map(|a| a.to_string()).unwrap_or_default(),
+                    "address discovered"
+                );
+                self.rendezvous = Some(found.channel);
+                self.state.send_modify(|s| {
+                    s.nat = Some(mapping.kind);
+                    s.public_address = mapping.public.map(|a| a.to_string());
+                    s.discovery_error = None;
+                });
+                let mapped_port =
+                    mapping.public.filter(|_| mapping.kind == NatKind::EndpointIndependent).map(|a| a.port());
+                match mapped_port {
+                    Some(port) if port != self.announce_port => {
+                        self.announce_port = port;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "address discovery failed; the NAT kind stays unknown");
+                self.state.send_modify(|s| {
+                    s.nat = Some(NatKind::Unknown);
+                    s.discovery_error = Some(e.to_string());
+                });
+                false
+            }
+        }
     }
 
     async fn connect(&self) -> Result<Client, SessionError> {

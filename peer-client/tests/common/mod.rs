@@ -19,6 +19,8 @@ use tokio::process::{Child, Command};
 
 pub const QUAVER: &str = env!("CARGO_BIN_EXE_quaver");
 pub const SIZE: usize = 20 * 1024 * 1024;
+pub mod nat_bed;
+
 pub const WAIT: Duration = Duration::from_secs(60);
 
 pub struct Directory {
@@ -60,11 +62,31 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn start(root: &Path, name: &str, directory: &str, extra: &[&str]) -> Daemon {
+        Self::start_in(None, root, name, directory, &[&["--listen", "127.0.0.1:0"], extra].concat()).await
+    }
+
+    /// A daemon in network namespace `ns` (`ip netns exec` execs, so the child is the daemon),
+    /// listening on every address there unless `extra` says otherwise.
+    pub async fn start_in(
+        ns: Option<&str>,
+        root: &Path,
+        name: &str,
+        directory: &str,
+        extra: &[&str],
+    ) -> Daemon {
         let data = root.join(name);
-        let mut child = Command::new(QUAVER)
+        let mut command = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, QUAVER]);
+                c
+            }
+            None => Command::new(QUAVER),
+        };
+        let mut child = command
             .arg("--data-dir")
             .arg(&data)
-            .args(["--directory", directory, "daemon", "--listen", "127.0.0.1:0"])
+            .args(["--directory", directory, "daemon"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
