@@ -302,9 +302,11 @@ impl Directory {
     pub fn announce(
         &self,
         announce: ValidAnnounce,
-        reachable: bool,
+        reach: impl Into<crate::presence::Reach>,
         now: Instant,
     ) -> Result<AnnounceResponse> {
+        let reach = reach.into();
+        let reachable = reach != crate::presence::Reach::Unreachable;
         let ValidAnnounce { peer, address, free_upload_slots } = announce;
         let token = new_token()?;
 
@@ -318,7 +320,7 @@ impl Directory {
         self.check_peers_per_ip(&peer, address.ip(), now)?;
         let stored = self.catalog.touch_peer(&peer, &address.to_string())?;
         let outcome =
-            lock(&self.presence).announce(peer, address, free_upload_slots, reachable, token.clone(), now);
+            lock(&self.presence).announce(peer, address, free_upload_slots, reach, token.clone(), now);
         let AnnounceOutcome { came_online, was_source, is_source } = outcome;
         if was_source != is_source {
             self.apply_peer_files(&peer, is_source)?;
@@ -333,7 +335,8 @@ impl Directory {
             known_digest: stored.digest().as_bytes().to_vec(),
             known_count: stored.count,
             observed_address: address.to_string(),
-            reachable,
+            reachable: reach == crate::presence::Reach::Direct,
+            introducible: reach == crate::presence::Reach::Introduced,
             // The service adds its rendezvous endpoints; the domain knows nothing of sockets.
             ..Default::default()
         })
@@ -550,6 +553,7 @@ impl Directory {
                         complete,
                         free_upload_slots: lease.free_upload_slots,
                         since_last_seen: now.saturating_duration_since(lease.last_seen),
+                        introduced: lease.introduced,
                     })
                 })
                 .collect()
@@ -564,6 +568,7 @@ impl Directory {
                 complete: c.complete,
                 free_upload_slots: c.free_upload_slots,
                 last_seen_ms_ago: c.since_last_seen.as_millis() as u64,
+                reach: if c.introduced { Reach::Introduction } else { Reach::Direct }.into(),
             })
             .collect();
         LocateResponse { sources }

@@ -32,8 +32,30 @@ pub struct Lease {
     pub expires: Instant,
     pub last_seen: Instant,
     pub free_upload_slots: u32,
-    /// The peer answered the connect-back check with its own key at its last Announce.
+    /// The peer is a source: it answered the connect-back check with its own key at its last
+    /// Announce, or it can be reached through introductions (`introduced`).
     pub reachable: bool,
+    /// Reached only through introductions (hole punching), not by dialling it.
+    pub introduced: bool,
+}
+
+/// How other peers can reach a peer, as its last Announce found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// The connect-back check failed and it cannot be introduced: not a source.
+    Unreachable,
+    /// The connect-back check passed.
+    Direct,
+    /// Behind a NAT that keeps one mapping for every destination, with its rendezvous
+    /// connection open: a source, reached through introductions.
+    Introduced,
+}
+
+impl From<bool> for Reach {
+    /// The connect-back verdict alone.
+    fn from(reachable: bool) -> Reach {
+        if reachable { Reach::Direct } else { Reach::Unreachable }
+    }
 }
 
 pub struct Presence {
@@ -99,10 +121,12 @@ impl Presence {
         peer: PeerId,
         address: SocketAddr,
         free_upload_slots: u32,
-        reachable: bool,
+        reach: impl Into<Reach>,
         token: Token,
         now: Instant,
     ) -> AnnounceOutcome {
+        let reach = reach.into();
+        let reachable = reach != Reach::Unreachable;
         let lease = Lease {
             token: token.clone(),
             address,
@@ -110,6 +134,7 @@ impl Presence {
             last_seen: now,
             free_upload_slots,
             reachable,
+            introduced: reach == Reach::Introduced,
         };
         self.lower_next_expiry(lease.expires);
         self.by_token.insert(token, peer);

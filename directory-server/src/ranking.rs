@@ -3,9 +3,11 @@
 //! Pure: candidates and the asker's address in, an ordered list out. The order is
 //! 1. same public IP as the asker (same LAN behind one NAT: fastest, free);
 //! 2. same network prefix (/24 for IPv4, /48 for IPv6);
-//! 3. complete copies before partial ones;
-//! 4. more free upload slots;
-//! 5. most recently heard from;
+//! 3. reached directly before reached through an introduction (a punch costs a round trip to
+//!    the directory and may fail);
+//! 4. complete copies before partial ones;
+//! 5. more free upload slots;
+//! 6. most recently heard from;
 //!
 //! and finally the peer id, so the answer is deterministic.
 
@@ -23,6 +25,8 @@ pub struct Candidate {
     pub complete: bool,
     pub free_upload_slots: u32,
     pub since_last_seen: Duration,
+    /// Reached only through an introduction (hole punching).
+    pub introduced: bool,
 }
 
 /// How close two addresses are: 2 same IP, 1 same prefix, 0 otherwise.
@@ -44,6 +48,7 @@ pub fn rank(asker: Option<IpAddr>, mut candidates: Vec<Candidate>, max: usize) -
     let key = |c: &Candidate| {
         (
             Reverse(closeness(asker, c.address.ip())),
+            c.introduced,
             Reverse(c.complete),
             Reverse(c.free_upload_slots),
             c.since_last_seen,
@@ -71,11 +76,21 @@ mod tests {
             complete,
             free_upload_slots: slots,
             since_last_seen: Duration::from_secs(seen_s),
+            introduced: false,
         }
     }
 
     fn order(asker: Option<&str>, c: Vec<Candidate>, max: usize) -> Vec<u8> {
         rank(asker.map(|a| a.parse().unwrap()), c, max).iter().map(|c| c.peer.as_bytes()[0]).collect()
+    }
+
+    #[test]
+    fn a_source_dialled_directly_comes_before_one_that_needs_an_introduction() {
+        let punched = Candidate { introduced: true, ..cand(1, "198.18.0.11", true, 9, 0) };
+        let direct = cand(2, "203.0.113.7", false, 0, 60);
+        assert_eq!(order(Some("192.0.2.5"), vec![punched.clone(), direct.clone()], 10), [2, 1]);
+        // Closeness still comes first: a neighbour behind NAT beats a direct stranger.
+        assert_eq!(order(Some("198.18.0.99"), vec![direct, punched], 10), [1, 2]);
     }
 
     #[test]

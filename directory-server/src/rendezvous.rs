@@ -6,7 +6,8 @@
 //! Why QUIC and not STUN: the peer's socket belongs to quinn, which would have to demultiplex
 //! STUN answers from QUIC packets; a QUIC connection from that socket gives the same
 //! observation with the TLS the peer already speaks, and it is also the channel the directory
-//! keeps with the peer (its keep-alives hold the router's mapping open).
+//! keeps with the peer (its keep-alives hold the router's mapping open) and sends
+//! introductions on (hole punching: both peers dial each other at once).
 //!
 //! The endpoints prove the directory's own key (`rendezvous.key` in its data dir, created at the
 //! first start), which `AnnounceResponse.directory_id` names, so a peer pins it as it pins a
@@ -14,8 +15,9 @@
 //! while its connection lives (the newest connection of a `PeerId` wins): `channels` counts
 //! them. Anonymous callers get their observation and are let go.
 //!
-//! Must never answer more than one observation per stream, read more than it bounds, or hold a
-//! connection past its peer's idle timeout (the transport's, 6 s without a keep-alive).
+//! Must never answer more than once per stream, read more than it bounds, introduce a peer
+//! that did not prove its key, or hold a connection past its peer's idle timeout (the
+//! transport's, 6 s without a keep-alive).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
-use quaver_shared::directory::v1::RendezvousObservation;
+use quaver_shared::directory::v1::{Introduction, RendezvousAnswer, RendezvousRequest};
 use quaver_shared::tls::{self, TlsError};
 use quaver_shared::{NodeKey, PeerId};
 use tokio::sync::watch;
@@ -33,6 +35,8 @@ use tokio::sync::watch;
 pub const KEY_FILE: &str = "rendezvous.key";
 /// Most peer connections kept at once; past it, new ones get their observation and are closed.
 pub const MAX_CHANNELS: usize = 200_000;
+/// Longest request or answer on a rendezvous stream (length prefix included).
+const MAX_MESSAGE: usize = 256;
 /// How long a peer may take to ask before its connection is closed.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -54,7 +58,11 @@ pub struct Rendezvous {
 
 #[derive(Default)]
 struct Channels {
+    /// Connections to the first port, by the `PeerId` they proved.
     open: Mutex<HashMap<PeerId, quinn::Connection>>,
+    /// What the second port last saw of each peer: the same address as its first-port
+    /// connection means one mapping for every destination.
+    second: Mutex<HashMap<PeerId, SocketAddr>>,
 }
 
 impl Rendezvous {
@@ -123,39 +131,81 @@ impl Rendezvous {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The map holds connection handles only; a panic elsewhere cannot leave it half-updated.
+    // The maps hold connection handles and addresses; a panic elsewhere cannot leave them
+    // half-updated.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// One peer connection: the observation on the first stream it opens, then (on the first port,
-/// for a peer that proved its key) kept until it closes.
-async fn answer(incoming: quinn::Incoming, channels: Arc<Channels>, keep: bool) {
+/// One peer connection: each stream it opens gets its answer; on the first port, a peer that
+/// proved its key is kept (and may be introduced) until it closes.
+async fn answer(incoming: quinn::Incoming, channels: Arc<Channels>, first: bool) {
     let Ok(connection) = incoming.await else { return };
-    let observed = connection.remote_address();
-    let asked = tokio::time::timeout(ASK_TIMEOUT, connection.accept_bi()).await;
-    let Ok(Ok((mut send, _recv))) = asked else {
-        connection.close(1u32.into(), b"no request");
-        return;
-    };
-    let message =
-        RendezvousObservation { observed_address: observed.to_string() }.encode_length_delimited_to_vec();
-    if send.write_all(&message).await.is_err() || send.finish().is_err() {
-        return;
-    }
     let peer = tls::peer_id_of(&connection);
-    let Some(peer) = peer.filter(|_| keep) else {
-        // Let the peer read the answer and close; the idle timeout ends it if it does not.
-        let _ = tokio::time::timeout(ASK_TIMEOUT, connection.closed()).await;
-        return;
+    let kept = match peer {
+        Some(peer) if first => channels.keep(peer, &connection),
+        _ => false,
     };
-    if !channels.keep(peer, &connection) {
-        tracing::warn!(peer = %peer, max = MAX_CHANNELS, "rendezvous channels full; not keeping this one");
-        let _ = tokio::time::timeout(ASK_TIMEOUT, connection.closed()).await;
+    if !kept {
+        if first && peer.is_some() {
+            tracing::warn!(max = MAX_CHANNELS, "rendezvous channels full; not keeping this one");
+        }
+        // One question, then the peer closes; the timeout ends it if it does not.
+        let one = async {
+            if let Ok((send, recv)) = connection.accept_bi().await {
+                stream(send, recv, &connection, peer, &channels, first).await;
+            }
+            connection.closed().await;
+        };
+        let _ = tokio::time::timeout(ASK_TIMEOUT, one).await;
+        connection.close(0u32.into(), b"answered");
         return;
     }
-    tracing::debug!(peer = %peer, %observed, "rendezvous channel open");
-    connection.closed().await;
+    let Some(peer) = peer else { return };
+    tracing::debug!(peer = %peer, observed = %connection.remote_address(), "rendezvous channel open");
+    let mut streams = tokio::task::JoinSet::new();
+    while let Ok((send, recv)) = connection.accept_bi().await {
+        let (connection, channels) = (connection.clone(), channels.clone());
+        streams.spawn(async move { stream(send, recv, &connection, Some(peer), &channels, true).await });
+        while streams.try_join_next().is_some() {}
+    }
     channels.forget(peer, &connection);
+}
+
+/// One request and its answer.
+async fn stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    connection: &quinn::Connection,
+    peer: Option<PeerId>,
+    channels: &Channels,
+    first: bool,
+) {
+    let observed = connection.remote_address();
+    let request = match tokio::time::timeout(ASK_TIMEOUT, recv.read_to_end(MAX_MESSAGE)).await {
+        Ok(Ok(bytes)) if bytes.is_empty() => RendezvousRequest::default(),
+        Ok(Ok(bytes)) => match RendezvousRequest::decode_length_delimited(bytes.as_slice()) {
+            Ok(r) => r,
+            Err(_) => return drop(send.reset(1u32.into())),
+        },
+        _ => return drop(send.reset(1u32.into())),
+    };
+    let mut answer = RendezvousAnswer { observed_address: observed.to_string(), ..Default::default() };
+    match peer {
+        // The second port only observes: that is its whole point.
+        Some(peer) if !first => channels.saw_on_second(peer, observed),
+        Some(peer) if !request.introduce.is_empty() => {
+            match channels.introduce(peer, &request.introduce).await {
+                Ok(address) => answer.peer_address = address.to_string(),
+                Err(e) => answer.error = e,
+            }
+        }
+        None if !request.introduce.is_empty() => {
+            answer.error = "introductions are only for peers that prove their key".into();
+        }
+        _ => {}
+    }
+    let _ = send.write_all(&answer.encode_length_delimited_to_vec()).await;
+    let _ = send.finish();
 }
 
 impl Channels {
@@ -176,6 +226,56 @@ impl Channels {
         let mut open = lock(&self.open);
         if open.get(&peer).is_some_and(|c| c.stable_id() == connection.stable_id()) {
             open.remove(&peer);
+            lock(&self.second).remove(&peer);
         }
+    }
+
+    fn saw_on_second(&self, peer: PeerId, observed: SocketAddr) {
+        let mut second = lock(&self.second);
+        if second.len() >= MAX_CHANNELS && !second.contains_key(&peer) {
+            // Entries of peers that never kept a channel; the next discoveries refill it.
+            second.clear();
+        }
+        second.insert(peer, observed);
+    }
+
+    /// `peer`'s channel and mapped address, if its router keeps one mapping for every
+    /// destination (both ports saw the same address).
+    fn punchable(&self, peer: &PeerId) -> Option<(quinn::Connection, SocketAddr)> {
+        let connection = lock(&self.open).get(peer)?.clone();
+        let mapped = connection.remote_address();
+        (lock(&self.second).get(peer) == Some(&mapped)).then_some((connection, mapped))
+    }
+
+    /// Tells `target` to dial `asker`, and gives back the target's mapped address.
+    async fn introduce(&self, asker: PeerId, target: &[u8]) -> Result<SocketAddr, String> {
+        let target = PeerId::from_slice(target).map_err(|e| format!("introduce: {e}"))?;
+        let (_, asker_address) = self.punchable(&asker).ok_or(
+            "this peer cannot be introduced: its router maps it anew for every destination, or it \
+             did not ask both rendezvous ports",
+        )?;
+        let (connection, target_address) = self
+            .punchable(&target)
+            .ok_or("that source cannot be introduced now (gone, or no longer punchable)")?;
+        let message = Introduction { peer_id: asker.to_vec(), address: asker_address.to_string() };
+        let sent = async {
+            let mut s = connection.open_uni().await.map_err(|e| e.to_string())?;
+            s.write_all(&message.encode_length_delimited_to_vec()).await.map_err(|e| e.to_string())?;
+            s.finish().map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(ASK_TIMEOUT, sent)
+            .await
+            .map_err(|_| "the source did not take the introduction in time".to_owned())?
+            .map_err(|e| format!("the source's rendezvous connection failed: {e}"))?;
+        tracing::debug!(%asker, %target, %asker_address, %target_address, "introduced");
+        Ok(target_address)
+    }
+}
+
+impl Rendezvous {
+    /// Whether `peer` can be reached through introductions now (its channel is open and both
+    /// ports saw one mapped address).
+    pub fn punchable(&self, peer: &PeerId) -> bool {
+        self.channels.punchable(peer).is_some()
     }
 }

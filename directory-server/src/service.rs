@@ -28,6 +28,7 @@ use crate::error::DirectoryError;
 use crate::keep_alive::Answers;
 use crate::ops::limits::{Limits, PeerKey, Refusal};
 use crate::ops::metrics::Metrics;
+use crate::presence::Reach;
 use crate::reach::ConnectBack;
 use crate::rendezvous::Rendezvous;
 
@@ -151,7 +152,14 @@ impl DirectoryApi for DirectoryService {
         self.admit(&request, PeerKey::Peer(announce.peer.to_vec()))?;
         let reachable = self.reach.reachable(announce.peer, announce.address).await;
         self.metrics.connect_back(reachable);
-        let answer = self.run_durable(move |d| d.announce(announce, reachable, Instant::now())).await;
+        // A peer the check could not reach is still a source if it can be introduced: its
+        // rendezvous connection is open and its router keeps one mapping for every destination.
+        let reach = match reachable {
+            true => Reach::Direct,
+            false if self.rendezvous.punchable(&announce.peer) => Reach::Introduced,
+            false => Reach::Unreachable,
+        };
+        let answer = self.run_durable(move |d| d.announce(announce, reach, Instant::now())).await;
         match answer.as_ref().map_err(Status::code) {
             Err(tonic::Code::ResourceExhausted) => self.metrics.rate_limited("peers_per_ip"),
             Err(tonic::Code::PermissionDenied) => self.metrics.banned_announce(),
@@ -214,13 +222,16 @@ impl DirectoryApi for DirectoryService {
     async fn locate(&self, request: Request<LocateRequest>) -> Result<Response<LocateResponse>, Status> {
         let remote = request.remote_addr();
         let req = request.into_inner();
+        let asker = quaver_shared::PeerId::from_slice(&req.peer_id).ok();
+        let punchable = asker.is_some_and(|p| self.rendezvous.punchable(&p));
         // Most files have few sources: answered here, without a trip to the blocking pool.
         if let Some(answer) =
             self.dir.try_locate_quickly(&req, remote, Instant::now()).map_err(Status::from)?
         {
-            return Ok(Response::new(answer));
+            return Ok(Response::new(connectable(answer, punchable)));
         }
-        self.run(move |d| d.locate(&req, remote, Instant::now())).await.map(Response::new)
+        let answer = self.run(move |d| d.locate(&req, remote, Instant::now())).await?;
+        Ok(Response::new(connectable(answer, punchable)))
     }
 
     async fn get_file(&self, request: Request<GetFileRequest>) -> Result<Response<GetFileResponse>, Status> {
@@ -231,4 +242,14 @@ impl DirectoryApi for DirectoryService {
     async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         self.dir.stats(Instant::now()).map(Response::new).map_err(Status::from)
     }
+}
+
+/// Leaves out the sources the asker cannot connect to: one reached only through introductions,
+/// when the asker cannot be introduced itself (no rendezvous connection, or a symmetric NAT).
+fn connectable(mut answer: LocateResponse, asker_punchable: bool) -> LocateResponse {
+    if !asker_punchable {
+        let introduction = quaver_shared::directory::v1::Reach::Introduction as i32;
+        answer.sources.retain(|s| s.reach != introduction);
+    }
+    answer
 }

@@ -46,7 +46,7 @@ fn source_with(config: ServeConfig) -> Source {
     library.insert(entry);
     let key = NodeKey::generate().unwrap();
     let endpoint = tls::endpoint("127.0.0.1:0".parse().unwrap(), &key).unwrap();
-    let addr = SourceAddr { peer: key.peer_id(), addr: endpoint.local_addr().unwrap() };
+    let addr = SourceAddr::direct(key.peer_id(), endpoint.local_addr().unwrap());
     let server = Server::spawn(endpoint, library, config);
     let work = dir.path().join("work");
     Source { _dir: dir, id, work, server, addr, key }
@@ -65,6 +65,7 @@ async fn honest_download(src: &Source) {
         work_dir: src.work.clone(),
         wait_for_sources: Duration::from_secs(60),
         identity: Some(tls::ClientAuth::new(&me).unwrap()),
+        rendezvous: None,
     };
     let result = tokio::time::timeout(FINISH_WITHIN, download(&client, spec, vec![src.addr], None, None))
         .await

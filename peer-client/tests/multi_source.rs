@@ -48,7 +48,7 @@ fn serve(entry: &Entry, config: ServeConfig) -> Node {
     let library = Arc::new(MemoryLibrary::default());
     library.insert(entry.clone());
     let server = Server::spawn(endpoint, library, config);
-    Node { server, source: SourceAddr { peer: key.peer_id(), addr } }
+    Node { server, source: SourceAddr::direct(key.peer_id(), addr) }
 }
 
 fn client() -> quinn::Endpoint {
@@ -64,6 +64,7 @@ fn spec(f: &Fixture, name: &str, out: &Path) -> DownloadSpec {
         work_dir: f.dir.path().join("work"),
         wait_for_sources: Duration::from_secs(60),
         identity: None,
+        rendezvous: None,
     }
 }
 
@@ -185,7 +186,7 @@ async fn a_hostile_name_lands_under_a_safe_name_inside_the_download_dir() {
 async fn a_source_presenting_another_key_is_refused() {
     let f = fixture();
     let node = serve(&f.entry, ServeConfig::default());
-    let impostor = SourceAddr { peer: NodeKey::generate().unwrap().peer_id(), addr: node.source.addr };
+    let impostor = SourceAddr::direct(NodeKey::generate().unwrap().peer_id(), node.source.addr);
     let out = f.dir.path().join("out");
     let err = download(&client(), spec(&f, "w.bin", &out), vec![impostor], None, None).await.unwrap_err();
     assert!(err.to_string().contains("outboard") || err.to_string().contains("source"), "{err}");

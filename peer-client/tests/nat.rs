@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::nat_bed::{Bed, Kind, NsDirectory, bed_namespaces};
-use common::{Daemon, Directory, WAIT};
+use common::{Daemon, Directory, SIZE, WAIT, blake3_of, song};
 use serde_json::Value;
 
 /// `quaver status --json` once discovery has run and the directory gave its verdict.
@@ -121,4 +121,61 @@ fn the_bed_leaves_no_namespace_or_process_behind_even_when_a_test_fails() {
     let state = std::fs::read_to_string(format!("/proc/{sleeper}/stat")).unwrap_or_default();
     let alive = state.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'));
     assert!(!alive, "the process inside the bed still runs: {state}");
+}
+
+/// `quaver status --json` once `check` holds for it.
+async fn status_until(node: &Daemon, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = node.json(&["status", "--json"]).await;
+        if check(&status) {
+            return status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what} not within {WAIT:?}: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_source_behind_a_cone_nat_serves_a_downloader_behind_another_through_a_punched_hole() {
+    let Some(mut bed) = Bed::create() else { return };
+    let source_host = bed.host(Kind::Cone);
+    let getter_host = bed.host(Kind::Cone);
+    let dir = NsDirectory::start(&bed.inet());
+    let root = tempfile::tempdir().unwrap();
+    let listen = ["--listen", "0.0.0.0:0"];
+    let (_, id) = song(&root.path().join("music"), "周杰伦 - 晴天.flac");
+    let source = Daemon::start_in(Some(&source_host.ns), root.path(), "source", &dir.url, &listen).await;
+    source.share(&root.path().join("music")).await;
+    // The directory cannot dial it, but hands it out as a source reached by introductions.
+    let s = status_until(&source, "the source introducible", |s| s["introducible"] == true).await;
+    assert_eq!(s["reachable"], false, "{s}");
+    assert_eq!(s["nat"], "cone", "{s}");
+
+    let getter = Daemon::start_in(Some(&getter_host.ns), root.path(), "getter", &dir.url, &listen).await;
+    status_until(&getter, "the downloader's discovery", |s| s["nat"] == "cone").await;
+    // A bounded wait: without a punched hole there is no source, and the get fails in 20 s.
+    let got = getter.json(&["get", &id.to_hex(), "--json", "--wait-sources", "20"]).await;
+    assert_eq!(blake3_of(got["path"].as_str().unwrap()), id, "{got}");
+    let served = got["per_source"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer_id"] == source.peer_id.as_str())
+        .map_or(0, |p| p["bytes"].as_u64().unwrap());
+    assert_eq!(served, SIZE as u64, "the source behind NAT served every byte: {got}");
+
+    // Behind a symmetric NAT no hole can be punched towards a port-restricted one: the
+    // directory leaves that source out of its answer rather than hand out a dead end.
+    let stuck_host = bed.host(Kind::Symmetric);
+    let stuck = Daemon::start_in(Some(&stuck_host.ns), root.path(), "stuck", &dir.url, &listen).await;
+    status_until(&stuck, "the symmetric downloader's discovery", |s| s["nat"] == "symmetric").await;
+    let (code, out) = stuck.cli(&["get", &id.to_hex(), "--json", "--wait-sources", "2"]).await;
+    assert_eq!(code, 7, "no source the directory could hand out (exit 7, NoSources): {out}");
+
+    stuck.stop().await;
+    getter.stop().await;
+    source.stop().await;
+    drop(dir);
+    drop(bed);
 }

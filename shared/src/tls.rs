@@ -135,11 +135,20 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Transport settings. `accept_streams` is how many bidirectional streams the *other* side may
 /// open: a server takes requests; a client takes none (the protocol never has a server open a
-/// stream), so a server has no way to make a client do work.
+/// stream), so a server has no way to make a client do work. Unidirectional streams are
+/// accepted only from the directory's rendezvous endpoint ([`rendezvous_client_config`]).
 fn transport(accept_streams: u32, keep_alive: Option<Duration>) -> Arc<TransportConfig> {
+    transport_with_uni(accept_streams, 0, keep_alive)
+}
+
+fn transport_with_uni(
+    accept_streams: u32,
+    accept_uni: u32,
+    keep_alive: Option<Duration>,
+) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(accept_streams))
-        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .max_concurrent_uni_streams(VarInt::from_u32(accept_uni))
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .keep_alive_interval(keep_alive)
         .max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok());
@@ -264,6 +273,18 @@ pub fn client_config_as(expected: PeerId, me: Option<&ClientAuth>) -> Result<qui
     config.transport_config(transport(0, Some(KEEP_ALIVE)));
     Ok(config)
 }
+
+/// The client side of a node's connection to the directory's rendezvous endpoint: like
+/// [`client_config_as`], and the directory may open a few unidirectional streams (each carries
+/// one introduction: a peer to dial now).
+pub fn rendezvous_client_config(expected: PeerId, me: &ClientAuth) -> Result<quinn::ClientConfig, TlsError> {
+    let mut config = client_config_as(expected, Some(me))?;
+    config.transport_config(transport_with_uni(0, RENDEZVOUS_UNI_STREAMS, Some(KEEP_ALIVE)));
+    Ok(config)
+}
+
+/// Introductions a rendezvous connection may have in flight at once.
+const RENDEZVOUS_UNI_STREAMS: u32 = 8;
 
 /// A QUIC endpoint bound to `bind` that serves as this node and can dial other nodes with
 /// [`connect`]. Must be called inside a tokio runtime.

@@ -161,6 +161,7 @@ pub async fn status(data_dir: &Path, json: bool) -> Exit {
             "directory_since_unix_ms": s.directory_since_unix_ms,
             "directory_last_error": s.directory_last_error, "reachable": s.reachable,
             "nat": s.nat, "public_address": s.public_address, "discovery_error": s.discovery_error,
+            "introducible": s.introducible,
         }));
         return Exit::Ok;
     }
@@ -215,6 +216,10 @@ fn session_lines(s: &StatusResponse, now: SystemTime) -> Vec<String> {
         Some(true) => {
             lines.push(format!("reach     reachable at {address}: other peers can download from this node"))
         }
+        Some(false) if s.introducible => lines.push(format!(
+            "reach     reachable through hole punching at {address}: the directory cannot dial this node, \
+             but it introduces downloaders, who then connect while this node dials them"
+        )),
         Some(false) => {
             let port = address.rsplit_once(':').map_or("", |(_, port)| port);
             lines.push(format!(

@@ -152,6 +152,7 @@ impl Control for Handlers {
             nat: session.nat.map(|k| k.name().to_owned()).unwrap_or_default(),
             public_address: session.public_address.unwrap_or_default(),
             discovery_error: session.discovery_error.unwrap_or_default(),
+            introducible: session.introducible,
         }))
     }
 

@@ -48,6 +48,16 @@ pub const MAX_BUFFERS: usize = 32;
 pub struct SourceAddr {
     pub peer: PeerId,
     pub addr: SocketAddr,
+    /// Reached through an introduction by the directory (hole punching), not by dialling
+    /// `addr` alone (`Source.reach`).
+    pub introduced: bool,
+}
+
+impl SourceAddr {
+    /// A source reached by dialling `addr`.
+    pub fn direct(peer: PeerId, addr: SocketAddr) -> SourceAddr {
+        SourceAddr { peer, addr, introduced: false }
+    }
 }
 
 /// What to download and where.
@@ -66,6 +76,9 @@ pub struct DownloadSpec {
     /// The node's certificate, proven to every source so that they count what this node takes
     /// by its `PeerId` (`None`: an anonymous client, counted by address alone).
     pub identity: Option<Arc<crate::tls::ClientAuth>>,
+    /// The node's connection to the directory's rendezvous endpoint, on which it asks to be
+    /// introduced to sources behind NAT (`None`: such sources are not tried).
+    pub rendezvous: Option<watch::Receiver<Option<quinn::Connection>>>,
 }
 
 /// Progress for bars and status commands.

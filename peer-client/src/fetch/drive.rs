@@ -64,6 +64,9 @@ pub(super) struct Driver {
     tx: mpsc::Sender<Io>,
     relocate: Option<Relocate>,
     addrs: HashMap<PeerId, SocketAddr>,
+    /// Sources reached through introductions (hole punching).
+    introduced: std::collections::HashSet<PeerId>,
+    rendezvous: Option<tokio::sync::watch::Receiver<Option<quinn::Connection>>>,
     conns: HashMap<PeerId, quinn::Connection>,
     requests: HashMap<(PeerId, Block), AbortHandle>,
     part: Arc<Mutex<PartFile>>,
@@ -99,6 +102,8 @@ impl Driver {
             tx,
             relocate,
             addrs: HashMap::new(),
+            introduced: Default::default(),
+            rendezvous: spec.rendezvous.clone(),
             conns: HashMap::new(),
             requests: HashMap::new(),
             part,
@@ -113,6 +118,11 @@ impl Driver {
     pub(super) fn learn(&mut self, sources: &[SourceAddr]) {
         for s in sources {
             self.addrs.insert(s.peer, s.addr);
+            if s.introduced {
+                self.introduced.insert(s.peer);
+            } else {
+                self.introduced.remove(&s.peer);
+            }
         }
     }
 
@@ -262,11 +272,32 @@ impl Driver {
             return;
         };
         let (endpoint, tx, identity) = (self.endpoint.clone(), self.tx.clone(), self.identity.clone());
+        // A source behind NAT: the directory tells it to dial us while we dial it.
+        let channel = match self.introduced.contains(&peer) {
+            true => Some(self.rendezvous.as_ref().and_then(|r| r.borrow().clone())),
+            false => None,
+        };
+        let path = if channel.is_some() { "punched" } else { "direct" };
         tokio::spawn(async move {
-            let io = match crate::tls::connect_as(&endpoint, addr, peer, identity.as_deref()).await {
-                Ok(c) => Io::Connected(peer, c),
+            let started = Instant::now();
+            let addr = match channel {
+                None => Ok(addr),
+                Some(None) => Err("no rendezvous connection to ask for an introduction".to_owned()),
+                Some(Some(channel)) => crate::session::rendezvous::introduce(&channel, peer).await,
+            };
+            let connected = match addr {
+                Ok(addr) => crate::tls::connect_as(&endpoint, addr, peer, identity.as_deref())
+                    .await
+                    .map_err(|e| format!("{addr}: {e}")),
+                Err(e) => Err(format!("introduction refused: {e}")),
+            };
+            let io = match connected {
+                Ok(c) => {
+                    tracing::info!(peer = %peer, path, after = ?started.elapsed(), "connected to source");
+                    Io::Connected(peer, c)
+                }
                 Err(e) => {
-                    tracing::info!(peer = %peer, addr = %addr, error = %e, "cannot connect to source");
+                    tracing::info!(peer = %peer, path, error = %e, "cannot connect to source");
                     Io::ConnectFailed(peer)
                 }
             };

@@ -172,6 +172,7 @@ impl Downloads {
             work_dir: self.work_dir.clone(),
             wait_for_sources,
             identity: Some(node.client_auth.clone()),
+            rendezvous: Some(node.session.rendezvous()),
         };
         let initial = DownloadState {
             id: Some(id),

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use quaver_shared::directory::v1::directory_client::DirectoryClient;
-use quaver_shared::directory::v1::{FileInfo, GetFileRequest, LocateRequest, SearchHit, SearchRequest};
+use quaver_shared::directory::v1::{
+    FileInfo, GetFileRequest, LocateRequest, Reach, SearchHit, SearchRequest,
+};
 use quaver_shared::{ContentId, PeerId};
 use tonic::transport::Channel;
 
@@ -106,7 +108,10 @@ impl DirectoryLink {
             .filter_map(|s| {
                 let peer = PeerId::from_slice(&s.peer_id).ok()?;
                 match s.address.parse::<SocketAddr>() {
-                    Ok(addr) if peer != me => Some(SourceAddr { peer, addr }),
+                    Ok(addr) if peer != me => {
+                        let introduced = s.reach == Reach::Introduction as i32;
+                        Some(SourceAddr { peer, addr, introduced })
+                    }
                     Ok(_) => None,
                     Err(e) => {
                         tracing::warn!(address = %s.address, error = %e, "directory sent a malformed source address");

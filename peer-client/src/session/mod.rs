@@ -104,6 +104,9 @@ pub struct SessionState {
     /// Whether the directory's connect-back check of the last `Announce` reached this node's
     /// QUIC endpoint (only then is the node a source); `None` before the first announce.
     pub reachable: Option<bool>,
+    /// The connect-back failed, but the directory hands the node out as a source reached
+    /// through introductions (hole punching).
+    pub introducible: bool,
     /// The node's NAT as address discovery judged it; `None` before the first discovery.
     pub nat: Option<quaver_core::nat::NatKind>,
     /// The address the directory's first rendezvous endpoint saw this node's QUIC socket at.
@@ -208,12 +211,13 @@ impl Session {
         let changed = Arc::new(Notify::new());
         let worker =
             worker::Worker::new(config, store, key, endpoint, free_slots, Arc::clone(&changed), state_tx);
+        let rendezvous = worker.rendezvous();
         tokio::spawn(async move {
             worker.run(stop_rx).await;
             // Dropping the sender tells every `shutdown` waiting that the task has ended.
             drop(done_tx);
         });
-        SessionHandle { state, changed, stop, done }
+        SessionHandle { state, changed, stop, done, rendezvous }
     }
 }
 
@@ -224,12 +228,19 @@ pub struct SessionHandle {
     changed: Arc<Notify>,
     stop: watch::Sender<bool>,
     done: watch::Receiver<()>,
+    rendezvous: watch::Receiver<Option<quinn::Connection>>,
 }
 
 impl SessionHandle {
     /// The session's state, updated as it changes.
     pub fn state(&self) -> watch::Receiver<SessionState> {
         self.state.clone()
+    }
+
+    /// The connection to the directory's rendezvous endpoint, while one is open: downloads
+    /// ask for introductions on it.
+    pub fn rendezvous(&self) -> watch::Receiver<Option<quinn::Connection>> {
+        self.rendezvous.clone()
     }
 
     /// The store changed (a share, an unshare, a finished download): publish the difference

@@ -12,11 +12,15 @@ use std::time::Duration;
 use prost::Message;
 use quaver_core::nat::{self, Mapping};
 use quaver_shared::PeerId;
-use quaver_shared::directory::v1::RendezvousObservation;
+use quaver_shared::directory::v1::{Introduction, RendezvousAnswer, RendezvousRequest};
 use quaver_shared::tls::{self, ClientAuth};
 
-/// Longest observation a rendezvous endpoint may send (length prefix included).
-const MAX_OBSERVATION: usize = 256;
+/// Longest message on a rendezvous stream (length prefix included).
+const MAX_MESSAGE: usize = 256;
+/// Bound on the directory's answer to an introduction request.
+const INTRODUCE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a source keeps dialling a peer it was introduced to.
+const PUNCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
@@ -105,10 +109,18 @@ async fn discover_unbounded(
     for &port in &offer.ports {
         let addr = SocketAddr::new(offer.ip, port);
         let failed = |reason: String| DiscoveryError::Endpoint { addr, reason };
-        let connection = tls::connect_as(endpoint, addr, offer.directory, Some(me))
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        observed.push(ask(&connection).await.map_err(failed)?);
+        // The first connection is kept, and the directory sends introductions on it.
+        let config = if channel.is_none() {
+            tls::rendezvous_client_config(offer.directory, me)
+        } else {
+            tls::client_config_as(offer.directory, Some(me))
+        };
+        let connecting = config
+            .map_err(|e| e.to_string())
+            .and_then(|c| endpoint.connect_with(c, addr, tls::SERVER_NAME).map_err(|e| e.to_string()));
+        let connection = connecting.map_err(&failed)?.await.map_err(|e| failed(e.to_string()))?;
+        let answer = ask(&connection, RendezvousRequest::default()).await.map_err(&failed)?;
+        observed.push(parse(&answer.observed_address).map_err(&failed)?);
         match channel {
             None => channel = Some(connection),
             Some(_) => connection.close(0u32.into(), b"observed"),
@@ -119,14 +131,57 @@ async fn discover_unbounded(
     Ok(Discovered { mapping, channel })
 }
 
-/// One observation: a stream opened and finished at once, the answer read to its end.
-async fn ask(connection: &quinn::Connection) -> Result<SocketAddr, String> {
+/// One request on a stream of its own, the answer read to its end.
+async fn ask(connection: &quinn::Connection, request: RendezvousRequest) -> Result<RendezvousAnswer, String> {
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(&request.encode_length_delimited_to_vec()).await.map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())?;
-    let bytes = recv.read_to_end(MAX_OBSERVATION).await.map_err(|e| e.to_string())?;
-    let message =
-        RendezvousObservation::decode_length_delimited(bytes.as_slice()).map_err(|e| e.to_string())?;
-    message.observed_address.parse().map_err(|_| format!("not an address: {:?}", message.observed_address))
+    let bytes = recv.read_to_end(MAX_MESSAGE).await.map_err(|e| e.to_string())?;
+    RendezvousAnswer::decode_length_delimited(bytes.as_slice()).map_err(|e| e.to_string())
+}
+
+fn parse(address: &str) -> Result<SocketAddr, String> {
+    address.parse().map_err(|_| format!("not an address: {address:?}"))
+}
+
+/// Asks the directory, over the node's rendezvous connection, to introduce it to `source`;
+/// gives the source's mapped address, to dial now (the source is dialling this node meanwhile).
+pub async fn introduce(channel: &quinn::Connection, source: PeerId) -> Result<SocketAddr, String> {
+    let request = RendezvousRequest { introduce: source.to_vec() };
+    let answer = tokio::time::timeout(INTRODUCE_TIMEOUT, ask(channel, request))
+        .await
+        .map_err(|_| format!("no answer from the directory within {} s", INTRODUCE_TIMEOUT.as_secs()))??;
+    if !answer.error.is_empty() {
+        return Err(answer.error);
+    }
+    parse(&answer.peer_address)
+}
+
+/// Dials every peer the directory introduces on `channel` until it closes. Each dial's only
+/// job is to send packets towards the peer, so this node's router lets the peer's own
+/// handshake in; a handshake of ours that completes is closed at once.
+pub async fn answer_introductions(channel: quinn::Connection, endpoint: quinn::Endpoint) {
+    while let Ok(mut stream) = channel.accept_uni().await {
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            let Ok(bytes) = stream.read_to_end(MAX_MESSAGE).await else { return };
+            let Ok(intro) = Introduction::decode_length_delimited(bytes.as_slice()) else {
+                tracing::warn!("the directory sent a malformed introduction");
+                return;
+            };
+            let (Ok(peer), Ok(addr)) = (PeerId::from_slice(&intro.peer_id), parse(&intro.address)) else {
+                tracing::warn!("the directory sent an introduction without a valid peer or address");
+                return;
+            };
+            tracing::debug!(peer = %peer, %addr, "introduced: dialling back to open the way");
+            let dial = tls::connect(&endpoint, addr, peer);
+            match tokio::time::timeout(PUNCH_TIMEOUT, dial).await {
+                Ok(Ok(connection)) => connection.close(0u32.into(), b"punched"),
+                Ok(Err(e)) => tracing::debug!(peer = %peer, %addr, error = %e, "punch dial failed"),
+                Err(_) => tracing::debug!(peer = %peer, %addr, "punch dial timed out"),
+            }
+        });
+    }
 }
 
 /// The socket's address as the directory would see it without NAT: the source IP the kernel

@@ -64,8 +64,9 @@ pub(super) struct Worker {
     identity: Option<Arc<quaver_shared::tls::ClientAuth>>,
     /// The port to announce: the endpoint's own, or the one the node's NAT maps it to.
     announce_port: u16,
-    /// The connection to the directory's first rendezvous endpoint, while it lives.
-    rendezvous: Option<quinn::Connection>,
+    /// The connection to the directory's first rendezvous endpoint, while it lives; shared
+    /// with the node's downloads, which ask for introductions on it.
+    rendezvous: watch::Sender<Option<quinn::Connection>>,
     free_slots: watch::Receiver<u32>,
     changed: Arc<Notify>,
     pub state: watch::Sender<SessionState>,
@@ -136,7 +137,7 @@ impl Worker {
             endpoint,
             identity,
             announce_port,
-            rendezvous: None,
+            rendezvous: watch::channel(None).0,
             free_slots,
             changed,
             state,
@@ -144,6 +145,11 @@ impl Worker {
             published: None,
             remembered: None,
         }
+    }
+
+    /// The rendezvous connection, as it comes and goes.
+    pub fn rendezvous(&self) -> watch::Receiver<Option<quinn::Connection>> {
+        self.rendezvous.subscribe()
     }
 
     /// Keeps the node announced until `stop` says otherwise, then withdraws.
@@ -230,6 +236,7 @@ impl Worker {
             s.announces += 1;
             s.observed_address = observed;
             s.reachable = Some(answer.reachable);
+            s.introducible = answer.introducible;
         });
         if self.rediscover(&answer).await {
             // The NAT maps the endpoint to another port than its own: announce that one, so
@@ -242,7 +249,7 @@ impl Worker {
     /// Learns the node's mapped address and NAT kind unless the rendezvous connection still
     /// lives (`rendezvous`). True when the port to announce changed.
     async fn rediscover(&mut self, answer: &quaver_shared::directory::v1::AnnounceResponse) -> bool {
-        if self.rendezvous.as_ref().is_some_and(|c| c.close_reason().is_none()) {
+        if self.rendezvous.borrow().as_ref().is_some_and(|c| c.close_reason().is_none()) {
             return false;
         }
         let Some(identity) = self.identity.clone() else { return false };
@@ -262,7 +269,8 @@ impl Worker {
                     public = %mapping.public.map(|a| a.to_string()).unwrap_or_default(),
                     "address discovered"
                 );
-                self.rendezvous = Some(found.channel);
+                tokio::spawn(rendezvous::answer_introductions(found.channel.clone(), self.endpoint.clone()));
+                self.rendezvous.send_replace(Some(found.channel));
                 self.state.send_modify(|s| {
                     s.nat = Some(mapping.kind);
                     s.public_address = mapping.public.map(|a| a.to_string());
@@ -270,13 +278,14 @@ impl Worker {
                 });
                 let mapped_port =
                     mapping.public.filter(|_| mapping.kind == NatKind::EndpointIndependent).map(|a| a.port());
-                match mapped_port {
-                    Some(port) if port != self.announce_port => {
-                        self.announce_port = port;
-                        true
-                    }
-                    _ => false,
+                let moved = mapped_port.is_some_and(|port| port != self.announce_port);
+                if let Some(port) = mapped_port {
+                    self.announce_port = port;
                 }
+                // The directory judges a peer it cannot dial introducible only once its
+                // rendezvous connection is open: announce again to be judged so.
+                let punchable = mapping.kind != NatKind::Symmetric;
+                moved || (!answer.reachable && !answer.introducible && punchable)
             }
             Err(e) => {
                 tracing::info!(error = %e, "address discovery failed; the NAT kind stays unknown");
