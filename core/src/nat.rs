@@ -18,7 +18,7 @@
 //! Pure: the observations come in as values, so every case is tested without a socket.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// A router's behaviour towards the node's QUIC socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -84,6 +84,16 @@ pub fn classify(local: SocketAddr, observed: &[SocketAddr]) -> Mapping {
     Mapping { kind, public }
 }
 
+/// Whether `ip` only means something on its own network: RFC 1918, RFC 6598 shared space
+/// (carrier NAT), IPv6 unique local or link-local. Such an address is worth telling peers
+/// behind the same public IP (they meet on the LAN) and nobody else.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.is_private() || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
 fn canonical(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
@@ -133,6 +143,18 @@ mod tests {
     fn ipv4_mapped_ipv6_observations_compare_as_ipv4() {
         let m = classify(a("198.18.0.5:4433"), &[a("[::ffff:198.18.0.5]:4433"), a("198.18.0.5:4433")]);
         assert_eq!(m.kind, NatKind::None);
+    }
+
+    #[test]
+    fn private_addresses_are_those_of_a_lan_or_a_carrier_nat() {
+        for ip in
+            ["192.168.1.10", "10.1.2.3", "172.16.0.1", "100.64.0.1", "fd12::1", "fe80::2", "::ffff:10.0.0.1"]
+        {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["198.18.0.5", "8.8.8.8", "100.128.0.1", "2001:db8::1", "127.0.0.1"] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
     }
 
     #[test]

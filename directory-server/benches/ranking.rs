@@ -33,6 +33,7 @@ fn candidates(n: usize) -> Vec<Candidate> {
                 free_upload_slots: u32::from(b[4] % 5),
                 since_last_seen: Duration::from_millis(u64::from(b[5]) * 250),
                 introduced: b[6].is_multiple_of(8),
+                local: None,
             }
         })
         .collect()

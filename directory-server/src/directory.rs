@@ -129,6 +129,8 @@ pub struct ValidAnnounce {
     pub peer: PeerId,
     pub address: SocketAddr,
     pub free_upload_slots: u32,
+    /// Its socket's private address, handed to peers behind the same public IP.
+    pub local: Option<SocketAddr>,
 }
 
 impl ValidAnnounce {
@@ -144,7 +146,8 @@ impl ValidAnnounce {
         }
         validate::text("agent", &req.agent, MAX_AGENT_BYTES)?;
         let address = SocketAddr::new(remote.ip().to_canonical(), port);
-        Ok(Self { peer, address, free_upload_slots: req.free_upload_slots })
+        let local = validate::local_address("local_address", &req.local_address)?;
+        Ok(Self { peer, address, free_upload_slots: req.free_upload_slots, local })
     }
 }
 
@@ -307,7 +310,7 @@ impl Directory {
     ) -> Result<AnnounceResponse> {
         let reach = reach.into();
         let reachable = reach != crate::presence::Reach::Unreachable;
-        let ValidAnnounce { peer, address, free_upload_slots } = announce;
+        let ValidAnnounce { peer, address, free_upload_slots, local } = announce;
         let token = new_token()?;
 
         let _m = lock(&self.membership);
@@ -321,6 +324,7 @@ impl Directory {
         let stored = self.catalog.touch_peer(&peer, &address.to_string())?;
         let outcome =
             lock(&self.presence).announce(peer, address, free_upload_slots, reach, token.clone(), now);
+        lock(&self.presence).set_local_address(&peer, local);
         let AnnounceOutcome { came_online, was_source, is_source } = outcome;
         if was_source != is_source {
             self.apply_peer_files(&peer, is_source)?;
@@ -554,6 +558,7 @@ impl Directory {
                         free_upload_slots: lease.free_upload_slots,
                         since_last_seen: now.saturating_duration_since(lease.last_seen),
                         introduced: lease.introduced,
+                        local: lease.local,
                     })
                 })
                 .collect()
@@ -562,6 +567,13 @@ impl Directory {
         let ranked = ranking::rank(asker_ip, candidates, ask.max as usize);
         let sources = ranked
             .into_iter()
+            .map(|mut c| {
+                // Behind the same public IP as the asker: meet on the LAN, no hairpin needed.
+                if let Some(local) = c.local.filter(|_| Some(c.address.ip()) == asker_ip) {
+                    (c.address, c.introduced) = (local, false);
+                }
+                c
+            })
             .map(|c| Source {
                 peer_id: c.peer.to_vec(),
                 address: c.address.to_string(),

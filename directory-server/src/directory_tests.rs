@@ -34,7 +34,7 @@ fn sources(dir: &Directory, id: &ContentId, peers: usize) -> Vec<PeerId> {
         .map(|i| {
             let peer = NodeKey::generate().unwrap().peer_id();
             let address = SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16));
-            let announce = ValidAnnounce { peer, address, free_upload_slots: 2 };
+            let announce = ValidAnnounce { peer, address, free_upload_slots: 2, local: None };
             let token = dir.announce(announce, true, now).unwrap().session_token;
             let publish =
                 PublishRequest { session_token: token, added: vec![song(id)], ..Default::default() };
@@ -113,7 +113,7 @@ fn online_sources_follow_publish_reset_leave_and_reannounce() {
     let peer = NodeKey::generate().unwrap().peer_id();
     let address = SocketAddr::from(([127, 0, 0, 1], 4000));
     let announce = |reachable: bool| {
-        let valid = ValidAnnounce { peer, address, free_upload_slots: 2 };
+        let valid = ValidAnnounce { peer, address, free_upload_slots: 2, local: None };
         dir.announce(valid, reachable, Instant::now()).unwrap().session_token
     };
     let publish = |token: &str, reset: bool, id: &ContentId, complete: bool| {

@@ -37,6 +37,8 @@ pub struct Lease {
     pub reachable: bool,
     /// Reached only through introductions (hole punching), not by dialling it.
     pub introduced: bool,
+    /// Its socket's private address, for peers behind the same public IP.
+    pub local: Option<SocketAddr>,
 }
 
 /// How other peers can reach a peer, as its last Announce found.
@@ -135,6 +137,7 @@ impl Presence {
             free_upload_slots,
             reachable,
             introduced: reach == Reach::Introduced,
+            local: None,
         };
         self.lower_next_expiry(lease.expires);
         self.by_token.insert(token, peer);
@@ -148,6 +151,13 @@ impl Presence {
             came_online: old.as_ref().is_none_or(|l| l.expires <= now),
             was_source: old.as_ref().is_some_and(|l| l.reachable),
             is_source: reachable,
+        }
+    }
+
+    /// Records the private address `peer` announced with its lease.
+    pub fn set_local_address(&mut self, peer: &PeerId, local: Option<SocketAddr>) {
+        if let Some(lease) = self.by_peer.get_mut(peer) {
+            lease.local = local;
         }
     }
 

@@ -27,6 +27,8 @@ pub struct Candidate {
     pub since_last_seen: Duration,
     /// Reached only through an introduction (hole punching).
     pub introduced: bool,
+    /// Its private address, handed instead to an asker behind the same public IP.
+    pub local: Option<SocketAddr>,
 }
 
 /// How close two addresses are: 2 same IP, 1 same prefix, 0 otherwise.
@@ -77,6 +79,7 @@ mod tests {
             free_upload_slots: slots,
             since_last_seen: Duration::from_secs(seen_s),
             introduced: false,
+            local: None,
         }
     }
 

@@ -27,6 +27,23 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
+/// An announced private address: empty, or `ip:port` with a nonzero port and an IP that only
+/// means something on the peer's own network (RFC 1918, RFC 6598 shared space, IPv6 unique
+/// local or link-local). A public address here would let a peer point its neighbours anywhere.
+pub fn local_address(field: &str, value: &str) -> Result<Option<std::net::SocketAddr>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr =
+        value.parse().map_err(|_| invalid(format!("{field} {value:?} is not ip:port")))?;
+    if !quaver_core::nat::is_private(addr.ip()) || addr.port() == 0 {
+        return Err(invalid(format!(
+            "{field} {value} must be a private address (RFC 1918, RFC 6598, IPv6 ULA or link-local) with a port"
+        )));
+    }
+    Ok(Some(addr))
+}
+
 pub fn batch_len(field: &str, len: usize) -> Result<()> {
     if len > MAX_BATCH_FILES {
         return Err(DirectoryError::InvalidArgument(format!(
@@ -100,6 +117,18 @@ pub fn query(q: &str) -> Result<&str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_local_address_must_be_private_and_have_a_port() {
+        assert_eq!(super::local_address("local_address", "").unwrap(), None);
+        for ok in ["192.168.1.10:4433", "10.0.0.2:1", "100.64.3.4:9", "[fd00::1]:4433", "[fe80::1]:7"] {
+            assert!(super::local_address("local_address", ok).unwrap().is_some(), "{ok}");
+        }
+        for bad in ["198.18.0.5:4433", "8.8.8.8:53", "192.168.1.10:0", "[2001:db8::1]:4", "nonsense"] {
+            let e = super::local_address("local_address", bad).unwrap_err().to_string();
+            assert!(e.contains("local_address"), "{bad}: {e}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -179,3 +179,38 @@ async fn a_source_behind_a_cone_nat_serves_a_downloader_behind_another_through_a
     drop(dir);
     drop(bed);
 }
+
+#[tokio::test]
+async fn two_peers_behind_one_router_meet_on_their_lan_without_a_hairpin() {
+    let Some(mut bed) = Bed::create() else { return };
+    let router = bed.router(Kind::Cone);
+    let source_host = bed.behind(&router);
+    let getter_host = bed.behind(&router);
+    let dir = NsDirectory::start(&bed.inet());
+    let root = tempfile::tempdir().unwrap();
+    let listen = ["--listen", "0.0.0.0:0"];
+    let (_, id) = song(&root.path().join("music"), "Adele - Hello.flac");
+    let source = Daemon::start_in(Some(&source_host.ns), root.path(), "source", &dir.url, &listen).await;
+    source.share(&root.path().join("music")).await;
+    status_until(&source, "the source introducible", |s| s["introducible"] == true).await;
+    let getter = Daemon::start_in(Some(&getter_host.ns), root.path(), "getter", &dir.url, &listen).await;
+    status_until(&getter, "the downloader's discovery", |s| s["nat"] == "cone").await;
+    // The router forwards nothing from its LAN back to its LAN through its own public address:
+    // only the source's private address, which the directory hands to a peer behind the same
+    // public IP, leads to it.
+    let got = getter.json(&["get", &id.to_hex(), "--json", "--wait-sources", "20"]).await;
+    assert_eq!(blake3_of(got["path"].as_str().unwrap()), id, "{got}");
+    let served = got["per_source"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer_id"] == source.peer_id.as_str())
+        .map_or(0, |p| p["bytes"].as_u64().unwrap());
+    assert_eq!(served, SIZE as u64, "{got}");
+    assert!(source_host.ip.is_private() && getter_host.router_ip == source_host.router_ip);
+
+    getter.stop().await;
+    source.stop().await;
+    drop(dir);
+    drop(bed);
+}

@@ -70,6 +70,8 @@ impl Offer {
 /// The outcome of one discovery: the judgement, and the connection to keep.
 pub struct Discovered {
     pub mapping: Mapping,
+    /// The socket's address on its own network, as `classify` saw it.
+    pub local: SocketAddr,
     pub channel: quinn::Connection,
 }
 
@@ -127,8 +129,9 @@ async fn discover_unbounded(
         }
     }
     let channel = channel.ok_or(DiscoveryError::NotOffered)?;
-    let mapping = nat::classify(local_address(endpoint, offer.ip), &observed);
-    Ok(Discovered { mapping, channel })
+    let local = local_address(endpoint, offer.ip);
+    let mapping = nat::classify(local, &observed);
+    Ok(Discovered { mapping, local, channel })
 }
 
 /// One request on a stream of its own, the answer read to its end.

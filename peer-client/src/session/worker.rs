@@ -64,6 +64,8 @@ pub(super) struct Worker {
     identity: Option<Arc<quaver_shared::tls::ClientAuth>>,
     /// The port to announce: the endpoint's own, or the one the node's NAT maps it to.
     announce_port: u16,
+    /// The socket's private address, announced for peers behind the same public IP.
+    local_address: Option<std::net::SocketAddr>,
     /// The connection to the directory's first rendezvous endpoint, while it lives; shared
     /// with the node's downloads, which ask for introductions on it.
     rendezvous: watch::Sender<Option<quinn::Connection>>,
@@ -137,6 +139,7 @@ impl Worker {
             endpoint,
             identity,
             announce_port,
+            local_address: None,
             rendezvous: watch::channel(None).0,
             free_slots,
             changed,
@@ -203,6 +206,7 @@ impl Worker {
         let (digest, count) = self.store.summary();
         let request = AnnounceRequest {
             quic_port: u32::from(self.announce_port),
+            local_address: self.local_address.map(|a| a.to_string()).unwrap_or_default(),
             share_digest: digest.as_bytes().to_vec(),
             share_count: count,
             free_upload_slots: *self.free_slots.borrow_and_update(),
@@ -264,6 +268,11 @@ impl Worker {
         match found.await {
             Ok(found) => {
                 let mapping = found.mapping;
+                let learned_local =
+                    self.local_address.is_none() && quaver_core::nat::is_private(found.local.ip());
+                if quaver_core::nat::is_private(found.local.ip()) {
+                    self.local_address = Some(found.local);
+                }
                 tracing::info!(
                     nat = %mapping.kind,
                     public = %mapping.public.map(|a| a.to_string()).unwrap_or_default(),
@@ -285,7 +294,7 @@ impl Worker {
                 // The directory judges a peer it cannot dial introducible only once its
                 // rendezvous connection is open: announce again to be judged so.
                 let punchable = mapping.kind != NatKind::Symmetric;
-                moved || (!answer.reachable && !answer.introducible && punchable)
+                moved || (!answer.reachable && !answer.introducible && punchable) || learned_local
             }
             Err(e) => {
                 tracing::info!(error = %e, "address discovery failed; the NAT kind stays unknown");

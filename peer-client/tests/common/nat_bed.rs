@@ -9,6 +9,8 @@
 //!     ├─ firewalled host  198.18.0.(100+n), `ct state new drop`  kind Firewalled
 //!     └─ router n: wan 198.18.0.(10+n) ── lan bridge 192.168.n.1 ── hosts 192.168.n.(10+k)
 //!          Cone: masquerade (endpoint-independent mapping, port-restricted filtering)
+//!          Hosts on one LAN reach each other (frames between bridge ports may be seen by the
+//!          forward hook when the host kernel has br_netfilter loaded).
 //!          Both kinds drop unsolicited packets to the router itself, as home routers do. (It
 //!          matters for hole punching: a packet the router answered itself would leave a
 //!          conntrack entry that makes masquerade pick another port for the host's reply.)
@@ -126,7 +128,7 @@ impl Bed {
             "table ip bed {{\n\
                chain post {{ type nat hook postrouting priority srcnat; oifname \"wan\" masquerade{random}; }}\n\
                chain through {{ type filter hook forward priority filter; policy drop;\n\
-                 ct state established,related accept; iifname \"lan\" oifname \"wan\" accept; }}\n\
+                 ct state established,related accept; iifname \"lan\" oifname {{ \"lan\", \"wan\" }} accept; }}\n\
                chain in {{ type filter hook input priority filter; policy accept;\n\
                  iifname \"wan\" ct state new drop; }}\n\
              }}\n"
