@@ -12,18 +12,31 @@ use common::nat_bed::{Bed, Kind, NsDirectory, bed_namespaces};
 use common::{Daemon, Directory, SIZE, WAIT, blake3_of, song};
 use serde_json::Value;
 
-/// `quaver status --json` once discovery has run and the directory gave its verdict.
-async fn discovered(node: &Daemon) -> Value {
+/// `quaver status --json` once `check` holds for it.
+async fn status_until(node: &Daemon, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let status = node.json(&["status", "--json"]).await;
-        let nat = status["nat"].as_str().unwrap_or_default();
-        if !nat.is_empty() && status["reachable"].is_boolean() {
+        if check(&status) {
             return status;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no discovery within {WAIT:?}: {status}");
+        assert!(tokio::time::Instant::now() < deadline, "{what} not within {WAIT:?}: {status}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `quaver status --json` once discovery has run and the directory gave its verdict.
+async fn discovered(node: &Daemon) -> Value {
+    status_until(node, "discovery", |s| {
+        !s["nat"].as_str().unwrap_or_default().is_empty() && s["reachable"].is_boolean()
+    })
+    .await
+}
+
+/// Bytes a finished `get --json` credits to `peer`.
+fn bytes_from(got: &Value, peer: &str) -> u64 {
+    let per_source = got["per_source"].as_array().unwrap();
+    per_source.iter().find(|p| p["peer_id"] == peer).map_or(0, |p| p["bytes"].as_u64().unwrap())
 }
 
 #[tokio::test]
@@ -123,19 +136,6 @@ fn the_bed_leaves_no_namespace_or_process_behind_even_when_a_test_fails() {
     assert!(!alive, "the process inside the bed still runs: {state}");
 }
 
-/// `quaver status --json` once `check` holds for it.
-async fn status_until(node: &Daemon, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let status = node.json(&["status", "--json"]).await;
-        if check(&status) {
-            return status;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what} not within {WAIT:?}: {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_source_behind_a_cone_nat_serves_a_downloader_behind_another_through_a_punched_hole() {
     let Some(mut bed) = Bed::create() else { return };
@@ -157,12 +157,7 @@ async fn a_source_behind_a_cone_nat_serves_a_downloader_behind_another_through_a
     // A bounded wait: without a punched hole there is no source, and the get fails in 20 s.
     let got = getter.json(&["get", &id.to_hex(), "--json", "--wait-sources", "20"]).await;
     assert_eq!(blake3_of(got["path"].as_str().unwrap()), id, "{got}");
-    let served = got["per_source"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["peer_id"] == source.peer_id.as_str())
-        .map_or(0, |p| p["bytes"].as_u64().unwrap());
+    let served = bytes_from(&got, &source.peer_id);
     assert_eq!(served, SIZE as u64, "the source behind NAT served every byte: {got}");
 
     // Behind a symmetric NAT no hole can be punched towards a port-restricted one: the
@@ -200,12 +195,7 @@ async fn two_peers_behind_one_router_meet_on_their_lan_without_a_hairpin() {
     // public IP, leads to it.
     let got = getter.json(&["get", &id.to_hex(), "--json", "--wait-sources", "20"]).await;
     assert_eq!(blake3_of(got["path"].as_str().unwrap()), id, "{got}");
-    let served = got["per_source"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["peer_id"] == source.peer_id.as_str())
-        .map_or(0, |p| p["bytes"].as_u64().unwrap());
+    let served = bytes_from(&got, &source.peer_id);
     assert_eq!(served, SIZE as u64, "{got}");
     assert!(source_host.ip.is_private() && getter_host.router_ip == source_host.router_ip);
 

@@ -268,11 +268,9 @@ impl Worker {
         match found.await {
             Ok(found) => {
                 let mapping = found.mapping;
-                let learned_local =
-                    self.local_address.is_none() && quaver_core::nat::is_private(found.local.ip());
-                if quaver_core::nat::is_private(found.local.ip()) {
-                    self.local_address = Some(found.local);
-                }
+                let local = Some(found.local).filter(|a| quaver_core::nat::is_private(a.ip()));
+                let learned_local = self.local_address.is_none() && local.is_some();
+                self.local_address = local.or(self.local_address);
                 tracing::info!(
                     nat = %mapping.kind,
                     public = %mapping.public.map(|a| a.to_string()).unwrap_or_default(),
