@@ -38,7 +38,9 @@
 //!
 //! With nobody to fetch from, in any phase, the download waits visibly
 //! ([`TransferProgress::waiting_until`]) and keeps looking, for up to `wait_for_sources`
-//! ([`SourceWait`]), then fails with [`Failure::NoSources`].
+//! ([`SourceWait`]), then fails with [`Failure::NoSources`]. Only a connection stops that
+//! clock: a dial under way holds off giving up until it ends, but sources that every lookup
+//! lists and no dial reaches do not keep a download waiting for ever.
 
 use crate::scheduler::{Block, Scheduler, SchedulerError, SourceKey, Verified};
 use crate::waiting::{SourceWait, Verdict, busy_retry_after};
@@ -290,13 +292,15 @@ impl<S: SourceKey> Transfer<S> {
         let wants_lookup = match self.phase {
             Phase::Outboard => alone,
             Phase::Fetching => {
-                self.waiting_until.is_some() || (self.dialling.is_empty() && self.plan.needs_more_sources())
+                self.dialling.is_empty() && (self.waiting_until.is_some() || self.plan.needs_more_sources())
             }
             Phase::Resume | Phase::Done => return None,
         };
         let lookup =
             (wants_lookup && self.cfg.can_locate && !self.locating).then(|| self.wait.next_wake(now));
-        let timers = [lookup, self.waiting_until].into_iter().flatten();
+        // Past the wait with a dial under way, only the dial's outcome can end it.
+        let gives_up = self.waiting_until.filter(|_| self.dialling.is_empty());
+        let timers = [lookup, gives_up].into_iter().flatten();
         match self.phase {
             Phase::Outboard => timers.chain(self.busy.iter().map(|(at, _)| *at)).min(),
             _ => timers.chain(self.plan.poll_timeout()).chain([now + IDLE_TICK]).min(),
@@ -530,7 +534,7 @@ impl<S: SourceKey> Transfer<S> {
                 if self.dialling.is_empty() && self.asked.is_empty() && self.busy.is_empty() {
                     self.locate(now);
                 }
-                !self.dialling.is_empty() || !self.asked.is_empty() || !self.busy.is_empty()
+                !self.asked.is_empty() || !self.busy.is_empty()
             }
             Phase::Fetching => {
                 if self.plan.is_complete() {
@@ -547,12 +551,20 @@ impl<S: SourceKey> Transfer<S> {
                 // Retired and banned sources get no more requests: nobody usable is as good
                 // as nobody connected.
                 let usable = !self.connected.is_empty() && self.plan.usable_sources() > 0;
-                usable || !self.in_flight.is_empty() || !self.dialling.is_empty()
+                usable || !self.in_flight.is_empty()
             }
         };
+        let dialling = !self.dialling.is_empty();
         let verdict = match self.cfg.can_locate {
-            false if !has_sources => Verdict::GiveUp,
-            _ => self.wait.update(now, has_sources),
+            false if !has_sources && !dialling => Verdict::GiveUp,
+            false => Verdict::Fetching,
+            true => self.wait.update(now, has_sources),
+        };
+        // A dial under way may still connect: give up only once it has failed. It does not
+        // restart the clock, though (see the module doc).
+        let verdict = match verdict {
+            Verdict::GiveUp if dialling => Verdict::Waiting { gives_up_at: now },
+            v => v,
         };
         self.waiting_until = match verdict {
             Verdict::Fetching => None,

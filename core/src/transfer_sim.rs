@@ -27,6 +27,8 @@ pub struct SimSource {
     pub leaves_at_ms: Option<u64>,
     /// Online (in lookups, dialable) only from this time.
     pub online_from_ms: u64,
+    /// Listed by every lookup, but every dial fails (a peer behind a NAT nobody can cross).
+    pub unreachable: bool,
 }
 
 impl SimSource {
@@ -40,6 +42,7 @@ impl SimSource {
             silent_after: None,
             leaves_at_ms: None,
             online_from_ms: 0,
+            unreachable: false,
         }
     }
 }
@@ -166,8 +169,8 @@ impl Sim {
                     Action::Connect(s) => {
                         assert!(!known_bad.contains(&s), "a banned source {s} is dialled again");
                         let rtt = self.sources[s as usize].rtt_ms * NS_PER_MS;
-                        let kind =
-                            if self.online(s, t) { EventKind::Connected } else { EventKind::ConnectFailed };
+                        let reached = self.online(s, t) && !self.sources[s as usize].unreachable;
+                        let kind = if reached { EventKind::Connected } else { EventKind::ConnectFailed };
                         push(&mut heap, t + rtt, Due::Event(s, kind));
                     }
                     Action::Disconnect { source, why } => {

@@ -85,6 +85,20 @@ fn with_no_source_the_download_waits_visibly_then_gives_up() {
 }
 
 #[test]
+fn sources_that_are_listed_but_never_reached_end_in_no_sources_after_the_wait() {
+    let mut behind_nat = SimSource::honest(10 * MB, 10);
+    behind_nat.unreachable = true;
+    let mut sim = Sim::new(file(4), BLOCK_SIZE, vec![behind_nat.clone(), behind_nat]);
+    sim.wait_for_sources = Duration::from_secs(20);
+    let out = sim.run();
+    assert!(out.waited);
+    let Action::Fail(Failure::NoSources { tried, waited }) = out.end else { panic!("{:?}", out.end) };
+    assert_eq!(waited, Duration::from_secs(20));
+    assert!(tried >= 2, "both were dialled (again after each lookup): {tried}");
+    assert_eq!(out.elapsed.as_secs(), 20, "the wait is the user's bound, not longer");
+}
+
+#[test]
 fn a_source_that_comes_online_while_the_download_waits_serves_it() {
     let mut later = SimSource::honest(10 * MB, 10);
     later.online_from_ms = 9_000;
@@ -147,16 +161,20 @@ fn any_source() -> impl Strategy<Value = SimSource> {
         prop::option::weighted(0.2, 0u32..20),
         prop::option::weighted(0.2, 10u64..3_000),
         prop::option::weighted(0.2, 0u64..5_000),
+        prop::bool::weighted(0.1),
     )
-        .prop_map(|(mb, rtt_ms, corrupt, bad_outboard, busy, silent, leaves, online)| SimSource {
-            bandwidth: mb * MB,
-            rtt_ms,
-            corrupt,
-            bad_outboard,
-            busy_outboards: busy,
-            silent_after: silent,
-            leaves_at_ms: leaves,
-            online_from_ms: online.unwrap_or(0),
+        .prop_map(|(mb, rtt_ms, corrupt, bad_outboard, busy, silent, leaves, online, unreachable)| {
+            SimSource {
+                bandwidth: mb * MB,
+                rtt_ms,
+                corrupt,
+                bad_outboard,
+                busy_outboards: busy,
+                silent_after: silent,
+                leaves_at_ms: leaves,
+                online_from_ms: online.unwrap_or(0),
+                unreachable,
+            }
         })
 }
 

@@ -140,6 +140,23 @@ async fn a_get_with_no_source_online_says_it_waits_then_ends_with_exit_code_7() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_is_listed_but_cannot_be_dialled_does_not_keep_a_get_waiting_past_its_bound() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = Directory::start().await;
+    let (mut source, id) = one_source(root.path(), &dir).await;
+    // Killed, not stopped: its lease stays until it expires, so every lookup still lists it
+    // and every dial fails.
+    source.kill();
+    let getter = Daemon::start(root.path(), "getter", &dir.url(), &[]).await;
+    assert!(!dir.locate(id).await.is_empty(), "the dead source is still listed");
+
+    let (mut get, mut lines) = get_watched(&getter, id, &["--wait-sources", "3"]);
+    until_waiting(&mut lines).await;
+    let code = tokio::time::timeout(WAIT, get.wait()).await.expect("get never gave up").unwrap();
+    assert_eq!(code.code(), Some(7), "no source could be reached within --wait-sources");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_get_finishes_when_a_source_comes_back() {
     let root = tempfile::tempdir().unwrap();
     let dir = Directory::start().await;
