@@ -28,8 +28,12 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// or the new one).
 pub(super) async fn remember(work_dir: &Path, id: &ContentId, out_dir: &Path) -> std::io::Result<()> {
     tokio::fs::create_dir_all(work_dir).await?;
+    // A temporary name of its own per write: a `get` and the resume at start may record the
+    // same id at once, and with one shared name the second rename finds nothing to rename.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let note = note_path(work_dir, id);
-    let tmp = note.with_extension("dest.tmp");
+    let tmp = note.with_extension(format!("dest.{n}.tmp"));
     tokio::fs::write(&tmp, out_dir.as_os_str().as_bytes()).await?;
     tokio::fs::rename(&tmp, &note).await
 }
