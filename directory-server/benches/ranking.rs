@@ -2,7 +2,7 @@
 //! completeness, free slots, freshness) and keeping the best 50. Pure; deterministic inputs.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use quaver_directory::ranking::{Candidate, rank};
+use quaver_directory::ranking::{Candidate, Reach, rank};
 use quaver_shared::PeerId;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -32,7 +32,7 @@ fn candidates(n: usize) -> Vec<Candidate> {
                 complete: !b[3].is_multiple_of(4),
                 free_upload_slots: u32::from(b[4] % 5),
                 since_last_seen: Duration::from_millis(u64::from(b[5]) * 250),
-                introduced: b[6].is_multiple_of(8),
+                reach: if b[6].is_multiple_of(8) { Reach::Introduced } else { Reach::Direct },
                 local: None,
             }
         })

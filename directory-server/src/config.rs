@@ -43,6 +43,14 @@ pub struct Config {
     /// default the number of the gRPC port (UDP and TCP ports are separate), so an operator
     /// opens `7700/tcp` and `7700-7701/udp`. With `listen` on port 0, both are any free port.
     pub rendezvous_port: Option<u16>,
+    /// The TURN server (`host:port`, UDP, as peers reach it) handed to pairs that cannot punch;
+    /// no relay without it. Needs `relay_secret`.
+    pub relay_address: Option<String>,
+    /// The secret shared with the TURN server (coturn's `static-auth-secret`), at least 16
+    /// characters; best given as `QUAVER_RELAY_SECRET` rather than in the file.
+    pub relay_secret: Option<String>,
+    /// How long the TURN credentials the directory mints stay valid.
+    pub relay_credential_seconds: u32,
     /// Abuse limits: the `[limits]` table.
     pub limits: LimitsConfig,
 }
@@ -61,6 +69,9 @@ impl Default for Config {
             metrics_listen: None,
             log_format: LogFormat::Text,
             rendezvous_port: None,
+            relay_address: None,
+            relay_secret: None,
+            relay_credential_seconds: 6 * 3600,
             limits: LimitsConfig::default(),
         }
     }
@@ -155,6 +166,15 @@ impl Config {
         if let Some(v) = env("QUAVER_RENDEZVOUS_PORT") {
             config.rendezvous_port = Some(parse("QUAVER_RENDEZVOUS_PORT", v)?);
         }
+        if let Some(v) = env("QUAVER_RELAY_ADDRESS") {
+            config.relay_address = Some(v);
+        }
+        if let Some(v) = env("QUAVER_RELAY_SECRET") {
+            config.relay_secret = Some(v);
+        }
+        if let Some(v) = env("QUAVER_RELAY_CREDENTIAL_SECONDS") {
+            config.relay_credential_seconds = parse("QUAVER_RELAY_CREDENTIAL_SECONDS", v)?;
+        }
         if let Some(v) = env("QUAVER_LOG_FORMAT") {
             config.log_format = parse("QUAVER_LOG_FORMAT", v)?;
         }
@@ -197,8 +217,35 @@ impl Config {
                     .into(),
             ));
         }
+        match (&self.relay_address, &self.relay_secret) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "relay_address and relay_secret go together: give both (a relay) or neither".into(),
+                ));
+            }
+            (Some(_), Some(secret)) if secret.len() < crate::relay::MIN_SECRET_LEN => {
+                return Err(ConfigError::Invalid(format!(
+                    "relay_secret must be at least {} characters: anyone who guesses it can use the relay",
+                    crate::relay::MIN_SECRET_LEN
+                )));
+            }
+            _ => {}
+        }
+        if self.relay_address.is_some() && self.relay_credential_seconds < 60 {
+            return Err(ConfigError::Invalid(
+                "relay_credential_seconds must be at least 60: shorter credentials expire mid-download"
+                    .into(),
+            ));
+        }
         self.limits.validate().map_err(ConfigError::Invalid)?;
         Ok(())
+    }
+
+    /// The relay to hand out, if one is configured.
+    pub fn relay(&self) -> Option<crate::relay::RelayOffer> {
+        let (address, secret) = (self.relay_address.clone()?, self.relay_secret.as_deref()?);
+        let lifetime = Duration::from_secs(u64::from(self.relay_credential_seconds));
+        Some(crate::relay::RelayOffer::new(address, secret, lifetime))
     }
 
     pub fn lease(&self) -> Duration {

@@ -341,6 +341,7 @@ impl Directory {
             observed_address: address.to_string(),
             reachable: reach == crate::presence::Reach::Direct,
             introducible: reach == crate::presence::Reach::Introduced,
+            relayed: reach == crate::presence::Reach::Relayed,
             // The service adds its rendezvous endpoints; the domain knows nothing of sockets.
             ..Default::default()
         })
@@ -427,6 +428,11 @@ impl Directory {
         let (_, outcome) =
             self.change_shares(&req.session_token, req.reset, &req.added, &req.removed, now)?;
         Ok(PublishResponse { known_digest: outcome.peer.digest, known_count: outcome.peer.count })
+    }
+
+    /// Whether `peer` has a live session (its lease has not expired).
+    pub fn has_session(&self, peer: &PeerId, now: Instant) -> bool {
+        lock(&self.presence).is_online(peer, now)
     }
 
     pub fn heartbeat(&self, req: HeartbeatRequest, now: Instant) -> Result<HeartbeatResponse> {
@@ -557,7 +563,7 @@ impl Directory {
                         complete,
                         free_upload_slots: lease.free_upload_slots,
                         since_last_seen: now.saturating_duration_since(lease.last_seen),
-                        introduced: lease.introduced,
+                        reach: lease.reach,
                         local: lease.local,
                     })
                 })
@@ -570,7 +576,7 @@ impl Directory {
             .map(|mut c| {
                 // Behind the same public IP as the asker: meet on the LAN, no hairpin needed.
                 if let Some(local) = c.local.filter(|_| Some(c.address.ip()) == asker_ip) {
-                    (c.address, c.introduced) = (local, false);
+                    (c.address, c.reach) = (local, crate::presence::Reach::Direct);
                 }
                 c
             })
@@ -580,7 +586,12 @@ impl Directory {
                 complete: c.complete,
                 free_upload_slots: c.free_upload_slots,
                 last_seen_ms_ago: c.since_last_seen.as_millis() as u64,
-                reach: if c.introduced { Reach::Introduction } else { Reach::Direct }.into(),
+                reach: match c.reach {
+                    crate::presence::Reach::Introduced => Reach::Introduction,
+                    crate::presence::Reach::Relayed => Reach::Relay,
+                    _ => Reach::Direct,
+                }
+                .into(),
             })
             .collect();
         LocateResponse { sources }
@@ -603,12 +614,18 @@ impl Directory {
     }
 
     pub fn stats(&self, now: Instant) -> Result<StatsResponse> {
-        let online_peers = {
+        use crate::presence::Reach as R;
+        let (online_peers, by_reach) = {
             let presence = lock(&self.presence);
-            presence.len() as u64
+            let by_reach = [R::Direct, R::Introduced, R::Relayed, R::Unreachable].map(|r| presence.count(r));
+            (presence.len() as u64, by_reach)
         };
         let _ = now;
         Ok(StatsResponse {
+            peers_direct: by_reach[0],
+            peers_introduced: by_reach[1],
+            peers_relayed: by_reach[2],
+            peers_unreachable: by_reach[3],
             files: self.files_total.load(Ordering::Relaxed),
             online_peers,
             known_peers: self.catalog.peer_count()?,

@@ -25,6 +25,7 @@ pub mod presence;
 pub mod proof;
 pub mod ranking;
 pub mod reach;
+pub mod relay;
 pub mod rendezvous;
 pub mod server;
 pub mod service;

@@ -33,16 +33,15 @@ pub struct Lease {
     pub last_seen: Instant,
     pub free_upload_slots: u32,
     /// The peer is a source: it answered the connect-back check with its own key at its last
-    /// Announce, or it can be reached through introductions (`introduced`).
+    /// Announce, or it can be reached through introductions or the relay (`reach`).
     pub reachable: bool,
-    /// Reached only through introductions (hole punching), not by dialling it.
-    pub introduced: bool,
+    pub reach: Reach,
     /// Its socket's private address, for peers behind the same public IP.
     pub local: Option<SocketAddr>,
 }
 
 /// How other peers can reach a peer, as its last Announce found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reach {
     /// The connect-back check failed and it cannot be introduced: not a source.
     Unreachable,
@@ -51,6 +50,9 @@ pub enum Reach {
     /// Behind a NAT that keeps one mapping for every destination, with its rendezvous
     /// connection open: a source, reached through introductions.
     Introduced,
+    /// Behind a NAT nobody can punch (a new mapping per destination), with its rendezvous
+    /// connection open and a relay offered: a source, reached through the relay.
+    Relayed,
 }
 
 impl From<bool> for Reach {
@@ -78,6 +80,9 @@ pub struct Presence {
     /// test's `now` may even go backwards); removing a lease can only make the true minimum
     /// later. Only `expire` raises it, to the exact minimum of the leases it kept.
     next_expiry: Option<Instant>,
+    /// Leases in `by_peer` by their `Reach` (indexed by its discriminant), kept as leases come
+    /// and go so that `Stats` and metrics scrapes never walk the table.
+    by_reach: [u64; 4],
 }
 
 /// What `announce` did.
@@ -109,6 +114,7 @@ impl Presence {
             by_token: HashMap::new(),
             by_ip: HashMap::new(),
             next_expiry: None,
+            by_reach: [0; 4],
         }
     }
 
@@ -136,13 +142,15 @@ impl Presence {
             last_seen: now,
             free_upload_slots,
             reachable,
-            introduced: reach == Reach::Introduced,
+            reach,
             local: None,
         };
         self.lower_next_expiry(lease.expires);
         self.by_token.insert(token, peer);
+        self.by_reach[reach as usize] += 1;
         let old = self.by_peer.insert(peer, lease);
         if let Some(old) = &old {
+            self.by_reach[old.reach as usize] -= 1;
             self.by_token.remove(&old.token);
             self.unindex_ip(old.address.ip(), &peer);
         }
@@ -189,6 +197,7 @@ impl Presence {
     pub fn leave(&mut self, token: &str) -> Option<Departed> {
         let peer = self.by_token.remove(token)?;
         let lease = self.by_peer.remove(&peer)?;
+        self.by_reach[lease.reach as usize] -= 1;
         self.unindex_ip(lease.address.ip(), &peer);
         Some(Departed { peer, was_source: lease.reachable })
     }
@@ -216,6 +225,7 @@ impl Presence {
         let mut departed = Vec::with_capacity(expired.len());
         for peer in expired {
             if let Some(lease) = self.by_peer.remove(&peer) {
+                self.by_reach[lease.reach as usize] -= 1;
                 self.by_token.remove(&lease.token);
                 self.unindex_ip(lease.address.ip(), &peer);
                 departed.push(Departed { peer, was_source: lease.reachable });
@@ -223,6 +233,11 @@ impl Presence {
         }
         self.next_expiry = self.by_peer.values().map(|l| l.expires).min();
         departed
+    }
+
+    /// Leases in the table (live or not swept yet) that `reach` describes.
+    pub fn count(&self, reach: Reach) -> u64 {
+        self.by_reach[reach as usize]
     }
 
     pub fn lease(&self, peer: &PeerId, now: Instant) -> Option<&Lease> {
@@ -447,7 +462,7 @@ mod tests {
         /// `expire` skips its scan while no lease can have run out; it must still return
         /// exactly what a scan of the whole table would.
         #[test]
-        fn expire_finds_exactly_the_leases_a_full_scan_finds(ops in proptest::collection::vec(op(), 1..60)) {
+        fn expire_finds_exactly_the_leases_a_full_scan_finds_and_the_counts_follow(ops in proptest::collection::vec(op(), 1..60)) {
             let (t0, lease) = (Instant::now(), Duration::from_secs(90));
             let at = |s: u64| t0 + Duration::from_secs(s);
             let mut p = Presence::new(lease);
@@ -457,7 +472,8 @@ mod tests {
                 match op {
                     Op::Announce(n, t) => {
                         let token = format!("{n}-{i}");
-                        p.announce(peer(n), addr(), 1, true, token.clone(), at(t));
+                        let reach = [Reach::Direct, Reach::Introduced, Reach::Relayed, Reach::Unreachable][i % 4];
+                        p.announce(peer(n), addr(), 1, reach, token.clone(), at(t));
                         model.insert(n, (token, at(t) + lease));
                     }
                     Op::Heartbeat(n, t) => {
@@ -483,6 +499,10 @@ mod tests {
                         prop_assert_eq!(got, want);
                     }
                 }
+                // The counts by reach follow every lease in and out of the table.
+                let counted: u64 =
+                    [Reach::Direct, Reach::Introduced, Reach::Relayed, Reach::Unreachable].map(|r| p.count(r)).iter().sum();
+                prop_assert_eq!(counted, p.len() as u64);
             }
         }
     }

@@ -3,8 +3,8 @@
 //! Pure: candidates and the asker's address in, an ordered list out. The order is
 //! 1. same public IP as the asker (same LAN behind one NAT: fastest, free);
 //! 2. same network prefix (/24 for IPv4, /48 for IPv6);
-//! 3. reached directly before reached through an introduction (a punch costs a round trip to
-//!    the directory and may fail);
+//! 3. reached directly, then through an introduction (a punch costs a round trip to the
+//!    directory and may fail), then through the relay (it adds a hop and is capped);
 //! 4. complete copies before partial ones;
 //! 5. more free upload slots;
 //! 6. most recently heard from;
@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use quaver_shared::PeerId;
 
+pub use crate::presence::Reach;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Candidate {
     pub peer: PeerId,
@@ -25,8 +27,8 @@ pub struct Candidate {
     pub complete: bool,
     pub free_upload_slots: u32,
     pub since_last_seen: Duration,
-    /// Reached only through an introduction (hole punching).
-    pub introduced: bool,
+    /// How it is reached: directly, through an introduction (hole punching) or the relay.
+    pub reach: Reach,
     /// Its private address, handed instead to an asker behind the same public IP.
     pub local: Option<SocketAddr>,
 }
@@ -50,7 +52,7 @@ pub fn rank(asker: Option<IpAddr>, mut candidates: Vec<Candidate>, max: usize) -
     let key = |c: &Candidate| {
         (
             Reverse(closeness(asker, c.address.ip())),
-            c.introduced,
+            c.reach,
             Reverse(c.complete),
             Reverse(c.free_upload_slots),
             c.since_last_seen,
@@ -78,7 +80,7 @@ mod tests {
             complete,
             free_upload_slots: slots,
             since_last_seen: Duration::from_secs(seen_s),
-            introduced: false,
+            reach: Reach::Direct,
             local: None,
         }
     }
@@ -89,9 +91,11 @@ mod tests {
 
     #[test]
     fn a_source_dialled_directly_comes_before_one_that_needs_an_introduction() {
-        let punched = Candidate { introduced: true, ..cand(1, "198.18.0.11", true, 9, 0) };
+        let punched = Candidate { reach: Reach::Introduced, ..cand(1, "198.18.0.11", true, 9, 0) };
         let direct = cand(2, "203.0.113.7", false, 0, 60);
-        assert_eq!(order(Some("192.0.2.5"), vec![punched.clone(), direct.clone()], 10), [2, 1]);
+        let relayed = Candidate { reach: Reach::Relayed, ..cand(3, "198.51.100.4", true, 9, 0) };
+        let all = vec![relayed.clone(), punched.clone(), direct.clone()];
+        assert_eq!(order(Some("192.0.2.5"), all, 10), [2, 1, 3]);
         // Closeness still comes first: a neighbour behind NAT beats a direct stranger.
         assert_eq!(order(Some("198.18.0.99"), vec![direct, punched], 10), [1, 2]);
     }

@@ -15,18 +15,23 @@
 //! while its connection lives (the newest connection of a `PeerId` wins): `channels` counts
 //! them. Anonymous callers get their observation and are let go.
 //!
+//! With a relay configured (`crate::relay`), a pair that cannot punch is introduced through it:
+//! the source gets TURN credentials minted for it on a bidirectional stream and answers with
+//! the relayed address it allocated and opened to the asker, which the asker is given to dial.
+//!
 //! Must never answer more than once per stream, read more than it bounds, introduce a peer
-//! that did not prove its key, or hold a connection past its peer's idle timeout (the
-//! transport's, 6 s without a keep-alive).
+//! that did not prove its key, mint relay credentials for a peer without a session, or hold a
+//! connection past its peer's idle timeout (the transport's, 6 s without a keep-alive).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message;
-use quaver_shared::directory::v1::{Introduction, RendezvousAnswer, RendezvousRequest};
+use quaver_shared::directory::v1::{Introduction, RelayAnswer, RendezvousAnswer, RendezvousRequest};
 use quaver_shared::tls::{self, TlsError};
 use quaver_shared::{NodeKey, PeerId};
 use tokio::sync::watch;
@@ -39,6 +44,37 @@ pub const MAX_CHANNELS: usize = 200_000;
 const MAX_MESSAGE: usize = 256;
 /// How long a peer may take to ask before its connection is closed.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a source may take to allocate on the relay and answer (two round trips to the
+/// TURN server, one more for the permission).
+const RELAY_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// The relay, and how to tell a peer with a session from one without (only those get
+/// credentials).
+pub struct RelayBroker {
+    pub offer: crate::relay::RelayOffer,
+    pub has_session: Box<dyn Fn(&PeerId) -> bool + Send + Sync>,
+}
+
+// Indices of `Channels::counts`.
+const PUNCH_MADE: usize = 0;
+const PUNCH_REFUSED: usize = 1;
+const RELAY_MADE: usize = 2;
+const RELAY_REFUSED: usize = 3;
+const RELAY_FAILED: usize = 4;
+const RELAY_MICROS: usize = 5;
+
+/// Introductions brokered since the start, by path and outcome (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IntroductionCounts {
+    pub punch_made: u64,
+    pub punch_refused: u64,
+    pub relay_made: u64,
+    pub relay_refused: u64,
+    /// The source was told but could not allocate or did not answer in time.
+    pub relay_failed: u64,
+    /// Summed time from a relayed introduction's request to the source's answer.
+    pub relay_micros: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RendezvousError {
@@ -58,6 +94,9 @@ pub struct Rendezvous {
 
 #[derive(Default)]
 struct Channels {
+    relay: Option<RelayBroker>,
+    /// `IntroductionCounts`, field by field (`PUNCH_MADE`...).
+    counts: [AtomicU64; 6],
     /// Connections to the first port, by the `PeerId` they proved.
     open: Mutex<HashMap<PeerId, quinn::Connection>>,
     /// What the second port last saw of each peer: the same address as its first-port
@@ -68,7 +107,12 @@ struct Channels {
 impl Rendezvous {
     /// Binds UDP `ip:ports[0]` and `ip:ports[1]` (0: any free port) with the key in `data_dir`.
     /// Must be called inside a tokio runtime.
-    pub fn bind(ip: std::net::IpAddr, ports: [u16; 2], data_dir: &Path) -> Result<Self, RendezvousError> {
+    pub fn bind(
+        ip: std::net::IpAddr,
+        ports: [u16; 2],
+        data_dir: &Path,
+        relay: Option<RelayBroker>,
+    ) -> Result<Self, RendezvousError> {
         let path = data_dir.join(KEY_FILE);
         let key = NodeKey::load_or_create(&path)
             .map_err(|source| RendezvousError::Key { path: path.display().to_string(), source })?;
@@ -84,7 +128,8 @@ impl Rendezvous {
         };
         let (first, p0) = bind(ports[0])?;
         let (second, p1) = bind(ports[1])?;
-        Ok(Self { id: key.peer_id(), endpoints: [first, second], ports: [p0, p1], channels: Arc::default() })
+        let channels = Arc::new(Channels { relay, ..Channels::default() });
+        Ok(Self { id: key.peer_id(), endpoints: [first, second], ports: [p0, p1], channels })
     }
 
     /// The key the endpoints prove.
@@ -194,7 +239,11 @@ async fn stream(
         // The second port only observes: that is its whole point.
         Some(peer) if !first => channels.saw_on_second(peer, observed),
         Some(peer) if !request.introduce.is_empty() => {
-            match channels.introduce(peer, &request.introduce).await {
+            let made = match request.relay {
+                false => channels.introduce(peer, &request.introduce).await,
+                true => channels.introduce_relayed(peer, &request.introduce).await,
+            };
+            match made {
                 Ok(address) => answer.peer_address = address.to_string(),
                 Err(e) => answer.error = e,
             }
@@ -247,8 +296,18 @@ impl Channels {
         (lock(&self.second).get(peer) == Some(&mapped)).then_some((connection, mapped))
     }
 
+    fn count(&self, field: usize, by: u64) {
+        self.counts[field].fetch_add(by, Ordering::Relaxed);
+    }
+
     /// Tells `target` to dial `asker`, and gives back the target's mapped address.
     async fn introduce(&self, asker: PeerId, target: &[u8]) -> Result<SocketAddr, String> {
+        let made = self.introduce_punch(asker, target).await;
+        self.count(if made.is_ok() { PUNCH_MADE } else { PUNCH_REFUSED }, 1);
+        made
+    }
+
+    async fn introduce_punch(&self, asker: PeerId, target: &[u8]) -> Result<SocketAddr, String> {
         let target = PeerId::from_slice(target).map_err(|e| format!("introduce: {e}"))?;
         let (_, asker_address) = self.punchable(&asker).ok_or(
             "this peer cannot be introduced: its router maps it anew for every destination, or it \
@@ -257,7 +316,8 @@ impl Channels {
         let (connection, target_address) = self
             .punchable(&target)
             .ok_or("that source cannot be introduced now (gone, or no longer punchable)")?;
-        let message = Introduction { peer_id: asker.to_vec(), address: asker_address.to_string() };
+        let message =
+            Introduction { peer_id: asker.to_vec(), address: asker_address.to_string(), relay: None };
         let sent = async {
             let mut s = connection.open_uni().await.map_err(|e| e.to_string())?;
             s.write_all(&message.encode_length_delimited_to_vec()).await.map_err(|e| e.to_string())?;
@@ -272,10 +332,88 @@ impl Channels {
     }
 }
 
+impl Channels {
+    /// Has `target` allocate on the relay (with credentials minted for it) and open its
+    /// allocation to `asker`'s IP; gives back the relayed address for the asker to dial.
+    async fn introduce_relayed(&self, asker: PeerId, target: &[u8]) -> Result<SocketAddr, String> {
+        let started = Instant::now();
+        let relay = self.relay.as_ref().ok_or("this directory runs no relay")?;
+        let target = PeerId::from_slice(target).map_err(|e| format!("introduce: {e}"))?;
+        let channel = |peer: &PeerId| lock(&self.open).get(peer).cloned();
+        let asker_address =
+            channel(&asker).ok_or("this peer's rendezvous connection is not open")?.remote_address();
+        let connection = match channel(&target) {
+            Some(c) if (relay.has_session)(&target) => c,
+            _ => {
+                self.count(RELAY_REFUSED, 1);
+                return Err(
+                    "that source cannot be reached through the relay now (gone, or no session)".into()
+                );
+            }
+        };
+        let now_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let message = Introduction {
+            peer_id: asker.to_vec(),
+            address: asker_address.to_string(),
+            relay: Some(relay.offer.credentials(&target, now_unix)),
+        };
+        let exchange = async {
+            let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+            send.write_all(&message.encode_length_delimited_to_vec()).await.map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            let bytes = recv.read_to_end(MAX_MESSAGE).await.map_err(|e| e.to_string())?;
+            RelayAnswer::decode_length_delimited(bytes.as_slice()).map_err(|e| e.to_string())
+        };
+        let answer = match tokio::time::timeout(RELAY_TIMEOUT, exchange).await {
+            Ok(Ok(a)) if a.error.is_empty() => a.relayed_address.parse::<SocketAddr>().map_err(|_| {
+                format!("the source answered with no relayed address ({:?})", a.relayed_address)
+            }),
+            Ok(Ok(a)) => Err(format!("the source could not use the relay: {}", a.error)),
+            Ok(Err(e)) => Err(format!("the source's rendezvous connection failed: {e}")),
+            Err(_) => Err(format!("the source did not answer within {} s", RELAY_TIMEOUT.as_secs())),
+        };
+        match &answer {
+            Ok(relayed) => {
+                self.count(RELAY_MADE, 1);
+                self.count(RELAY_MICROS, started.elapsed().as_micros() as u64);
+                tracing::debug!(%asker, %target, %relayed, "introduced through the relay");
+            }
+            Err(e) => {
+                self.count(RELAY_FAILED, 1);
+                tracing::info!(%asker, %target, error = %e, "relayed introduction failed");
+            }
+        }
+        answer
+    }
+}
+
 impl Rendezvous {
     /// Whether `peer` can be reached through introductions now (its channel is open and both
     /// ports saw one mapped address).
     pub fn punchable(&self, peer: &PeerId) -> bool {
         self.channels.punchable(peer).is_some()
+    }
+
+    /// Whether `peer` can meet others through the relay now: the directory runs one and the
+    /// peer's channel is open (that is where its relayed introductions travel).
+    pub fn relayable(&self, peer: &PeerId) -> bool {
+        self.channels.relay.is_some() && lock(&self.channels.open).contains_key(peer)
+    }
+
+    /// The TURN server handed out, if the directory runs one.
+    pub fn relay_address(&self) -> Option<&str> {
+        self.channels.relay.as_ref().map(|r| r.offer.address())
+    }
+
+    pub fn introductions(&self) -> IntroductionCounts {
+        let c = |i: usize| self.channels.counts[i].load(Ordering::Relaxed);
+        IntroductionCounts {
+            punch_made: c(PUNCH_MADE),
+            punch_refused: c(PUNCH_REFUSED),
+            relay_made: c(RELAY_MADE),
+            relay_refused: c(RELAY_REFUSED),
+            relay_failed: c(RELAY_FAILED),
+            relay_micros: c(RELAY_MICROS),
+        }
     }
 }

@@ -98,10 +98,16 @@ impl RunningServer {
             let config = config.clone();
             Arc::new(tokio::task::spawn_blocking(move || Directory::open(config)).await??)
         };
-        let rendezvous =
-            Arc::new(Rendezvous::bind(local_addr.ip(), config.rendezvous_ports(), &config.data_dir)?);
+        let relay = config.relay().map(|offer| {
+            let directory = directory.clone();
+            let has_session =
+                Box::new(move |peer: &quaver_shared::PeerId| directory.has_session(peer, Instant::now()));
+            crate::rendezvous::RelayBroker { offer, has_session }
+        });
+        let ports = config.rendezvous_ports();
+        let rendezvous = Arc::new(Rendezvous::bind(local_addr.ip(), ports, &config.data_dir, relay)?);
         let limits = Arc::new(Limits::new(config.limits.clone()));
-        let metrics = Arc::new(Metrics::new(directory.clone(), limits.clone()));
+        let metrics = Arc::new(Metrics::new(directory.clone(), limits.clone(), rendezvous.clone()));
         let (stop, stopping) = watch::channel(false);
         let ops = Ops {
             tls: tls.clone(),

@@ -152,11 +152,14 @@ impl DirectoryApi for DirectoryService {
         self.admit(&request, PeerKey::Peer(announce.peer.to_vec()))?;
         let reachable = self.reach.reachable(announce.peer, announce.address).await;
         self.metrics.connect_back(reachable);
-        // A peer the check could not reach is still a source if it can be introduced: its
-        // rendezvous connection is open and its router keeps one mapping for every destination.
+        // A peer the check could not reach is still a source if it can be introduced (its
+        // rendezvous connection is open and its router keeps one mapping for every
+        // destination), or else met through the relay (its connection is open and the
+        // directory runs one).
         let reach = match reachable {
             true => Reach::Direct,
             false if self.rendezvous.punchable(&announce.peer) => Reach::Introduced,
+            false if self.rendezvous.relayable(&announce.peer) => Reach::Relayed,
             false => Reach::Unreachable,
         };
         let answer = self.run_durable(move |d| d.announce(announce, reach, Instant::now())).await;
@@ -168,6 +171,7 @@ impl DirectoryApi for DirectoryService {
         answer.map(|mut a| {
             a.rendezvous_ports = self.rendezvous.ports().map(u32::from).to_vec();
             a.directory_id = self.rendezvous.id().to_vec();
+            a.relay_address = self.rendezvous.relay_address().unwrap_or_default().to_owned();
             Response::new(a)
         })
     }
@@ -223,15 +227,18 @@ impl DirectoryApi for DirectoryService {
         let remote = request.remote_addr();
         let req = request.into_inner();
         let asker = quaver_shared::PeerId::from_slice(&req.peer_id).ok();
-        let punchable = asker.is_some_and(|p| self.rendezvous.punchable(&p));
+        let asker = Asker {
+            punchable: asker.is_some_and(|p| self.rendezvous.punchable(&p)),
+            relayable: asker.is_some_and(|p| self.rendezvous.relayable(&p)),
+        };
         // Most files have few sources: answered here, without a trip to the blocking pool.
         if let Some(answer) =
             self.dir.try_locate_quickly(&req, remote, Instant::now()).map_err(Status::from)?
         {
-            return Ok(Response::new(connectable(answer, punchable)));
+            return Ok(Response::new(self.connectable(answer, asker)));
         }
         let answer = self.run(move |d| d.locate(&req, remote, Instant::now())).await?;
-        Ok(Response::new(connectable(answer, punchable)))
+        Ok(Response::new(self.connectable(answer, asker)))
     }
 
     async fn get_file(&self, request: Request<GetFileRequest>) -> Result<Response<GetFileResponse>, Status> {
@@ -244,12 +251,34 @@ impl DirectoryApi for DirectoryService {
     }
 }
 
-/// Leaves out the sources the asker cannot connect to: one reached only through introductions,
-/// when the asker cannot be introduced itself (no rendezvous connection, or a symmetric NAT).
-fn connectable(mut answer: LocateResponse, asker_punchable: bool) -> LocateResponse {
-    if !asker_punchable {
-        let introduction = quaver_shared::directory::v1::Reach::Introduction as i32;
-        answer.sources.retain(|s| s.reach != introduction);
+/// What the asking peer of a Locate can do itself.
+#[derive(Clone, Copy)]
+struct Asker {
+    /// Its channel is open and its router keeps one mapping for every destination.
+    punchable: bool,
+    /// Its channel is open and the directory runs a relay.
+    relayable: bool,
+}
+
+impl DirectoryService {
+    /// Says for each source how this asker reaches it, and leaves out those it cannot: a
+    /// source reached by introductions goes through the relay when the asker cannot punch
+    /// (a symmetric NAT), and relayed sources need an asker with a channel to ask on. Relayed
+    /// sources come last: a download uses them only when the others are not enough.
+    fn connectable(&self, mut answer: LocateResponse, asker: Asker) -> LocateResponse {
+        use quaver_shared::directory::v1::Reach as R;
+        answer.sources.retain_mut(|s| match R::try_from(s.reach) {
+            Ok(R::Direct) => true,
+            Ok(R::Introduction) if asker.punchable => true,
+            Ok(R::Introduction | R::Relay) if asker.relayable => {
+                let source = quaver_shared::PeerId::from_slice(&s.peer_id);
+                let relayable = source.is_ok_and(|p| self.rendezvous.relayable(&p));
+                s.reach = R::Relay.into();
+                relayable
+            }
+            _ => false,
+        });
+        answer.sources.sort_by_key(|s| s.reach == i32::from(R::Relay));
+        answer
     }
-    answer
 }

@@ -117,7 +117,10 @@ async fn a_corrupting_source_is_dropped_and_the_file_is_still_right() {
     let result = download(&client(), spec(&f, "x.bin", &out), sources, None, None).await.unwrap();
     assert_eq!(ContentId::of_bytes(&std::fs::read(&result.path).unwrap()), f.id);
     assert_eq!(result.banned, vec![bad.source.peer]);
-    assert!(!result.per_source.iter().any(|(p, b)| *p == bad.source.peer && *b > 0), "no bad byte was kept");
+    assert!(
+        !result.per_source.iter().any(|s| s.peer == bad.source.peer && s.bytes > 0),
+        "no bad byte was kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use quaver_directory::{Config, RunningServer};
 use quaver_peer::library::MemoryLibrary;
 use quaver_peer::serve::{ServeConfig, Server};
-use quaver_peer::session::{Session, SessionConfig, SessionHandle, SessionState};
+use quaver_peer::session::{NodeSocket, Session, SessionConfig, SessionHandle, SessionState};
 use quaver_peer::store::Store;
 use quaver_shared::directory::v1::directory_client::DirectoryClient;
 use quaver_shared::directory::v1::{
@@ -184,7 +184,8 @@ impl Node {
 
     fn session(&self, config: SessionConfig) -> anyhow::Result<SessionHandle> {
         let (_slots_tx, slots) = watch::channel(4);
-        Ok(Session::spawn(config, self.store()?, self.key.clone(), self.endpoint.clone(), slots))
+        let socket = NodeSocket { endpoint: self.endpoint.clone(), splice: None };
+        Ok(Session::spawn(config, self.store()?, self.key.clone(), socket, slots))
     }
 
     /// Closes the store (every session using it must have ended) and opens it again.

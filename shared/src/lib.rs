@@ -17,6 +17,7 @@ pub mod node_key;
 pub mod report;
 pub mod signal;
 pub mod tls;
+pub mod turn;
 mod udp;
 
 pub use digest::ShareDigest;

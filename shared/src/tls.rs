@@ -170,6 +170,23 @@ fn endpoint_config() -> Result<EndpointConfig, TlsError> {
 /// receive buffer of [`SOCKET_RECEIVE_BUFFER`], and GSO batches split to fit one send
 /// ([`crate::udp`]).
 fn bind_endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint, TlsError> {
+    let (endpoint, _) = bind_spliced(bind, server)?;
+    Ok(endpoint)
+}
+
+/// A node's endpoint, as [`endpoint`], and the handle of its socket's TURN splice
+/// ([`crate::turn`]): how the node allocates on the relay when nobody can punch through to it.
+pub fn node_endpoint(
+    bind: SocketAddr,
+    key: &NodeKey,
+) -> Result<(quinn::Endpoint, Arc<crate::turn::TurnSplice>), TlsError> {
+    bind_spliced(bind, Some(server_config(key)?))
+}
+
+fn bind_spliced(
+    bind: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> Result<(quinn::Endpoint, Arc<crate::turn::TurnSplice>), TlsError> {
     let socket = std::net::UdpSocket::bind(bind)?;
     let udp = quinn::udp::UdpSocketState::new((&socket).into())?;
     if let Err(e) = udp.set_recv_buffer_size((&socket).into(), SOCKET_RECEIVE_BUFFER) {
@@ -178,7 +195,10 @@ fn bind_endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> Resul
     }
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
     let socket = crate::udp::SplitSends::new(runtime.wrap_udp_socket(socket)?);
-    Ok(quinn::Endpoint::new_with_abstract_socket(endpoint_config()?, server, socket, runtime)?)
+    let splice = crate::turn::TurnSplice::new(socket);
+    let endpoint =
+        quinn::Endpoint::new_with_abstract_socket(endpoint_config()?, server, splice.clone(), runtime)?;
+    Ok((endpoint, splice))
 }
 
 /// Logs at debug what the transport did on `conn`: its path MTU, datagrams both ways, losses,
@@ -275,16 +295,18 @@ pub fn client_config_as(expected: PeerId, me: Option<&ClientAuth>) -> Result<qui
 }
 
 /// The client side of a node's connection to the directory's rendezvous endpoint: like
-/// [`client_config_as`], and the directory may open a few unidirectional streams (each carries
-/// one introduction: a peer to dial now).
+/// [`client_config_as`], and the directory may open a few streams: unidirectional ones each
+/// carry one introduction (a peer to dial now), bidirectional ones a relayed introduction and
+/// the node's answer.
 pub fn rendezvous_client_config(expected: PeerId, me: &ClientAuth) -> Result<quinn::ClientConfig, TlsError> {
     let mut config = client_config_as(expected, Some(me))?;
-    config.transport_config(transport_with_uni(0, RENDEZVOUS_UNI_STREAMS, Some(KEEP_ALIVE)));
+    let n = RENDEZVOUS_STREAMS;
+    config.transport_config(transport_with_uni(n, n, Some(KEEP_ALIVE)));
     Ok(config)
 }
 
-/// Introductions a rendezvous connection may have in flight at once.
-const RENDEZVOUS_UNI_STREAMS: u32 = 8;
+/// Introductions of each kind a rendezvous connection may have in flight at once.
+const RENDEZVOUS_STREAMS: u32 = 8;
 
 /// A QUIC endpoint bound to `bind` that serves as this node and can dial other nodes with
 /// [`connect`]. Must be called inside a tokio runtime.

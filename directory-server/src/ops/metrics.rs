@@ -19,6 +19,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::limits::Limits;
 use crate::directory::Directory;
+use crate::rendezvous::Rendezvous;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -65,7 +66,7 @@ fn request_histogram() -> Histogram {
 
 impl Metrics {
     /// The metrics of one server; `directory` and `limits` are read at scrape time.
-    pub fn new(directory: Arc<Directory>, limits: Arc<Limits>) -> Self {
+    pub fn new(directory: Arc<Directory>, limits: Arc<Limits>, rendezvous: Arc<Rendezvous>) -> Self {
         let mut registry = Registry::default();
         let r = registry.sub_registry_with_prefix("quaver_directory");
         let requests = Family::<RequestLabels, Counter>::default();
@@ -122,7 +123,7 @@ impl Metrics {
             "Announces refused with PERMISSION_DENIED because an operator banned the peer or its IP",
             banned_announces.clone(),
         );
-        r.register_collector(Box::new(StateCollector { directory, limits }));
+        r.register_collector(Box::new(StateCollector { directory, limits, rendezvous }));
         Self {
             registry,
             requests,
@@ -212,6 +213,18 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 struct StateCollector {
     directory: Arc<Directory>,
     limits: Arc<Limits>,
+    rendezvous: Arc<Rendezvous>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReachLabels {
+    reach: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IntroductionLabels {
+    path: &'static str,
+    result: &'static str,
 }
 
 impl std::fmt::Debug for StateCollector {
@@ -267,6 +280,39 @@ impl Collector for StateCollector {
         )?)?;
         let open = u64::from(self.limits.open_connections());
         gauge(e, "open_connections", "TCP connections open on the gRPC port", None, open)?;
+
+        let help = "Online peers by how others reach them (their last Announce)";
+        let mut peers =
+            e.encode_descriptor("peers_by_reach", help, None, prometheus_client::metrics::MetricType::Gauge)?;
+        for (reach, n) in [
+            ("direct", stats.peers_direct),
+            ("introduction", stats.peers_introduced),
+            ("relay", stats.peers_relayed),
+            ("unreachable", stats.peers_unreachable),
+        ] {
+            let g = ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+            g.encode(peers.encode_family(&ReachLabels { reach })?)?;
+        }
+        let i = self.rendezvous.introductions();
+        let help = "Introductions brokered, by path (punch, relay) and result (made, refused, failed)";
+        let kind = prometheus_client::metrics::MetricType::Counter;
+        let mut intros = e.encode_descriptor("introductions", help, None, kind)?;
+        for (path, result, n) in [
+            ("punch", "made", i.punch_made),
+            ("punch", "refused", i.punch_refused),
+            ("relay", "made", i.relay_made),
+            ("relay", "refused", i.relay_refused),
+            ("relay", "failed", i.relay_failed),
+        ] {
+            ConstCounter::new(n).encode(intros.encode_family(&IntroductionLabels { path, result })?)?;
+        }
+        let relay_seconds = ConstCounter::new(i.relay_micros as f64 / 1e6);
+        relay_seconds.encode(e.encode_descriptor(
+            "relay_introduction",
+            "Summed time of relayed introductions made (the source's allocation on the relay included)",
+            Some(&Unit::Seconds),
+            relay_seconds.metric_type(),
+        )?)?;
         Ok(())
     }
 }

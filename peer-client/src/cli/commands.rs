@@ -161,7 +161,7 @@ pub async fn status(data_dir: &Path, json: bool) -> Exit {
             "directory_since_unix_ms": s.directory_since_unix_ms,
             "directory_last_error": s.directory_last_error, "reachable": s.reachable,
             "nat": s.nat, "public_address": s.public_address, "discovery_error": s.discovery_error,
-            "introducible": s.introducible,
+            "introducible": s.introducible, "relayed": s.relayed, "relay_address": s.relay_address,
         }));
         return Exit::Ok;
     }
@@ -220,6 +220,19 @@ fn session_lines(s: &StatusResponse, now: SystemTime) -> Vec<String> {
             "reach     reachable through hole punching at {address}: the directory cannot dial this node, \
              but it introduces downloaders, who then connect while this node dials them"
         )),
+        Some(false) if s.relayed => {
+            let relay = match text(&s.relay_address) {
+                r if r.is_empty() => {
+                    "no relayed address yet: one is allocated when a downloader needs it".to_owned()
+                }
+                r => format!("relayed address {r}"),
+            };
+            lines.push(format!(
+                "reach     reachable through the directory's relay only ({relay}): this node's router maps \
+                 it anew for every destination, so no hole can be punched; forwarding a UDP port to it \
+                 would make it reachable directly"
+            ))
+        }
         Some(false) => {
             let port = address.rsplit_once(':').map_or("", |(_, port)| port);
             lines.push(format!(

@@ -85,8 +85,11 @@ pub async fn run(data_dir: &Path, target: &str, out: Option<&Path>, wait_sources
         return Exit::DownloadFailed;
     };
     if json {
-        let per_source: Vec<_> =
-            p.per_source.iter().map(|s| json!({ "peer_id": s.peer_id, "bytes": s.bytes })).collect();
+        let per_source: Vec<_> = p
+            .per_source
+            .iter()
+            .map(|s| json!({ "peer_id": s.peer_id, "bytes": s.bytes, "path": s.path }))
+            .collect();
         print_json(&json!({
             "content_id": hex::encode(&p.content_id), "path": p.path, "size": p.size,
             "fetched_bytes": p.fetched_bytes, "per_source": per_source, "banned": p.banned,

@@ -66,8 +66,15 @@ fn message(id: &ContentId, state: DownloadState) -> Result<GetProgress, Status> 
         Some(Ok(done)) => {
             msg.done = true;
             msg.path = done.path.display().to_string();
-            msg.per_source =
-                done.per_source.iter().map(|(p, b)| SourceShare { peer_id: p.to_hex(), bytes: *b }).collect();
+            msg.per_source = done
+                .per_source
+                .iter()
+                .map(|s| SourceShare {
+                    peer_id: s.peer.to_hex(),
+                    bytes: s.bytes,
+                    path: s.path.as_str().into(),
+                })
+                .collect();
             msg.banned = done.banned.iter().map(|p| p.to_hex()).collect();
         }
         Some(Err(e)) => return Err(failure_status(e)),

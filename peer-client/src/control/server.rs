@@ -153,6 +153,8 @@ impl Control for Handlers {
             public_address: session.public_address.unwrap_or_default(),
             discovery_error: session.discovery_error.unwrap_or_default(),
             introducible: session.introducible,
+            relayed: session.relayed,
+            relay_address: node.relayed_address().map(|a| a.to_string()).unwrap_or_default(),
         }))
     }
 

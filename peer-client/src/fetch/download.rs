@@ -48,16 +48,46 @@ pub const MAX_BUFFERS: usize = 32;
 pub struct SourceAddr {
     pub peer: PeerId,
     pub addr: SocketAddr,
-    /// Reached through an introduction by the directory (hole punching), not by dialling
-    /// `addr` alone (`Source.reach`).
-    pub introduced: bool,
+    /// How to reach it (`Source.reach`).
+    pub path: Route,
+}
+
+/// How a source is reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// Dial its address (public, port-mapped, or on the same LAN).
+    #[default]
+    Direct,
+    /// Ask the directory for an introduction, then dial while it dials back (hole punching).
+    Punched,
+    /// Ask the directory for a relayed introduction, then dial the relayed address it gives.
+    Relayed,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Direct => "direct",
+            Route::Punched => "punched",
+            Route::Relayed => "relayed",
+        }
+    }
 }
 
 impl SourceAddr {
     /// A source reached by dialling `addr`.
     pub fn direct(peer: PeerId, addr: SocketAddr) -> SourceAddr {
-        SourceAddr { peer, addr, introduced: false }
+        SourceAddr { peer, addr, path: Route::Direct }
     }
+}
+
+/// What one source delivered, and how it was reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Served {
+    pub peer: PeerId,
+    /// Verified bytes credited to it.
+    pub bytes: u64,
+    pub path: Route,
 }
 
 /// What to download and where.
@@ -97,8 +127,8 @@ pub struct DownloadOutcome {
     pub path: PathBuf,
     /// Bytes received from peers in this run (blocks a previous run verified are not fetched).
     pub fetched_bytes: u64,
-    /// Verified bytes credited to each source.
-    pub per_source: Vec<(PeerId, u64)>,
+    /// Verified bytes credited to each source, and how it was reached (relayed bytes apart).
+    pub per_source: Vec<Served>,
     /// Sources that sent bad data.
     pub banned: Vec<PeerId>,
     /// The file holding the outboard every block was verified against (its root is the
@@ -234,6 +264,7 @@ fn finish(
     transfer: &Transfer<PeerId>,
     began: Instant,
 ) -> Result<DownloadOutcome, FetchError> {
+    let driver_paths = driver.paths().clone();
     let part = driver.close()?;
     let name = safe_file_name(&spec.name, &format!("{}.download", &spec.id.to_hex()[..16]));
     std::fs::create_dir_all(&spec.out_dir).map_err(disk(&spec.out_dir))?;
@@ -243,7 +274,15 @@ fn finish(
     Ok(DownloadOutcome {
         path: dest,
         fetched_bytes: transfer.progress().fetched_bytes,
-        per_source: transfer.per_source(),
+        per_source: transfer
+            .per_source()
+            .into_iter()
+            .map(|(peer, bytes)| Served {
+                peer,
+                bytes,
+                path: driver_paths.get(&peer).copied().unwrap_or_default(),
+            })
+            .collect(),
         banned: transfer.banned(),
         outboard,
     })

@@ -21,7 +21,7 @@ use tokio::task::AbortHandle;
 
 use super::buffers::{Buffer, BufferPool};
 use super::client::{FileBody, RequestError, request};
-use super::download::{DownloadSpec, FetchError, MAX_BUFFERS, Relocate, SourceAddr, disk};
+use super::download::{DownloadSpec, FetchError, MAX_BUFFERS, Relocate, Route, SourceAddr, disk};
 use super::partfile::PartFile;
 use super::scheduler::Block;
 use super::verify::{Outboard, VerifyError};
@@ -64,8 +64,8 @@ pub(super) struct Driver {
     tx: mpsc::Sender<Io>,
     relocate: Option<Relocate>,
     addrs: HashMap<PeerId, SocketAddr>,
-    /// Sources reached through introductions (hole punching).
-    introduced: std::collections::HashSet<PeerId>,
+    /// How each source is reached (absent: directly).
+    paths: HashMap<PeerId, Route>,
     rendezvous: Option<tokio::sync::watch::Receiver<Option<quinn::Connection>>>,
     conns: HashMap<PeerId, quinn::Connection>,
     requests: HashMap<(PeerId, Block), AbortHandle>,
@@ -102,7 +102,7 @@ impl Driver {
             tx,
             relocate,
             addrs: HashMap::new(),
-            introduced: Default::default(),
+            paths: HashMap::new(),
             rendezvous: spec.rendezvous.clone(),
             conns: HashMap::new(),
             requests: HashMap::new(),
@@ -118,11 +118,7 @@ impl Driver {
     pub(super) fn learn(&mut self, sources: &[SourceAddr]) {
         for s in sources {
             self.addrs.insert(s.peer, s.addr);
-            if s.introduced {
-                self.introduced.insert(s.peer);
-            } else {
-                self.introduced.remove(&s.peer);
-            }
+            self.paths.insert(s.peer, s.path);
         }
     }
 
@@ -239,6 +235,11 @@ impl Driver {
     }
 
     /// Every block is written: closes the connections and hands back the part file.
+    /// How each source was reached (absent: directly).
+    pub(super) fn paths(&self) -> &HashMap<PeerId, Route> {
+        &self.paths
+    }
+
     pub(super) fn close(mut self) -> Result<PartFile, FetchError> {
         for (_, task) in self.requests.drain() {
             task.abort();
@@ -272,19 +273,26 @@ impl Driver {
             return;
         };
         let (endpoint, tx, identity) = (self.endpoint.clone(), self.tx.clone(), self.identity.clone());
-        // A source behind NAT: the directory tells it to dial us while we dial it.
-        let channel = match self.introduced.contains(&peer) {
-            true => Some(self.rendezvous.as_ref().and_then(|r| r.borrow().clone())),
-            false => None,
+        // A source behind NAT: the directory tells it to dial us while we dial it, or to open
+        // its relayed address to us.
+        let path = self.paths.get(&peer).copied().unwrap_or_default();
+        let channel = match path {
+            Route::Direct => None,
+            Route::Punched | Route::Relayed => {
+                Some(self.rendezvous.as_ref().and_then(|r| r.borrow().clone()))
+            }
         };
-        let path = if channel.is_some() { "punched" } else { "direct" };
         tokio::spawn(async move {
             let started = Instant::now();
             let addr = match channel {
                 None => Ok(addr),
                 Some(None) => Err("no rendezvous connection to ask for an introduction".to_owned()),
-                Some(Some(channel)) => crate::session::rendezvous::introduce(&channel, peer).await,
+                Some(Some(channel)) => {
+                    let relay = path == Route::Relayed;
+                    crate::session::rendezvous::introduce(&channel, peer, relay).await
+                }
             };
+            let path = path.as_str();
             let connected = match addr {
                 Ok(addr) => crate::tls::connect_as(&endpoint, addr, peer, identity.as_deref())
                     .await

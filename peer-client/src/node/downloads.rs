@@ -28,7 +28,7 @@ use crate::library::Library as _;
 pub struct Finished {
     pub path: PathBuf,
     pub fetched_bytes: u64,
-    pub per_source: Vec<(PeerId, u64)>,
+    pub per_source: Vec<crate::fetch::download::Served>,
     pub banned: Vec<PeerId>,
 }
 

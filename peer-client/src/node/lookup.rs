@@ -16,7 +16,7 @@ use quaver_shared::{ContentId, PeerId};
 use tonic::transport::Channel;
 
 use super::NodeError;
-use crate::fetch::download::SourceAddr;
+use crate::fetch::download::{Route, SourceAddr};
 use quaver_shared::directory_endpoint::directory_endpoint;
 
 /// Longest wait for one directory call.
@@ -109,8 +109,12 @@ impl DirectoryLink {
                 let peer = PeerId::from_slice(&s.peer_id).ok()?;
                 match s.address.parse::<SocketAddr>() {
                     Ok(addr) if peer != me => {
-                        let introduced = s.reach == Reach::Introduction as i32;
-                        Some(SourceAddr { peer, addr, introduced })
+                        let path = match Reach::try_from(s.reach) {
+                            Ok(Reach::Introduction) => Route::Punched,
+                            Ok(Reach::Relay) => Route::Relayed,
+                            _ => Route::Direct,
+                        };
+                        Some(SourceAddr { peer, addr, path })
                     }
                     Ok(_) => None,
                     Err(e) => {

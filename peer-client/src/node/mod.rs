@@ -44,7 +44,7 @@ pub use lookup::{DirectoryLink, LookupError, unreachable_advice};
 pub use space::NoSpace;
 
 use crate::serve::{ServeConfig, Server};
-use crate::session::{Session, SessionConfig, SessionHandle, SessionState};
+use crate::session::{NodeSocket, Session, SessionConfig, SessionHandle, SessionState};
 use crate::store::{ScanReport, Store, StoreError};
 
 /// How a node runs.
@@ -111,6 +111,9 @@ pub struct Node {
     /// Taken by `shutdown` to drain it.
     server: Mutex<Option<Server>>,
     endpoint: quinn::Endpoint,
+    /// The endpoint socket's TURN splice: its allocation on the relay, if any, is given back
+    /// at shutdown.
+    splice: Arc<quaver_shared::turn::TurnSplice>,
     session: SessionHandle,
     directory: DirectoryLink,
     downloads: Downloads,
@@ -147,7 +150,7 @@ impl Node {
             .await??
         };
         let store = Arc::new(store);
-        let endpoint = crate::tls::endpoint(config.listen, &key)?;
+        let (endpoint, splice) = crate::tls::node_endpoint(config.listen, &key)?;
         let client_auth = crate::tls::ClientAuth::new(&key)?;
         // The session announces the bound port: a socket without one is a start-up error.
         endpoint.local_addr().map_err(crate::tls::TlsError::Bind)?;
@@ -159,8 +162,13 @@ impl Node {
             directory_ca: config.directory_ca.clone(),
             ..SessionConfig::new(config.directory_url.clone())
         };
-        let session =
-            Session::spawn(session_config, store.clone(), Arc::new(key), endpoint.clone(), slots_rx);
+        let session = Session::spawn(
+            session_config,
+            store.clone(),
+            Arc::new(key),
+            NodeSocket { endpoint: endpoint.clone(), splice: Some(splice.clone()) },
+            slots_rx,
+        );
         let downloads = Downloads::new(endpoint.clone(), crate::fetch::download::default_work_dir(&data_dir));
         let node = Arc::new(Node {
             config,
@@ -168,6 +176,7 @@ impl Node {
             store,
             server,
             endpoint,
+            splice,
             session,
             directory,
             downloads,
@@ -186,6 +195,11 @@ impl Node {
 
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    /// This node's relayed address on the directory's relay, while it holds an allocation.
+    pub fn relayed_address(&self) -> Option<SocketAddr> {
+        self.splice.relayed_address()
     }
 
     pub fn quic_address(&self) -> Option<SocketAddr> {
@@ -299,6 +313,7 @@ impl Node {
         if let Some(server) = server {
             server.shutdown().await;
         }
+        self.splice.release();
         let store = self.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.flush()).await;
     }

@@ -49,6 +49,15 @@ pub use diff::{Change, diff};
 /// What `Announce` says the node is, for operators.
 pub const AGENT: &str = concat!("quaver/", env!("CARGO_PKG_VERSION"));
 
+/// The node's QUIC socket as the session uses it.
+#[derive(Clone, Debug)]
+pub struct NodeSocket {
+    /// Its port is announced, and address discovery dials from it.
+    pub endpoint: quinn::Endpoint,
+    /// Its TURN splice, for relayed introductions (`None`: they are refused).
+    pub splice: Option<Arc<quaver_shared::turn::TurnSplice>>,
+}
+
 /// How a session talks to its directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionConfig {
@@ -107,6 +116,8 @@ pub struct SessionState {
     /// The connect-back failed, but the directory hands the node out as a source reached
     /// through introductions (hole punching).
     pub introducible: bool,
+    /// Neither dialled nor introducible: the directory hands the node out through its relay.
+    pub relayed: bool,
     /// The node's NAT as address discovery judged it; `None` before the first discovery.
     pub nat: Option<quaver_core::nat::NatKind>,
     /// The address the directory's first rendezvous endpoint saw this node's QUIC socket at.
@@ -202,7 +213,7 @@ impl Session {
         config: SessionConfig,
         store: Arc<Store>,
         key: Arc<NodeKey>,
-        endpoint: quinn::Endpoint,
+        socket: NodeSocket,
         free_slots: watch::Receiver<u32>,
     ) -> SessionHandle {
         let (state_tx, state) = watch::channel(SessionState::default());
@@ -210,7 +221,7 @@ impl Session {
         let (done_tx, done) = watch::channel(());
         let changed = Arc::new(Notify::new());
         let worker =
-            worker::Worker::new(config, store, key, endpoint, free_slots, Arc::clone(&changed), state_tx);
+            worker::Worker::new(config, store, key, socket, free_slots, Arc::clone(&changed), state_tx);
         let rendezvous = worker.rendezvous();
         tokio::spawn(async move {
             worker.run(stop_rx).await;

@@ -3,22 +3,35 @@
 //! (`quaver_core::nat::classify`). The connection to the first endpoint is kept: its QUIC
 //! keep-alives hold the router's mapping open, and it is the directory's way to reach the node.
 //!
+//! A relayed introduction (bidirectional stream, `Introduction.relay` set) makes the node
+//! allocate on the directory's TURN server from that same socket (`quaver_shared::turn`),
+//! permit the asker's IP, and answer with its relayed address.
+//!
 //! Must never dial from another socket than the node's own (the observation would be of the
 //! wrong mapping), trust an observation that does not parse, or wait without a bound.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
 use quaver_core::nat::{self, Mapping};
 use quaver_shared::PeerId;
-use quaver_shared::directory::v1::{Introduction, RendezvousAnswer, RendezvousRequest};
+use quaver_shared::directory::v1::{Introduction, RelayAnswer, RendezvousAnswer, RendezvousRequest};
 use quaver_shared::tls::{self, ClientAuth};
+use quaver_shared::turn::TurnSplice;
 
 /// Longest message on a rendezvous stream (length prefix included).
 const MAX_MESSAGE: usize = 256;
 /// Bound on the directory's answer to an introduction request.
 const INTRODUCE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on a relayed one: the source allocates on the relay first.
+const RELAY_INTRODUCE_TIMEOUT: Duration = Duration::from_secs(8);
+/// Bounds on the source's allocation and permission on the relay.
+const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(4);
+const PERMIT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest introduction read (one with TURN credentials is about 250 bytes).
+const MAX_INTRODUCTION: usize = 1024;
 /// How long a source keeps dialling a peer it was introduced to.
 const PUNCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -148,22 +161,87 @@ fn parse(address: &str) -> Result<SocketAddr, String> {
 }
 
 /// Asks the directory, over the node's rendezvous connection, to introduce it to `source`;
-/// gives the source's mapped address, to dial now (the source is dialling this node meanwhile).
-pub async fn introduce(channel: &quinn::Connection, source: PeerId) -> Result<SocketAddr, String> {
-    let request = RendezvousRequest { introduce: source.to_vec() };
-    let answer = tokio::time::timeout(INTRODUCE_TIMEOUT, ask(channel, request))
+/// gives the source's mapped address, to dial now (the source is dialling this node
+/// meanwhile), or with `relay` its relayed address (open to this node by then).
+pub async fn introduce(
+    channel: &quinn::Connection,
+    source: PeerId,
+    relay: bool,
+) -> Result<SocketAddr, String> {
+    let request = RendezvousRequest { introduce: source.to_vec(), relay };
+    let bound = if relay { RELAY_INTRODUCE_TIMEOUT } else { INTRODUCE_TIMEOUT };
+    let answer = tokio::time::timeout(bound, ask(channel, request))
         .await
-        .map_err(|_| format!("no answer from the directory within {} s", INTRODUCE_TIMEOUT.as_secs()))??;
+        .map_err(|_| format!("no answer from the directory within {} s", bound.as_secs()))??;
     if !answer.error.is_empty() {
         return Err(answer.error);
     }
     parse(&answer.peer_address)
 }
 
-/// Dials every peer the directory introduces on `channel` until it closes. Each dial's only
-/// job is to send packets towards the peer, so this node's router lets the peer's own
-/// handshake in; a handshake of ours that completes is closed at once.
-pub async fn answer_introductions(channel: quinn::Connection, endpoint: quinn::Endpoint) {
+/// Answers every introduction the directory sends on `channel` until it closes: punched ones
+/// (unidirectional streams) with a dial back, relayed ones (bidirectional) with a relayed
+/// address open to the asker.
+pub async fn answer_introductions(
+    channel: quinn::Connection,
+    endpoint: quinn::Endpoint,
+    splice: Option<Arc<TurnSplice>>,
+) {
+    let relayed = answer_relayed(channel.clone(), splice);
+    tokio::select! {
+        _ = answer_punches(channel, endpoint) => {}
+        _ = relayed => {}
+    }
+}
+
+/// Each relayed introduction: allocate (or keep the allocation), permit the asker's IP, and
+/// answer with the relayed address or why not.
+async fn answer_relayed(channel: quinn::Connection, splice: Option<Arc<TurnSplice>>) {
+    while let Ok((mut send, mut recv)) = channel.accept_bi().await {
+        let splice = splice.clone();
+        tokio::spawn(async move {
+            let Ok(bytes) = recv.read_to_end(MAX_INTRODUCTION).await else { return };
+            let relayed = match &splice {
+                Some(splice) => relay_for(splice, &bytes).await,
+                None => Err("this node's socket cannot use a relay".to_owned()),
+            };
+            let answer = match relayed {
+                Ok(relayed) => RelayAnswer { relayed_address: relayed.to_string(), error: String::new() },
+                Err(error) => {
+                    tracing::info!(%error, "cannot serve a peer through the relay");
+                    RelayAnswer { relayed_address: String::new(), error }
+                }
+            };
+            let _ = send.write_all(&answer.encode_length_delimited_to_vec()).await;
+            let _ = send.finish();
+        });
+    }
+}
+
+async fn relay_for(splice: &Arc<TurnSplice>, bytes: &[u8]) -> Result<SocketAddr, String> {
+    let intro =
+        Introduction::decode_length_delimited(bytes).map_err(|e| format!("malformed introduction: {e}"))?;
+    let creds = intro.relay.ok_or("a relayed introduction without credentials")?;
+    let asker = parse(&intro.address)?;
+    let server = tokio::net::lookup_host(creds.server.as_str())
+        .await
+        .ok()
+        .and_then(|mut found| found.next())
+        .ok_or_else(|| format!("cannot resolve the relay {}", creds.server))?;
+    let started = std::time::Instant::now();
+    let relayed = splice
+        .allocate(server, &creds.username, &creds.password, ALLOCATE_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    splice.permit(asker.ip(), PERMIT_TIMEOUT).await.map_err(|e| e.to_string())?;
+    tracing::info!(%relayed, %asker, after = ?started.elapsed(), "relayed address open to an introduced peer");
+    Ok(relayed)
+}
+
+/// Dials every peer the directory introduces for a punch. Each dial's only job is to send
+/// packets towards the peer, so this node's router lets the peer's own handshake in; a
+/// handshake of ours that completes is closed at once.
+async fn answer_punches(channel: quinn::Connection, endpoint: quinn::Endpoint) {
     while let Ok(mut stream) = channel.accept_uni().await {
         let endpoint = endpoint.clone();
         tokio::spawn(async move {

@@ -59,6 +59,9 @@ pub(super) struct Worker {
     key: Arc<NodeKey>,
     /// The node's QUIC endpoint: its port is announced, and address discovery dials from it.
     endpoint: quinn::Endpoint,
+    /// The endpoint socket's TURN splice, for relayed introductions (`None`: it answers them
+    /// with a refusal).
+    splice: Option<Arc<quaver_shared::turn::TurnSplice>>,
     /// The node certificate the rendezvous endpoints see (`None`: it could not be made, so
     /// there is no discovery).
     identity: Option<Arc<quaver_shared::tls::ClientAuth>>,
@@ -117,7 +120,7 @@ impl Worker {
         config: SessionConfig,
         store: Arc<Store>,
         key: Arc<NodeKey>,
-        endpoint: quinn::Endpoint,
+        socket: super::NodeSocket,
         free_slots: watch::Receiver<u32>,
         changed: Arc<Notify>,
         state: watch::Sender<SessionState>,
@@ -131,12 +134,14 @@ impl Worker {
         let identity = quaver_shared::tls::ClientAuth::new(&key)
             .inspect_err(|e| tracing::warn!(error = %e, "no node certificate for address discovery"))
             .ok();
+        let super::NodeSocket { endpoint, splice } = socket;
         let announce_port = endpoint.local_addr().map_or(0, |a| a.port());
         Self {
             config,
             store,
             key,
             endpoint,
+            splice,
             identity,
             announce_port,
             local_address: None,
@@ -241,6 +246,7 @@ impl Worker {
             s.observed_address = observed;
             s.reachable = Some(answer.reachable);
             s.introducible = answer.introducible;
+            s.relayed = answer.relayed;
         });
         if self.rediscover(&answer).await {
             // The NAT maps the endpoint to another port than its own: announce that one, so
@@ -276,7 +282,8 @@ impl Worker {
                     public = %mapping.public.map(|a| a.to_string()).unwrap_or_default(),
                     "address discovered"
                 );
-                tokio::spawn(rendezvous::answer_introductions(found.channel.clone(), self.endpoint.clone()));
+                let (channel, endpoint) = (found.channel.clone(), self.endpoint.clone());
+                tokio::spawn(rendezvous::answer_introductions(channel, endpoint, self.splice.clone()));
                 self.rendezvous.send_replace(Some(found.channel));
                 self.state.send_modify(|s| {
                     s.nat = Some(mapping.kind);
@@ -289,10 +296,12 @@ impl Worker {
                 if let Some(port) = mapped_port {
                     self.announce_port = port;
                 }
-                // The directory judges a peer it cannot dial introducible only once its
-                // rendezvous connection is open: announce again to be judged so.
+                // The directory judges a peer it cannot dial introducible (or relayed) only once
+                // its rendezvous connection is open: announce again to be judged so.
                 let punchable = mapping.kind != NatKind::Symmetric;
-                moved || (!answer.reachable && !answer.introducible && punchable) || learned_local
+                let relay_offered = !answer.relay_address.is_empty() && self.splice.is_some();
+                let unjudged = !answer.reachable && !answer.introducible && !answer.relayed;
+                moved || (unjudged && (punchable || relay_offered)) || learned_local
             }
             Err(e) => {
                 tracing::info!(error = %e, "address discovery failed; the NAT kind stays unknown");

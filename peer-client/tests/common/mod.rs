@@ -88,7 +88,8 @@ impl Daemon {
             .arg(&data)
             .args(["--directory", directory, "daemon"])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            // QUAVER_TEST_LOG=info (or a filter) shows what the daemons do when a test fails.
+            .env("RUST_LOG", std::env::var("QUAVER_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

@@ -273,12 +273,19 @@ pub struct NsDirectory {
 
 impl NsDirectory {
     pub fn start(ns: &str) -> NsDirectory {
+        Self::start_with_relay(ns, None)
+    }
+
+    /// A directory that hands out `relay` (the bed's TURN server) to pairs that cannot punch.
+    pub fn start_with_relay(ns: &str, relay: Option<&TurnServer>) -> NsDirectory {
         use std::os::fd::AsRawFd;
         let data = tempfile::tempdir().unwrap();
         let config = quaver_directory::Config {
             listen: std::net::SocketAddr::from((DIRECTORY_IP, 0)),
             data_dir: data.path().to_owned(),
             index_commit_ms: 20,
+            relay_address: relay.map(|r| r.address.clone()),
+            relay_secret: relay.map(|r| r.secret.clone()),
             ..quaver_directory::Config::default()
         };
         let netns = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
@@ -309,5 +316,73 @@ impl Drop for NsDirectory {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// coturn (`turnserver`, Debian) on the bed's internet, at the directory's address: the relay,
+/// with the TURN REST API secret the directory mints credentials from and a bandwidth cap per
+/// allocation. Killed on drop (the namespace's teardown would kill it too).
+pub struct TurnServer {
+    pub address: String,
+    pub secret: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+/// The TURN server's UDP port in the bed.
+pub const TURN_PORT: u16 = 3478;
+
+impl TurnServer {
+    /// `None` (saying why) where coturn is not installed.
+    pub fn start(inet: &str, max_bytes_per_second: u64) -> Option<TurnServer> {
+        if Command::new("turnserver").arg("--version").output().is_err() {
+            eprintln!("skipped: no turnserver (coturn; .ci/deps installs it)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "bed-relay-secret-0123456789".to_owned();
+        let conf = dir.path().join("turnserver.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listening-ip={DIRECTORY_IP}\nrelay-ip={DIRECTORY_IP}\nlistening-port={TURN_PORT}\n\
+                 min-port=49152\nmax-port=49252\nuse-auth-secret\nstatic-auth-secret={secret}\n\
+                 realm=quaver.test\nfingerprint\nno-tcp\nno-tls\nno-dtls\nno-tcp-relay\nno-cli\n\
+                 no-stdout-log\nsimple-log\nlog-file={}\npidfile={}\nmax-bps={max_bytes_per_second}\n\
+                 allowed-peer-ip=198.18.0.0-198.18.0.255\n",
+                dir.path().join("turn.log").display(),
+                dir.path().join("turn.pid").display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", inet, "turnserver", "-c"])
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = TurnServer { address: format!("{DIRECTORY_IP}:{TURN_PORT}"), secret, child, _dir: dir };
+        // Listening once its UDP socket is bound in the namespace.
+        for _ in 0..100 {
+            let out = Command::new("ip").args(["netns", "exec", inet, "ss", "-Hlun"]).output().unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains(&format!("{DIRECTORY_IP}:{TURN_PORT}")) {
+                return Some(server);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("turnserver did not start; its log: {}", server.log());
+    }
+
+    /// What coturn logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("turn.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TurnServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
