@@ -56,6 +56,27 @@ async fn on_loopback_a_node_sees_no_nat_and_its_own_address() {
 }
 
 #[tokio::test]
+async fn a_restarted_daemon_keeps_its_quic_port_so_forwarding_set_up_for_it_still_works() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = Directory::start().await;
+    let node = Daemon::start(root.path(), "node", &dir.url(), &[]).await;
+    let first = node.json(&["status", "--json"]).await["quic_address"].clone();
+    node.stop().await;
+    let node = Daemon::start(root.path(), "node", &dir.url(), &[]).await;
+    let again = node.json(&["status", "--json"]).await["quic_address"].clone();
+    assert_eq!(again, first, "the same port after a restart (--listen leaves it open)");
+    // Taken meanwhile by someone else: the node starts all the same, on another port.
+    node.stop().await;
+    let port = first.as_str().unwrap().rsplit_once(':').unwrap().1;
+    let squatter = std::net::UdpSocket::bind(format!("127.0.0.1:{port}")).unwrap();
+    let node = Daemon::start(root.path(), "node", &dir.url(), &[]).await;
+    let moved = node.json(&["status", "--json"]).await["quic_address"].clone();
+    assert_ne!(moved, first);
+    node.stop().await;
+    drop(squatter);
+}
+
+#[tokio::test]
 async fn in_the_bed_each_router_kind_is_told_apart() {
     let Some(mut bed) = Bed::create() else { return };
     let public = bed.host(Kind::Public);

@@ -1,4 +1,4 @@
-//! Reachability across every kind of router, and the relay: pairs that cannot punch meet
+//! Reachability across every kind of router (and over time: mappings kept alive), and the relay: pairs that cannot punch meet
 //! through the directory's TURN server (coturn in the NAT bed), with credentials the directory
 //! minted for the source; TLS still pins the source end to end. Runs as root with nft and
 //! coturn installed (`.ci/deps`); says so and skips elsewhere.
@@ -105,6 +105,42 @@ async fn a_source_behind_a_symmetric_nat_serves_a_symmetric_downloader_through_t
     getter.stop().await;
     source.stop().await;
     drop((dir, turn, bed));
+}
+
+#[tokio::test]
+async fn after_two_idle_minutes_a_source_behind_nat_is_still_punched_through_at_the_same_mapping() {
+    let Some(mut bed) = Bed::create() else { return };
+    let (source_host, getter_host) = (bed.host(Kind::Cone), bed.host(Kind::Cone));
+    let dir = NsDirectory::start(&bed.inet());
+    let root = tempfile::tempdir().unwrap();
+    let music = root.path().join("music");
+    let (first, second) = (tune(&music, "one.flac", 4 * MB, 3), tune(&music, "two.flac", 4 * MB, 4));
+    let source = node_on(&source_host, root.path(), "source", &dir.url).await;
+    source.share(&music).await;
+    let getter = node_on(&getter_host, root.path(), "getter", &dir.url).await;
+    let mapped = |s: &Value| s["public_address"].as_str().unwrap_or_default().to_owned();
+    let before = (
+        mapped(&source.json(&["status", "--json"]).await),
+        mapped(&getter.json(&["status", "--json"]).await),
+    );
+    let got = getter.json(&["get", &first.to_hex(), "--json", "--wait-sources", "20"]).await;
+    assert_eq!(served_by(&got, &source.peer_id), ((4 * MB) as u64, "punched".into()), "{got}");
+
+    // Longer than the routers' conntrack keeps an idle UDP mapping (30 s unreplied, 120 s
+    // assured): only the nodes' keep-alives to the directory hold it.
+    tokio::time::sleep(Duration::from_secs(125)).await;
+    let after = (
+        mapped(&source.json(&["status", "--json"]).await),
+        mapped(&getter.json(&["status", "--json"]).await),
+    );
+    assert_eq!(after, before, "both routers still map the nodes' sockets where they did");
+    let got = getter.json(&["get", &second.to_hex(), "--json", "--wait-sources", "20"]).await;
+    assert_eq!(blake3_of(got["path"].as_str().unwrap()), second, "{got}");
+    assert_eq!(served_by(&got, &source.peer_id), ((4 * MB) as u64, "punched".into()), "{got}");
+
+    getter.stop().await;
+    source.stop().await;
+    drop((dir, bed));
 }
 
 #[tokio::test]

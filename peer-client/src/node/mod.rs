@@ -25,6 +25,7 @@
 
 mod downloads;
 mod lookup;
+mod quic_port;
 mod resume;
 mod space;
 
@@ -150,10 +151,19 @@ impl Node {
             .await??
         };
         let store = Arc::new(store);
-        let (endpoint, splice) = crate::tls::node_endpoint(config.listen, &key)?;
+        // The port used last, if it is free: forwarding set up for it keeps working.
+        let bound = match quic_port::preferred(&data_dir, config.listen) {
+            Some(last) => crate::tls::node_endpoint(last, &key).or_else(|e| {
+                tracing::info!(port = last.port(), error = %e, "the last QUIC port is taken; using another");
+                crate::tls::node_endpoint(config.listen, &key)
+            }),
+            None => crate::tls::node_endpoint(config.listen, &key),
+        };
+        let (endpoint, splice) = bound?;
         let client_auth = crate::tls::ClientAuth::new(&key)?;
         // The session announces the bound port: a socket without one is a start-up error.
-        endpoint.local_addr().map_err(crate::tls::TlsError::Bind)?;
+        let port = endpoint.local_addr().map_err(crate::tls::TlsError::Bind)?.port();
+        quic_port::remember(&data_dir, config.listen, port);
         let server = Mutex::new(Some(Server::spawn(endpoint.clone(), store.clone(), config.serve.clone())));
         let directory = DirectoryLink::new(&config.directory_url, config.directory_ca.as_deref())?;
         let (free_slots, slots_rx) =
