@@ -374,6 +374,11 @@ impl TurnServer {
         panic!("turnserver did not start; its log: {}", server.log());
     }
 
+    /// coturn's process id (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What coturn logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("turn.log")).unwrap_or_default()
