@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message;
-use quaver_shared::directory::v1::{Introduction, RelayAnswer, RendezvousAnswer, RendezvousRequest};
+use quaver_shared::directory::v1::{Introduction, IntroductionAnswer, RendezvousAnswer, RendezvousRequest};
 use quaver_shared::tls::{self, TlsError};
 use quaver_shared::{NodeKey, PeerId};
 use tokio::sync::watch;
@@ -318,18 +318,30 @@ impl Channels {
             .ok_or("that source cannot be introduced now (gone, or no longer punchable)")?;
         let message =
             Introduction { peer_id: asker.to_vec(), address: asker_address.to_string(), relay: None };
-        let sent = async {
-            let mut s = connection.open_uni().await.map_err(|e| e.to_string())?;
-            s.write_all(&message.encode_length_delimited_to_vec()).await.map_err(|e| e.to_string())?;
-            s.finish().map_err(|e| e.to_string())
-        };
-        tokio::time::timeout(ASK_TIMEOUT, sent)
+        // The source answers once its first packet towards the asker is out: the asker dials
+        // only after that, so its handshake finds the source's router open.
+        let answer = tokio::time::timeout(ASK_TIMEOUT, exchange(&connection, &message))
             .await
             .map_err(|_| "the source did not take the introduction in time".to_owned())?
             .map_err(|e| format!("the source's rendezvous connection failed: {e}"))?;
+        if !answer.error.is_empty() {
+            return Err(format!("the source could not dial back: {}", answer.error));
+        }
         tracing::debug!(%asker, %target, %asker_address, %target_address, "introduced");
         Ok(target_address)
     }
+}
+
+/// Sends `message` to a source on a stream of its own and reads its answer.
+async fn exchange(
+    connection: &quinn::Connection,
+    message: &Introduction,
+) -> Result<IntroductionAnswer, String> {
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(&message.encode_length_delimited_to_vec()).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    let bytes = recv.read_to_end(MAX_MESSAGE).await.map_err(|e| e.to_string())?;
+    IntroductionAnswer::decode_length_delimited(bytes.as_slice()).map_err(|e| e.to_string())
 }
 
 impl Channels {
@@ -357,14 +369,7 @@ impl Channels {
             address: asker_address.to_string(),
             relay: Some(relay.offer.credentials(&target, now_unix)),
         };
-        let exchange = async {
-            let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-            send.write_all(&message.encode_length_delimited_to_vec()).await.map_err(|e| e.to_string())?;
-            send.finish().map_err(|e| e.to_string())?;
-            let bytes = recv.read_to_end(MAX_MESSAGE).await.map_err(|e| e.to_string())?;
-            RelayAnswer::decode_length_delimited(bytes.as_slice()).map_err(|e| e.to_string())
-        };
-        let answer = match tokio::time::timeout(RELAY_TIMEOUT, exchange).await {
+        let answer = match tokio::time::timeout(RELAY_TIMEOUT, exchange(&connection, &message)).await {
             Ok(Ok(a)) if a.error.is_empty() => a.relayed_address.parse::<SocketAddr>().map_err(|_| {
                 format!("the source answered with no relayed address ({:?})", a.relayed_address)
             }),

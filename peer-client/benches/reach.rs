@@ -8,7 +8,7 @@
 //! - **Time to first byte** by route: a `quaver get` of a 64 KiB file (CLI to verified file on
 //!   disk: lookup, introduction if any, handshake, outboard, the one block) from a public
 //!   source (direct), one behind a cone NAT (punched) and one behind a symmetric NAT
-//!   (relayed), by a downloader behind a cone NAT; median and spread of 7 files each.
+//!   (relayed), by a downloader behind a cone NAT; median and spread of 15 files each.
 //! - **Throughput**: 4 sources each capped at 20 MB/s (`--max-upload-rate`), all public
 //!   (direct), against 3 public and 1 behind a symmetric NAT (relayed through coturn).
 //! - **Directory CPU** per get through an introduction (the bench process hosts only the
@@ -27,7 +27,7 @@ use common::nat_bed::{Bed, Host, Kind, NsDirectory, TurnServer};
 use serde_json::Value;
 
 const SMALL: u64 = 64 * 1024;
-const RUNS: usize = 7;
+const RUNS: usize = 15;
 const CAP: &str = "20000000";
 
 fn process_cpu_seconds() -> f64 {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use prost::Message;
 use quaver_core::nat::{self, Mapping};
 use quaver_shared::PeerId;
-use quaver_shared::directory::v1::{Introduction, RelayAnswer, RendezvousAnswer, RendezvousRequest};
+use quaver_shared::directory::v1::{Introduction, IntroductionAnswer, RendezvousAnswer, RendezvousRequest};
 use quaver_shared::tls::{self, ClientAuth};
 use quaver_shared::turn::TurnSplice;
 
@@ -179,37 +179,32 @@ pub async fn introduce(
     parse(&answer.peer_address)
 }
 
-/// Answers every introduction the directory sends on `channel` until it closes: punched ones
-/// (unidirectional streams) with a dial back, relayed ones (bidirectional) with a relayed
+/// Answers every introduction the directory sends on `channel` until it closes, each on a
+/// stream of its own: a punch with a dial back (answered as soon as the dial's first packet is
+/// on its way, so the directory lets the asker dial only then), a relayed one with a relayed
 /// address open to the asker.
 pub async fn answer_introductions(
     channel: quinn::Connection,
     endpoint: quinn::Endpoint,
     splice: Option<Arc<TurnSplice>>,
 ) {
-    let relayed = answer_relayed(channel.clone(), splice);
-    tokio::select! {
-        _ = answer_punches(channel, endpoint) => {}
-        _ = relayed => {}
-    }
-}
-
-/// Each relayed introduction: allocate (or keep the allocation), permit the asker's IP, and
-/// answer with the relayed address or why not.
-async fn answer_relayed(channel: quinn::Connection, splice: Option<Arc<TurnSplice>>) {
     while let Ok((mut send, mut recv)) = channel.accept_bi().await {
-        let splice = splice.clone();
+        let (endpoint, splice) = (endpoint.clone(), splice.clone());
         tokio::spawn(async move {
             let Ok(bytes) = recv.read_to_end(MAX_INTRODUCTION).await else { return };
-            let relayed = match &splice {
-                Some(splice) => relay_for(splice, &bytes).await,
-                None => Err("this node's socket cannot use a relay".to_owned()),
+            let done = match Introduction::decode_length_delimited(bytes.as_slice()) {
+                Err(e) => Err(format!("malformed introduction: {e}")),
+                Ok(intro) if intro.relay.is_some() => match &splice {
+                    Some(splice) => relay_for(splice, intro).await.map(|a| a.to_string()),
+                    None => Err("this node's socket cannot use a relay".to_owned()),
+                },
+                Ok(intro) => punch(&endpoint, intro).map(|()| String::new()),
             };
-            let answer = match relayed {
-                Ok(relayed) => RelayAnswer { relayed_address: relayed.to_string(), error: String::new() },
+            let answer = match done {
+                Ok(relayed_address) => IntroductionAnswer { relayed_address, error: String::new() },
                 Err(error) => {
-                    tracing::info!(%error, "cannot serve a peer through the relay");
-                    RelayAnswer { relayed_address: String::new(), error }
+                    tracing::info!(%error, "cannot answer an introduction");
+                    IntroductionAnswer { relayed_address: String::new(), error }
                 }
             };
             let _ = send.write_all(&answer.encode_length_delimited_to_vec()).await;
@@ -218,9 +213,7 @@ async fn answer_relayed(channel: quinn::Connection, splice: Option<Arc<TurnSplic
     }
 }
 
-async fn relay_for(splice: &Arc<TurnSplice>, bytes: &[u8]) -> Result<SocketAddr, String> {
-    let intro =
-        Introduction::decode_length_delimited(bytes).map_err(|e| format!("malformed introduction: {e}"))?;
+async fn relay_for(splice: &Arc<TurnSplice>, intro: Introduction) -> Result<SocketAddr, String> {
     let creds = intro.relay.ok_or("a relayed introduction without credentials")?;
     let asker = parse(&intro.address)?;
     let server = tokio::net::lookup_host(creds.server.as_str())
@@ -238,31 +231,25 @@ async fn relay_for(splice: &Arc<TurnSplice>, bytes: &[u8]) -> Result<SocketAddr,
     Ok(relayed)
 }
 
-/// Dials every peer the directory introduces for a punch. Each dial's only job is to send
-/// packets towards the peer, so this node's router lets the peer's own handshake in; a
-/// handshake of ours that completes is closed at once.
-async fn answer_punches(channel: quinn::Connection, endpoint: quinn::Endpoint) {
-    while let Ok(mut stream) = channel.accept_uni().await {
-        let endpoint = endpoint.clone();
-        tokio::spawn(async move {
-            let Ok(bytes) = stream.read_to_end(MAX_MESSAGE).await else { return };
-            let Ok(intro) = Introduction::decode_length_delimited(bytes.as_slice()) else {
-                tracing::warn!("the directory sent a malformed introduction");
-                return;
-            };
-            let (Ok(peer), Ok(addr)) = (PeerId::from_slice(&intro.peer_id), parse(&intro.address)) else {
-                tracing::warn!("the directory sent an introduction without a valid peer or address");
-                return;
-            };
-            tracing::debug!(peer = %peer, %addr, "introduced: dialling back to open the way");
-            let dial = tls::connect(&endpoint, addr, peer);
-            match tokio::time::timeout(PUNCH_TIMEOUT, dial).await {
-                Ok(Ok(connection)) => connection.close(0u32.into(), b"punched"),
-                Ok(Err(e)) => tracing::debug!(peer = %peer, %addr, error = %e, "punch dial failed"),
-                Err(_) => tracing::debug!(peer = %peer, %addr, "punch dial timed out"),
-            }
-        });
-    }
+/// Dials the introduced peer. The dial's only job is to send packets towards it, so this
+/// node's router lets the peer's own handshake in; a handshake of ours that completes is
+/// closed at once. Returns once the dial has started (its first packet is queued on the
+/// endpoint, ahead of the answer to the directory).
+fn punch(endpoint: &quinn::Endpoint, intro: Introduction) -> Result<(), String> {
+    let peer = PeerId::from_slice(&intro.peer_id).map_err(|e| format!("introduction: {e}"))?;
+    let addr = parse(&intro.address)?;
+    tracing::debug!(peer = %peer, %addr, "introduced: dialling back to open the way");
+    // `connect_with` queues the first packet now, not when a future is first polled.
+    let config = tls::client_config_as(peer, None).map_err(|e| e.to_string())?;
+    let dial = endpoint.connect_with(config, addr, tls::SERVER_NAME).map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        match tokio::time::timeout(PUNCH_TIMEOUT, dial).await {
+            Ok(Ok(connection)) => connection.close(0u32.into(), b"punched"),
+            Ok(Err(e)) => tracing::debug!(peer = %peer, %addr, error = %e, "punch dial failed"),
+            Err(_) => tracing::debug!(peer = %peer, %addr, "punch dial timed out"),
+        }
+    });
+    Ok(())
 }
 
 /// The socket's address as the directory would see it without NAT: the source IP the kernel
