@@ -36,6 +36,13 @@
 //!   asked again, at most every `relocate_every`.
 //! - **Done** after [`Action::Finish`] (the last write reported) or [`Action::Fail`].
 //!
+//! # Routes
+//!
+//! Each source comes with the [`Route`] the directory gave for it (dial it, punch with an
+//! introduction, or go through the relay), and [`Action::Connect`] says which to take. A
+//! relayed source costs the relay's bandwidth and adds a hop: it is dialled only when the
+//! others are not enough (fewer than `max_sources` of them), never ahead of one.
+//!
 //! With nobody to fetch from, in any phase, the download waits visibly
 //! ([`TransferProgress::waiting_until`]) and keeps looking, for up to `wait_for_sources`
 //! ([`SourceWait`]), then fails with [`Failure::NoSources`]. Only a connection stops that
@@ -65,6 +72,28 @@ pub struct TransferConfig {
     /// Whether the driver can look sources up at all; without, the download fails as soon as
     /// it has none.
     pub can_locate: bool,
+}
+
+/// How a source is reached, as the directory said.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Route {
+    /// Dial its address (public, port-mapped, or on the same LAN).
+    #[default]
+    Direct,
+    /// Ask the directory for an introduction, then dial while it dials back (hole punching).
+    Punched,
+    /// Ask the directory for a relayed introduction, then dial the relayed address it gives.
+    Relayed,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Direct => "direct",
+            Route::Punched => "punched",
+            Route::Relayed => "relayed",
+        }
+    }
 }
 
 /// How an outboard request ended, as the driver saw it.
@@ -100,8 +129,8 @@ pub enum BlockResult {
 /// Something that happened, reported to [`Transfer::handle`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event<S> {
-    /// A lookup's answer (after [`Action::Locate`]).
-    Located(Vec<S>),
+    /// A lookup's answer (after [`Action::Locate`]), best first, each with its route.
+    Located(Vec<(S, Route)>),
     Connected(S),
     ConnectFailed(S),
     OutboardArrived {
@@ -158,8 +187,11 @@ pub enum Failure {
 /// What the driver must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action<S> {
-    /// Dial the source, pinning its id; answer `Connected` or `ConnectFailed`.
-    Connect(S),
+    /// Dial the source by `via`, pinning its id; answer `Connected` or `ConnectFailed`.
+    Connect {
+        source: S,
+        via: Route,
+    },
     /// Close the connection and abort the source's requests (none of their outcomes is needed).
     Disconnect {
         source: S,
@@ -245,7 +277,7 @@ impl<S: SourceKey> Transfer<S> {
     pub fn new(
         cfg: TransferConfig,
         now: Instant,
-        sources: impl IntoIterator<Item = S>,
+        sources: impl IntoIterator<Item = (S, Route)>,
         saved_outboard: bool,
         marked: Vec<Block>,
     ) -> Result<Self, SchedulerError> {
@@ -363,8 +395,12 @@ impl<S: SourceKey> Transfer<S> {
         self.phase == Phase::Done
     }
 
-    fn dial_new(&mut self, found: impl IntoIterator<Item = S>) {
-        for source in found {
+    /// Dials what a lookup found, up to `max_sources` in all: every other route before the
+    /// relay, whatever order they came in.
+    fn dial_new(&mut self, found: impl IntoIterator<Item = (S, Route)>) {
+        let mut found: Vec<(S, Route)> = found.into_iter().collect();
+        found.sort_by_key(|(_, via)| *via == Route::Relayed);
+        for (source, via) in found {
             if self.dialling.len() + self.connected.len() >= self.cfg.max_sources {
                 break;
             }
@@ -374,7 +410,7 @@ impl<S: SourceKey> Transfer<S> {
             }
             self.dialling.insert(source);
             self.tried += 1;
-            self.actions.push_back(Action::Connect(source));
+            self.actions.push_back(Action::Connect { source, via });
         }
     }
 

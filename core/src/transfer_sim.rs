@@ -29,6 +29,8 @@ pub struct SimSource {
     pub online_from_ms: u64,
     /// Listed by every lookup, but every dial fails (a peer behind a NAT nobody can cross).
     pub unreachable: bool,
+    /// The route the directory gives for it.
+    pub route: Route,
 }
 
 impl SimSource {
@@ -43,6 +45,7 @@ impl SimSource {
             leaves_at_ms: None,
             online_from_ms: 0,
             unreachable: false,
+            route: Route::Direct,
         }
     }
 }
@@ -58,6 +61,8 @@ pub struct SimOutcome {
     pub per_source: Vec<(u8, u64)>,
     /// Whether progress ever showed the download waiting for sources.
     pub waited: bool,
+    /// Every dial, in order.
+    pub dialled: Vec<u8>,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -127,7 +132,10 @@ impl Sim {
         let base = Instant::now();
         let cfg = config(self.size, self.block_size, self.wait_for_sources, true);
         let n = u8::try_from(self.sources.len()).unwrap();
-        let first: Vec<u8> = (0..n).filter(|i| self.online(*i, 0)).collect();
+        let located = |t: u64| -> Vec<(u8, Route)> {
+            (0..n).filter(|i| self.online(*i, t)).map(|i| (i, self.sources[i as usize].route)).collect()
+        };
+        let first = located(0);
         let mut tr = Transfer::new(cfg, base, first, self.saved_outboard, self.marked.clone()).unwrap();
         let blocks = self.size.div_ceil(self.block_size) as u32;
 
@@ -161,12 +169,18 @@ impl Sim {
             banned: Vec::new(),
             per_source: Vec::new(),
             waited: false,
+            dialled: Vec::new(),
         };
 
         for _round in 0..1_000_000 {
             while let Some(action) = tr.poll_action() {
                 match action {
-                    Action::Connect(s) => {
+                    Action::Connect { source: s, via } => {
+                        assert_eq!(
+                            via, self.sources[s as usize].route,
+                            "source {s} dialled by another route"
+                        );
+                        out.dialled.push(s);
                         assert!(!known_bad.contains(&s), "a banned source {s} is dialled again");
                         let rtt = self.sources[s as usize].rtt_ms * NS_PER_MS;
                         let reached = self.online(s, t) && !self.sources[s as usize].unreachable;
@@ -275,7 +289,7 @@ impl Sim {
             if next_due.is_some_and(|at| at <= t) {
                 let Some(Reverse((_, _, due))) = heap.pop() else { unreachable!() };
                 let event = match due {
-                    Due::Located => Some(Event::Located((0..n).filter(|i| self.online(*i, t)).collect())),
+                    Due::Located => Some(Event::Located(located(t))),
                     Due::Checked => Some(Event::MarkedChecked { kept: kept.iter().copied().collect() }),
                     Due::Written(b) => Some(Event::Written(b)),
                     Due::Leave(s) => {

@@ -99,6 +99,28 @@ fn sources_that_are_listed_but_never_reached_end_in_no_sources_after_the_wait() 
 }
 
 #[test]
+fn a_relayed_source_is_dialled_only_when_the_others_are_not_enough() {
+    let routed = |route: Route, bandwidth: u64| SimSource { route, ..SimSource::honest(bandwidth, 10) };
+    // Listed first, but eight others fill `max_sources`: the relay is never used.
+    let mut sources = vec![routed(Route::Relayed, 50 * MB)];
+    sources.extend((0..8).map(|i| routed(if i % 2 == 0 { Route::Direct } else { Route::Punched }, 10 * MB)));
+    let out = Sim::new(file(40), BLOCK_SIZE, sources).run();
+    assert_eq!(out.end, Action::Finish);
+    assert!(!out.dialled.contains(&0), "dialled: {:?}", out.dialled);
+    // With only two others it fills in, after them, and serves its share.
+    let sources = vec![
+        routed(Route::Relayed, 10 * MB),
+        routed(Route::Direct, 10 * MB),
+        routed(Route::Punched, 10 * MB),
+    ];
+    let out = Sim::new(file(40), BLOCK_SIZE, sources).run();
+    assert_eq!(out.end, Action::Finish);
+    assert_eq!(out.dialled.first(), Some(&1), "the others first: {:?}", out.dialled);
+    assert_eq!(out.dialled.get(2), Some(&0), "then the relayed one: {:?}", out.dialled);
+    assert!(out.per_source.iter().any(|(s, b)| *s == 0 && *b > 0), "{:?}", out.per_source);
+}
+
+#[test]
 fn a_source_that_comes_online_while_the_download_waits_serves_it() {
     let mut later = SimSource::honest(10 * MB, 10);
     later.online_from_ms = 9_000;
@@ -140,8 +162,8 @@ fn without_lookups_a_download_with_no_source_fails_at_once() {
 fn an_outboard_broken_on_disk_fails_the_download_instead_of_banning_sources() {
     let cfg = config(file(4), BLOCK_SIZE, Duration::from_secs(300), false);
     let now = Instant::now();
-    let mut t = Transfer::<u8>::new(cfg, now, [7], true, Vec::new()).unwrap();
-    assert_eq!(t.poll_action(), Some(Action::Connect(7)));
+    let mut t = Transfer::<u8>::new(cfg, now, [(7, Route::Direct)], true, Vec::new()).unwrap();
+    assert_eq!(t.poll_action(), Some(Action::Connect { source: 7, via: Route::Direct }));
     t.handle(now, Event::Connected(7));
     let Some(Action::Request { block, .. }) = t.poll_action() else { panic!("a request first") };
     let done = BlockResult::OutboardBroken;
@@ -162,20 +184,24 @@ fn any_source() -> impl Strategy<Value = SimSource> {
         prop::option::weighted(0.2, 10u64..3_000),
         prop::option::weighted(0.2, 0u64..5_000),
         prop::bool::weighted(0.1),
+        0u8..3,
     )
-        .prop_map(|(mb, rtt_ms, corrupt, bad_outboard, busy, silent, leaves, online, unreachable)| {
-            SimSource {
-                bandwidth: mb * MB,
-                rtt_ms,
-                corrupt,
-                bad_outboard,
-                busy_outboards: busy,
-                silent_after: silent,
-                leaves_at_ms: leaves,
-                online_from_ms: online.unwrap_or(0),
-                unreachable,
-            }
-        })
+        .prop_map(
+            |(mb, rtt_ms, corrupt, bad_outboard, busy, silent, leaves, online, unreachable, route)| {
+                SimSource {
+                    bandwidth: mb * MB,
+                    rtt_ms,
+                    corrupt,
+                    bad_outboard,
+                    busy_outboards: busy,
+                    silent_after: silent,
+                    leaves_at_ms: leaves,
+                    online_from_ms: online.unwrap_or(0),
+                    unreachable,
+                    route: [Route::Direct, Route::Punched, Route::Relayed][route as usize],
+                }
+            },
+        )
 }
 
 proptest! {

@@ -52,27 +52,8 @@ pub struct SourceAddr {
     pub path: Route,
 }
 
-/// How a source is reached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Route {
-    /// Dial its address (public, port-mapped, or on the same LAN).
-    #[default]
-    Direct,
-    /// Ask the directory for an introduction, then dial while it dials back (hole punching).
-    Punched,
-    /// Ask the directory for a relayed introduction, then dial the relayed address it gives.
-    Relayed,
-}
-
-impl Route {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Route::Direct => "direct",
-            Route::Punched => "punched",
-            Route::Relayed => "relayed",
-        }
-    }
-}
+/// How a source is reached: the transfer's own [`Route`], re-exported for callers.
+pub use quaver_core::transfer::Route;
 
 impl SourceAddr {
     /// A source reached by dialling `addr`.
@@ -193,7 +174,7 @@ pub async fn download(
         relocate_every: RELOCATE_EVERY,
         can_locate: relocate.is_some(),
     };
-    let first: Vec<PeerId> = sources.iter().map(|s| s.peer).collect();
+    let first: Vec<(PeerId, Route)> = sources.iter().map(|s| (s.peer, s.path)).collect();
     let mut transfer = Transfer::new(cfg, Instant::now(), first, saved.is_some(), part.marked_blocks())?;
     let (tx, mut rx) = mpsc::channel::<Io>(256);
     let mut driver = Driver::new(endpoint, &spec, tx, part, saved, relocate);

@@ -124,7 +124,7 @@ impl Driver {
 
     pub(super) fn execute(&mut self, action: Action<PeerId>) -> Result<(), FetchError> {
         match action {
-            Action::Connect(peer) => self.connect(peer),
+            Action::Connect { source, via } => self.connect(source, via),
             Action::Disconnect { source, why } => self.disconnect(source, why),
             Action::Locate => {
                 if let Some(find) = self.relocate.as_mut() {
@@ -170,7 +170,7 @@ impl Driver {
             Io::ConnectFailed(peer) => Event::ConnectFailed(peer),
             Io::Located(found) => {
                 self.learn(&found);
-                Event::Located(found.into_iter().map(|s| s.peer).collect())
+                Event::Located(found.into_iter().map(|s| (s.peer, s.path)).collect())
             }
             Io::Outboard(peer, result) => {
                 Event::OutboardArrived { from: peer, result: self.outboard_result(peer, result)? }
@@ -267,7 +267,7 @@ impl Driver {
         }
     }
 
-    fn connect(&mut self, peer: PeerId) {
+    fn connect(&mut self, peer: PeerId, path: Route) {
         let Some(&addr) = self.addrs.get(&peer) else {
             let _ = self.tx.try_send(Io::ConnectFailed(peer));
             return;
@@ -275,7 +275,6 @@ impl Driver {
         let (endpoint, tx, identity) = (self.endpoint.clone(), self.tx.clone(), self.identity.clone());
         // A source behind NAT: the directory tells it to dial us while we dial it, or to open
         // its relayed address to us.
-        let path = self.paths.get(&peer).copied().unwrap_or_default();
         let channel = match path {
             Route::Direct => None,
             Route::Punched | Route::Relayed => {
