@@ -6,24 +6,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::nat_bed::{Bed, Kind, NsDirectory, bed_namespaces};
-use common::{Daemon, Directory, SIZE, WAIT, blake3_of, song};
+use common::{Daemon, Directory, SIZE, blake3_of, song, status_until};
 use serde_json::Value;
-
-/// `quaver status --json` once `check` holds for it.
-async fn status_until(node: &Daemon, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let status = node.json(&["status", "--json"]).await;
-        if check(&status) {
-            return status;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what} not within {WAIT:?}: {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// `quaver status --json` once discovery has run and the directory gave its verdict.
 async fn discovered(node: &Daemon) -> Value {

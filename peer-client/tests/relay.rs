@@ -10,23 +10,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::nat_bed::{Bed, Host, Kind, NsDirectory, TurnServer};
-use common::{Daemon, WAIT, blake3_of};
+use common::{Daemon, WAIT, blake3_of, status_until};
 use quaver_shared::ContentId;
 use serde_json::Value;
 
 const MB: usize = 1_000_000;
-
-async fn status_until(node: &Daemon, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let status = node.json(&["status", "--json"]).await;
-        if check(&status) {
-            return status;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what} not within {WAIT:?}: {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A file of `size` bytes of its own (`seed` makes the content, so each gets its own id).
 fn tune(dir: &Path, name: &str, size: usize, seed: u64) -> ContentId {

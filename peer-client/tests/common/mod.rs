@@ -167,6 +167,19 @@ pub fn song(dir: &Path, name: &str) -> (PathBuf, ContentId) {
     (path, ContentId::of_bytes(&data))
 }
 
+/// `quaver status --json` once `check` holds for it.
+pub async fn status_until(node: &Daemon, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = node.json(&["status", "--json"]).await;
+        if check(&status) {
+            return status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what} not within {WAIT:?}: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until `check` holds, polling; panics with `what` after `WAIT`.
 pub async fn until<F, Fut>(what: &str, mut check: F)
 where
