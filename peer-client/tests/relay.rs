@@ -87,6 +87,9 @@ async fn a_source_behind_a_symmetric_nat_serves_a_symmetric_downloader_through_t
     let got = getter.json(&["get", &id.to_hex(), "--json", "--wait-sources", "20"]).await;
     assert_eq!(blake3_of(got["path"].as_str().unwrap()), id, "{got}");
     assert_eq!(served_by(&got, &source.peer_id), ((20 * MB) as u64, "relayed".into()), "{got}");
+    // The per-source detail says how long the connection took: the allocation on the relay
+    // and the introduction are round trips, never free.
+    assert!(got["per_source"][0]["connect_ms"].as_u64().is_some_and(|ms| ms > 0), "{got}");
     let s = source.json(&["status", "--json"]).await;
     assert!(s["relay_address"].as_str().is_some_and(|a| a.starts_with("198.18.0.1:")), "{s}");
 

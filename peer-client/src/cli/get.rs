@@ -88,7 +88,7 @@ pub async fn run(data_dir: &Path, target: &str, out: Option<&Path>, wait_sources
         let per_source: Vec<_> = p
             .per_source
             .iter()
-            .map(|s| json!({ "peer_id": s.peer_id, "bytes": s.bytes, "path": s.path }))
+            .map(|s| json!({ "peer_id": s.peer_id, "bytes": s.bytes, "path": s.path, "connect_ms": s.connect_ms }))
             .collect();
         print_json(&json!({
             "content_id": hex::encode(&p.content_id), "path": p.path, "size": p.size,

@@ -73,6 +73,7 @@ fn message(id: &ContentId, state: DownloadState) -> Result<GetProgress, Status> 
                     peer_id: s.peer.to_hex(),
                     bytes: s.bytes,
                     path: s.path.as_str().into(),
+                    connect_ms: u32::try_from(s.connect_time.as_millis()).unwrap_or(u32::MAX),
                 })
                 .collect();
             msg.banned = done.banned.iter().map(|p| p.to_hex()).collect();

@@ -69,6 +69,8 @@ pub struct Served {
     /// Verified bytes credited to it.
     pub bytes: u64,
     pub path: Route,
+    /// How long its connection took to open (the introduction included).
+    pub connect_time: Duration,
 }
 
 /// What to download and where.
@@ -245,7 +247,7 @@ fn finish(
     transfer: &Transfer<PeerId>,
     began: Instant,
 ) -> Result<DownloadOutcome, FetchError> {
-    let driver_paths = driver.paths().clone();
+    let (driver_paths, connect_times) = (driver.paths().clone(), driver.connect_times().clone());
     let part = driver.close()?;
     let name = safe_file_name(&spec.name, &format!("{}.download", &spec.id.to_hex()[..16]));
     std::fs::create_dir_all(&spec.out_dir).map_err(disk(&spec.out_dir))?;
@@ -262,6 +264,7 @@ fn finish(
                 peer,
                 bytes,
                 path: driver_paths.get(&peer).copied().unwrap_or_default(),
+                connect_time: connect_times.get(&peer).copied().unwrap_or_default(),
             })
             .collect(),
         banned: transfer.banned(),

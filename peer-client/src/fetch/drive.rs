@@ -32,7 +32,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What a spawned task reports.
 pub(super) enum Io {
-    Connected(PeerId, quinn::Connection),
+    /// Connected, after this long (introduction included).
+    Connected(PeerId, quinn::Connection, Duration),
     ConnectFailed(PeerId),
     Located(Vec<SourceAddr>),
     /// An outboard request's outcome: the file it was written to, or why it failed.
@@ -66,6 +67,8 @@ pub(super) struct Driver {
     addrs: HashMap<PeerId, SocketAddr>,
     /// How each source is reached (absent: directly).
     paths: HashMap<PeerId, Route>,
+    /// How long each source's last connection took to open.
+    connect_times: HashMap<PeerId, Duration>,
     rendezvous: Option<tokio::sync::watch::Receiver<Option<quinn::Connection>>>,
     conns: HashMap<PeerId, quinn::Connection>,
     requests: HashMap<(PeerId, Block), AbortHandle>,
@@ -103,6 +106,7 @@ impl Driver {
             relocate,
             addrs: HashMap::new(),
             paths: HashMap::new(),
+            connect_times: HashMap::new(),
             rendezvous: spec.rendezvous.clone(),
             conns: HashMap::new(),
             requests: HashMap::new(),
@@ -163,8 +167,9 @@ impl Driver {
     /// What an outcome means for the transfer (`None`: nothing it needs to hear).
     pub(super) fn event_of(&mut self, io: Io) -> Result<Option<Event<PeerId>>, FetchError> {
         Ok(Some(match io {
-            Io::Connected(peer, conn) => {
+            Io::Connected(peer, conn, after) => {
                 self.conns.insert(peer, conn);
+                self.connect_times.insert(peer, after);
                 Event::Connected(peer)
             }
             Io::ConnectFailed(peer) => Event::ConnectFailed(peer),
@@ -240,6 +245,11 @@ impl Driver {
         &self.paths
     }
 
+    /// How long each source's last connection took to open.
+    pub(super) fn connect_times(&self) -> &HashMap<PeerId, Duration> {
+        &self.connect_times
+    }
+
     pub(super) fn close(mut self) -> Result<PartFile, FetchError> {
         for (_, task) in self.requests.drain() {
             task.abort();
@@ -301,7 +311,7 @@ impl Driver {
             let io = match connected {
                 Ok(c) => {
                     tracing::info!(peer = %peer, path, after = ?started.elapsed(), "connected to source");
-                    Io::Connected(peer, c)
+                    Io::Connected(peer, c, started.elapsed())
                 }
                 Err(e) => {
                     tracing::info!(peer = %peer, path, error = %e, "cannot connect to source");
