@@ -322,9 +322,12 @@ impl Directory {
         self.sweep(now)?;
         self.check_peers_per_ip(&peer, address.ip(), now)?;
         let stored = self.catalog.touch_peer(&peer, &address.to_string())?;
-        let outcome =
-            lock(&self.presence).announce(peer, address, free_upload_slots, reach, token.clone(), now);
-        lock(&self.presence).set_local_address(&peer, local);
+        let outcome = {
+            let mut presence = lock(&self.presence);
+            let outcome = presence.announce(peer, address, free_upload_slots, reach, token.clone(), now);
+            presence.set_local_address(&peer, local);
+            outcome
+        };
         let AnnounceOutcome { came_online, was_source, is_source } = outcome;
         if was_source != is_source {
             self.apply_peer_files(&peer, is_source)?;

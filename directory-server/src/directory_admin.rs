@@ -114,7 +114,7 @@ impl Directory {
                 Ok(PeerSummary {
                     peer,
                     address: lease.address,
-                    reachable: lease.reachable,
+                    reachable: lease.reachable(),
                     files: self.catalog.peer(&peer)?.map_or(0, |p| p.count),
                     free_upload_slots: lease.free_upload_slots,
                     since_last_seen: now.saturating_duration_since(lease.last_seen),

@@ -32,12 +32,18 @@ pub struct Lease {
     pub expires: Instant,
     pub last_seen: Instant,
     pub free_upload_slots: u32,
-    /// The peer is a source: it answered the connect-back check with its own key at its last
-    /// Announce, or it can be reached through introductions or the relay (`reach`).
-    pub reachable: bool,
+    /// How others reach it; any way but `Unreachable` makes it a source ([`Lease::reachable`]).
     pub reach: Reach,
     /// Its socket's private address, for peers behind the same public IP.
     pub local: Option<SocketAddr>,
+}
+
+impl Lease {
+    /// The peer is a source: it answered the connect-back check with its own key at its last
+    /// Announce, or it can be reached through introductions or the relay.
+    pub fn reachable(&self) -> bool {
+        self.reach != Reach::Unreachable
+    }
 }
 
 /// How other peers can reach a peer, as its last Announce found.
@@ -134,14 +140,12 @@ impl Presence {
         now: Instant,
     ) -> AnnounceOutcome {
         let reach = reach.into();
-        let reachable = reach != Reach::Unreachable;
         let lease = Lease {
             token: token.clone(),
             address,
             expires: now + self.lease,
             last_seen: now,
             free_upload_slots,
-            reachable,
             reach,
             local: None,
         };
@@ -157,8 +161,8 @@ impl Presence {
         self.by_ip.entry(address.ip().to_canonical()).or_default().insert(peer);
         AnnounceOutcome {
             came_online: old.as_ref().is_none_or(|l| l.expires <= now),
-            was_source: old.as_ref().is_some_and(|l| l.reachable),
-            is_source: reachable,
+            was_source: old.as_ref().is_some_and(Lease::reachable),
+            is_source: reach != Reach::Unreachable,
         }
     }
 
@@ -199,7 +203,7 @@ impl Presence {
         let lease = self.by_peer.remove(&peer)?;
         self.by_reach[lease.reach as usize] -= 1;
         self.unindex_ip(lease.address.ip(), &peer);
-        Some(Departed { peer, was_source: lease.reachable })
+        Some(Departed { peer, was_source: lease.reachable() })
     }
 
     /// Ends `peer`'s session at once (an operator's ban), like `leave` by its token.
@@ -228,7 +232,7 @@ impl Presence {
                 self.by_reach[lease.reach as usize] -= 1;
                 self.by_token.remove(&lease.token);
                 self.unindex_ip(lease.address.ip(), &peer);
-                departed.push(Departed { peer, was_source: lease.reachable });
+                departed.push(Departed { peer, was_source: lease.reachable() });
             }
         }
         self.next_expiry = self.by_peer.values().map(|l| l.expires).min();
@@ -246,13 +250,13 @@ impl Presence {
 
     /// The lease of a peer that may be handed out as a source now: live and reachable.
     pub fn source(&self, peer: &PeerId, now: Instant) -> Option<&Lease> {
-        self.lease(peer, now).filter(|l| l.reachable)
+        self.lease(peer, now).filter(|l| l.reachable())
     }
 
     /// The peer behind a live token, and whether it is a source (its lease is reachable).
     pub fn session(&self, token: &str, now: Instant) -> Option<(PeerId, bool)> {
         let peer = self.peer_of(token, now)?;
-        Some((peer, self.by_peer.get(&peer)?.reachable))
+        Some((peer, self.by_peer.get(&peer)?.reachable()))
     }
 
     pub fn is_online(&self, peer: &PeerId, now: Instant) -> bool {

@@ -227,10 +227,6 @@ impl DirectoryApi for DirectoryService {
         let remote = request.remote_addr();
         let req = request.into_inner();
         let asker = quaver_shared::PeerId::from_slice(&req.peer_id).ok();
-        let asker = Asker {
-            punchable: asker.is_some_and(|p| self.rendezvous.punchable(&p)),
-            relayable: asker.is_some_and(|p| self.rendezvous.relayable(&p)),
-        };
         // Most files have few sources: answered here, without a trip to the blocking pool.
         if let Some(answer) =
             self.dir.try_locate_quickly(&req, remote, Instant::now()).map_err(Status::from)?
@@ -251,26 +247,27 @@ impl DirectoryApi for DirectoryService {
     }
 }
 
-/// What the asking peer of a Locate can do itself.
-#[derive(Clone, Copy)]
-struct Asker {
-    /// Its channel is open and its router keeps one mapping for every destination.
-    punchable: bool,
-    /// Its channel is open and the directory runs a relay.
-    relayable: bool,
-}
-
 impl DirectoryService {
-    /// Says for each source how this asker reaches it, and leaves out those it cannot: a
-    /// source reached by introductions goes through the relay when the asker cannot punch
-    /// (a symmetric NAT), and relayed sources need an asker with a channel to ask on. Relayed
-    /// sources come last: a download uses them only when the others are not enough.
-    fn connectable(&self, mut answer: LocateResponse, asker: Asker) -> LocateResponse {
+    /// Says for each source how `asker` reaches it, and leaves out those it cannot: a source
+    /// reached by introductions goes through the relay when the asker cannot punch (a
+    /// symmetric NAT), and relayed sources need an asker with a channel to ask on. Relayed
+    /// sources come last: a download uses them only when the others are not enough. An answer
+    /// of direct sources only (the common case) costs no look at the rendezvous channels.
+    fn connectable(
+        &self,
+        mut answer: LocateResponse,
+        asker: Option<quaver_shared::PeerId>,
+    ) -> LocateResponse {
         use quaver_shared::directory::v1::Reach as R;
+        if answer.sources.iter().all(|s| s.reach == i32::from(R::Direct)) {
+            return answer;
+        }
+        let punchable = asker.is_some_and(|p| self.rendezvous.punchable(&p));
+        let relayable = asker.is_some_and(|p| self.rendezvous.relayable(&p));
         answer.sources.retain_mut(|s| match R::try_from(s.reach) {
             Ok(R::Direct) => true,
-            Ok(R::Introduction) if asker.punchable => true,
-            Ok(R::Introduction | R::Relay) if asker.relayable => {
+            Ok(R::Introduction) if punchable => true,
+            Ok(R::Introduction | R::Relay) if relayable => {
                 let source = quaver_shared::PeerId::from_slice(&s.peer_id);
                 let relayable = source.is_ok_and(|p| self.rendezvous.relayable(&p));
                 s.reach = R::Relay.into();

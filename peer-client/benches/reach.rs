@@ -20,10 +20,10 @@ mod common;
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::Daemon;
 use common::nat_bed::{Bed, Host, Kind, NsDirectory, TurnServer};
+use common::{Daemon, judged_in};
 use serde_json::Value;
 
 const SMALL: u64 = 64 * 1024;
@@ -32,21 +32,6 @@ const CAP: &str = "20000000";
 
 fn process_cpu_seconds() -> f64 {
     support::cpu_seconds(std::process::id()).unwrap_or(0.0)
-}
-
-async fn node(host: &Host, root: &Path, name: &str, url: &str, extra: &[&str]) -> Daemon {
-    let args = [&["--listen", "0.0.0.0:0"], extra].concat();
-    let node = Daemon::start_in(Some(&host.ns), root, name, url, &args).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = node.json(&["status", "--json"]).await;
-        let judged = s["reachable"] == true || s["introducible"] == true || s["relayed"] == true;
-        if judged && !s["nat"].as_str().unwrap_or_default().is_empty() {
-            return node;
-        }
-        assert!(Instant::now() < deadline, "{name} never got a verdict: {s}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Shares `files` (name, size, seed) from `node` in a folder of its own; their content ids.
@@ -85,12 +70,13 @@ async fn main() {
         (bed.host(Kind::Cone), bed.host(Kind::Symmetric), bed.host(Kind::Cone));
     let mut publics = Vec::new();
     for (i, h) in public.iter().enumerate() {
-        publics
-            .push(node(h, root.path(), &format!("public{i}"), &dir.url, &["--max-upload-rate", CAP]).await);
+        publics.push(
+            judged_in(h, root.path(), &format!("public{i}"), &dir.url, &["--max-upload-rate", CAP]).await,
+        );
     }
-    let cone = node(&cone_host, root.path(), "cone", &dir.url, &[]).await;
-    let sym = node(&sym_host, root.path(), "symmetric", &dir.url, &["--max-upload-rate", CAP]).await;
-    let getter = node(&getter_host, root.path(), "getter", &dir.url, &[]).await;
+    let cone = judged_in(&cone_host, root.path(), "cone", &dir.url, &[]).await;
+    let sym = judged_in(&sym_host, root.path(), "symmetric", &dir.url, &["--max-upload-rate", CAP]).await;
+    let getter = judged_in(&getter_host, root.path(), "getter", &dir.url, &[]).await;
 
     println!("## Time to first byte (get of a 64 KiB file), downloader behind a cone NAT");
     // Seeds of their own per file (odd: `make_file_seeded` sets the low bit): a file the

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::nat_bed::{Bed, Host, Kind, NsDirectory, TurnServer};
-use common::{Daemon, WAIT, blake3_of, status_until};
+use common::nat_bed::{Bed, Kind, NsDirectory, TurnServer};
+use common::{Daemon, WAIT, blake3_of, judged_in, status_until};
 use quaver_shared::ContentId;
 use serde_json::Value;
 
@@ -24,22 +24,6 @@ fn tune(dir: &Path, name: &str, size: usize, seed: u64) -> ContentId {
         .collect();
     std::fs::write(dir.join(name), &data).unwrap();
     ContentId::of_bytes(&data)
-}
-
-/// A daemon on `host`, its discovery done and the directory's verdict in.
-async fn node_on(host: &Host, root: &Path, name: &str, url: &str) -> Daemon {
-    node_with(host, root, name, url, &[]).await
-}
-
-async fn node_with(host: &Host, root: &Path, name: &str, url: &str, extra: &[&str]) -> Daemon {
-    let args = [&["--listen", "0.0.0.0:0"], extra].concat();
-    let node = Daemon::start_in(Some(&host.ns), root, name, url, &args).await;
-    status_until(&node, &format!("{name}'s verdict"), |s| {
-        let judged = s["reachable"] == true || s["introducible"] == true || s["relayed"] == true;
-        !s["nat"].as_str().unwrap_or_default().is_empty() && judged
-    })
-    .await;
-    node
 }
 
 /// Waits until a search for `query` from `node` finds a file with `n` online sources (each
@@ -76,14 +60,14 @@ async fn a_source_behind_a_symmetric_nat_serves_a_symmetric_downloader_through_t
     let dir = NsDirectory::start_with_relay(&bed.inet(), Some(&turn));
     let root = tempfile::tempdir().unwrap();
     let id = tune(&root.path().join("music"), "Queen - Bohemian Rhapsody.flac", 20 * MB, 1);
-    let source = node_on(&source_host, root.path(), "source", &dir.url).await;
+    let source = judged_in(&source_host, root.path(), "source", &dir.url, &[]).await;
     source.share(&root.path().join("music")).await;
     let s = status_until(&source, "the source relayed", |s| s["relayed"] == true).await;
     assert_eq!((s["nat"].as_str(), s["introducible"].as_bool()), (Some("symmetric"), Some(false)), "{s}");
     let (_, text) = source.cli(&["status"]).await;
     assert!(text.contains("through the directory's relay only"), "{text}");
 
-    let getter = node_on(&getter_host, root.path(), "getter", &dir.url).await;
+    let getter = judged_in(&getter_host, root.path(), "getter", &dir.url, &[]).await;
     let got = getter.json(&["get", &id.to_hex(), "--json", "--wait-sources", "20"]).await;
     assert_eq!(blake3_of(got["path"].as_str().unwrap()), id, "{got}");
     assert_eq!(served_by(&got, &source.peer_id), ((20 * MB) as u64, "relayed".into()), "{got}");
@@ -106,9 +90,9 @@ async fn after_two_idle_minutes_a_source_behind_nat_is_still_punched_through_at_
     let root = tempfile::tempdir().unwrap();
     let music = root.path().join("music");
     let (first, second) = (tune(&music, "one.flac", 4 * MB, 3), tune(&music, "two.flac", 4 * MB, 4));
-    let source = node_on(&source_host, root.path(), "source", &dir.url).await;
+    let source = judged_in(&source_host, root.path(), "source", &dir.url, &[]).await;
     source.share(&music).await;
-    let getter = node_on(&getter_host, root.path(), "getter", &dir.url).await;
+    let getter = judged_in(&getter_host, root.path(), "getter", &dir.url, &[]).await;
     let mapped = |s: &Value| s["public_address"].as_str().unwrap_or_default().to_owned();
     let before = (
         mapped(&source.json(&["status", "--json"]).await),
@@ -144,10 +128,10 @@ async fn the_relay_holds_a_relayed_source_to_its_bandwidth_cap() {
     let root = tempfile::tempdir().unwrap();
     let size = 3 * MB;
     let id = tune(&root.path().join("music"), "small.flac", size, 2);
-    let source = node_on(&source_host, root.path(), "source", &dir.url).await;
+    let source = judged_in(&source_host, root.path(), "source", &dir.url, &[]).await;
     source.share(&root.path().join("music")).await;
     status_until(&source, "the source relayed", |s| s["relayed"] == true).await;
-    let getter = node_on(&getter_host, root.path(), "getter", &dir.url).await;
+    let getter = judged_in(&getter_host, root.path(), "getter", &dir.url, &[]).await;
     let started = Instant::now();
     let got = getter.json(&["get", &id.to_hex(), "--json", "--wait-sources", "20"]).await;
     let took = started.elapsed();
@@ -282,14 +266,14 @@ async fn every_pair_of_router_kinds_connects_and_takes_the_expected_route() {
             );
         }
         let h = host(x, &mut bed);
-        let node = node_on(&h, root.path(), &format!("source-{x:?}"), &dir.url).await;
+        let node = judged_in(&h, root.path(), &format!("source-{x:?}"), &dir.url, &[]).await;
         node.share(&folder).await;
         sources.insert(x, node);
     }
     let mut downloaders = BTreeMap::new();
     for &y in &CELLS {
         let h = host(y, &mut bed);
-        downloaders.insert(y, node_on(&h, root.path(), &format!("downloader-{y:?}"), &dir.url).await);
+        downloaders.insert(y, judged_in(&h, root.path(), &format!("downloader-{y:?}"), &dir.url, &[]).await);
     }
     let mut routes = BTreeMap::new();
     for &y in &CELLS {
@@ -348,12 +332,12 @@ async fn four_sources_behind_cone_cone_symmetric_and_no_nat_all_serve_one_downlo
         // Capped, so that the download lasts long enough for every source to take part (in
         // the bed, any one of them could serve the whole file in a fraction of a second).
         let capped = ["--max-upload-rate", "4000000"];
-        let node = node_with(&h, root.path(), &format!("source-{i}"), &dir.url, &capped).await;
+        let node = judged_in(&h, root.path(), &format!("source-{i}"), &dir.url, &capped).await;
         node.share(&root.path().join("music")).await;
         sources.push(node);
     }
     let getter_host = bed.host(Kind::Cone);
-    let getter = node_on(&getter_host, root.path(), "getter", &dir.url).await;
+    let getter = judged_in(&getter_host, root.path(), "getter", &dir.url, &[]).await;
     online_sources_until(&getter, "Shared", 4).await;
     let got = getter.json(&["get", &id.to_hex(), "--json", "--wait-sources", "30"]).await;
     assert_eq!(blake3_of(got["path"].as_str().unwrap()), id, "{got}");

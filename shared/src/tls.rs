@@ -135,20 +135,12 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Transport settings. `accept_streams` is how many bidirectional streams the *other* side may
 /// open: a server takes requests; a client takes none (the protocol never has a server open a
-/// stream), so a server has no way to make a client do work. Unidirectional streams are
-/// accepted only from the directory's rendezvous endpoint ([`rendezvous_client_config`]).
+/// stream, but for the directory's introductions to a node, [`rendezvous_client_config`]), so
+/// a server has no way to make a client do work. Nobody opens unidirectional streams.
 fn transport(accept_streams: u32, keep_alive: Option<Duration>) -> Arc<TransportConfig> {
-    transport_with_uni(accept_streams, 0, keep_alive)
-}
-
-fn transport_with_uni(
-    accept_streams: u32,
-    accept_uni: u32,
-    keep_alive: Option<Duration>,
-) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(accept_streams))
-        .max_concurrent_uni_streams(VarInt::from_u32(accept_uni))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .keep_alive_interval(keep_alive)
         .max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok());
@@ -295,17 +287,15 @@ pub fn client_config_as(expected: PeerId, me: Option<&ClientAuth>) -> Result<qui
 }
 
 /// The client side of a node's connection to the directory's rendezvous endpoint: like
-/// [`client_config_as`], and the directory may open a few streams: unidirectional ones each
-/// carry one introduction (a peer to dial now), bidirectional ones a relayed introduction and
-/// the node's answer.
+/// [`client_config_as`], and the directory may open a few streams, each carrying one
+/// introduction (a peer to dial now, or to open a relayed address to) and the node's answer.
 pub fn rendezvous_client_config(expected: PeerId, me: &ClientAuth) -> Result<quinn::ClientConfig, TlsError> {
     let mut config = client_config_as(expected, Some(me))?;
-    let n = RENDEZVOUS_STREAMS;
-    config.transport_config(transport_with_uni(n, n, Some(KEEP_ALIVE)));
+    config.transport_config(transport(RENDEZVOUS_STREAMS, Some(KEEP_ALIVE)));
     Ok(config)
 }
 
-/// Introductions of each kind a rendezvous connection may have in flight at once.
+/// Introductions a rendezvous connection may have in flight at once.
 const RENDEZVOUS_STREAMS: u32 = 8;
 
 /// A QUIC endpoint bound to `bind` that serves as this node and can dial other nodes with

@@ -70,6 +70,11 @@ impl Allocation {
         TurnInstant::from_std(self.base)
     }
 
+    /// What the client has to send to the TURN server now (sent once the lock is let go).
+    fn transmits(&mut self, now: TurnInstant) -> Vec<(SocketAddr, Vec<u8>)> {
+        std::iter::from_fn(|| self.client.poll_transmit(now)).map(|t| (t.to, t.data.to_vec())).collect()
+    }
+
     /// Takes the client's events into the state the waiters look at.
     fn take_events(&mut self) {
         while let Some(event) = self.client.poll_event() {
@@ -190,18 +195,17 @@ impl TurnSplice {
 
     /// Gives the allocation back to the TURN server (at shutdown).
     pub fn release(&self) {
-        let mut slot = self.lock();
-        if let Some(a) = slot.as_mut() {
-            let now = a.now();
-            let _ = a.client.delete(now);
-            let sends: Vec<_> = std::iter::from_fn(|| a.client.poll_transmit(now)).collect();
-            for t in sends {
-                self.send_raw(t.to, t.data.as_ref());
+        let sends = match self.lock().take() {
+            Some(mut a) => {
+                let now = a.now();
+                let _ = a.client.delete(now);
+                a.transmits(now)
             }
-        }
-        *slot = None;
+            None => Vec::new(),
+        };
         self.active.store(false, Ordering::Release);
         self.wake.notify_one();
+        self.send_all(sends);
     }
 
     async fn wait<T>(
@@ -231,10 +235,18 @@ impl TurnSplice {
             .map_err(|_| TurnError::Timeout { server, after: timeout })?
     }
 
-    fn send_raw(&self, to: SocketAddr, contents: &[u8]) {
-        let transmit = Transmit { destination: to, ecn: None, contents, segment_size: None, src_ip: None };
-        // A control message lost to a full socket is retransmitted by the client's timers.
-        let _ = self.inner.try_send(&transmit);
+    fn send_all(&self, sends: Vec<(SocketAddr, Vec<u8>)>) {
+        for (to, contents) in sends {
+            let transmit = Transmit {
+                destination: to,
+                ecn: None,
+                contents: &contents,
+                segment_size: None,
+                src_ip: None,
+            };
+            // A control message lost to a full socket is retransmitted by the client's timers.
+            let _ = self.inner.try_send(&transmit);
+        }
     }
 
     /// Runs the client's timers and sends what it has to send; when to run again.
@@ -251,12 +263,10 @@ impl TurnSplice {
             // TCP allocations are never asked for.
             _ => Some(std::time::Instant::now() + Duration::from_millis(50)),
         };
-        let sends: Vec<_> = std::iter::from_fn(|| a.client.poll_transmit(now)).collect();
+        let sends = a.transmits(now);
         a.take_events();
         drop(slot);
-        for t in sends {
-            self.send_raw(t.to, t.data.as_ref());
-        }
+        self.send_all(sends);
         self.changed.notify_waiters();
         next
     }

@@ -247,7 +247,16 @@ fn finish(
     transfer: &Transfer<PeerId>,
     began: Instant,
 ) -> Result<DownloadOutcome, FetchError> {
-    let (driver_paths, connect_times) = (driver.paths().clone(), driver.connect_times().clone());
+    let per_source = transfer
+        .per_source()
+        .into_iter()
+        .map(|(peer, bytes)| Served {
+            peer,
+            bytes,
+            path: driver.paths().get(&peer).copied().unwrap_or_default(),
+            connect_time: driver.connect_times().get(&peer).copied().unwrap_or_default(),
+        })
+        .collect();
     let part = driver.close()?;
     let name = safe_file_name(&spec.name, &format!("{}.download", &spec.id.to_hex()[..16]));
     std::fs::create_dir_all(&spec.out_dir).map_err(disk(&spec.out_dir))?;
@@ -257,16 +266,7 @@ fn finish(
     Ok(DownloadOutcome {
         path: dest,
         fetched_bytes: transfer.progress().fetched_bytes,
-        per_source: transfer
-            .per_source()
-            .into_iter()
-            .map(|(peer, bytes)| Served {
-                peer,
-                bytes,
-                path: driver_paths.get(&peer).copied().unwrap_or_default(),
-                connect_time: connect_times.get(&peer).copied().unwrap_or_default(),
-            })
-            .collect(),
+        per_source,
         banned: transfer.banned(),
         outboard,
     })

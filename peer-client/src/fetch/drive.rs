@@ -239,7 +239,6 @@ impl Driver {
         failure.into()
     }
 
-    /// Every block is written: closes the connections and hands back the part file.
     /// How each source was reached (absent: directly).
     pub(super) fn paths(&self) -> &HashMap<PeerId, Route> {
         &self.paths
@@ -250,6 +249,7 @@ impl Driver {
         &self.connect_times
     }
 
+    /// Every block is written: closes the connections and hands back the part file.
     pub(super) fn close(mut self) -> Result<PartFile, FetchError> {
         for (_, task) in self.requests.drain() {
             task.abort();

@@ -180,6 +180,20 @@ pub async fn status_until(node: &Daemon, what: &str, check: impl Fn(&Value) -> b
     }
 }
 
+/// A daemon on a NAT-bed host (listening on every address there, plus `extra`), once address
+/// discovery has run and the directory has judged it a source some way (dialled, introduced
+/// or relayed).
+pub async fn judged_in(host: &nat_bed::Host, root: &Path, name: &str, url: &str, extra: &[&str]) -> Daemon {
+    let args = [&["--listen", "0.0.0.0:0"], extra].concat();
+    let node = Daemon::start_in(Some(&host.ns), root, name, url, &args).await;
+    status_until(&node, &format!("{name}'s verdict"), |s| {
+        let judged = s["reachable"] == true || s["introducible"] == true || s["relayed"] == true;
+        !s["nat"].as_str().unwrap_or_default().is_empty() && judged
+    })
+    .await;
+    node
+}
+
 /// Waits until `check` holds, polling; panics with `what` after `WAIT`.
 pub async fn until<F, Fut>(what: &str, mut check: F)
 where
