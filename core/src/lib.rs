@@ -12,6 +12,8 @@
 //! - [`transfer`]: one download's whole policy: connects, outboard race, resume, requests,
 //!   stalls, bans, lookups, finish. Events in, actions out.
 //! - [`nat`]: a router's kind judged from what two rendezvous endpoints saw of one socket.
+//! - [`seeding`]: a file's rarity and seed rank, demand counting, the weighted upload pacer and
+//!   the user's seeding policy.
 //!
 //! Must never depend on tokio, quinn or the file system: the compiler keeps it pure.
 
@@ -21,6 +23,7 @@ pub mod scheduler;
 mod scheduler_blocks;
 mod scheduler_source;
 mod scheduler_types;
+pub mod seeding;
 pub mod transfer;
 pub mod waiting;
 pub mod wire;
