@@ -39,6 +39,7 @@ use crate::bans::Bans;
 use crate::catalog::{Catalog, PublishOutcome, SourceChange, StoredFile, now_unix_ms};
 use crate::config::Config;
 use crate::error::{DirectoryError, Result, invalid};
+use crate::hints::{Hints, Taken};
 use crate::index::{IndexDoc, IndexFilters, OpenOutcome, SearchIndex};
 use crate::online::{OnlineSource, OnlineSources};
 use crate::presence::{AnnounceOutcome, Departed, Presence};
@@ -97,6 +98,9 @@ pub struct Directory {
     storage: RwLock<()>,
     presence: Mutex<Presence>,
     online: RwLock<OnlineSources>,
+    /// Demand counts and the rarity hints waiting for each peer's next beat (see `hints`). Always
+    /// the innermost lock.
+    hints: Mutex<Hints>,
     /// The announce proofs' secret and the nonces already used (see `proof`).
     challenges: Mutex<Challenges>,
     /// Operator bans in force (stored in the catalog's `bans` tree; see `admin_ops`).
@@ -106,6 +110,11 @@ pub struct Directory {
     sources_total: AtomicU64,
     /// Leases that ran out since start (metrics).
     leases_expired: AtomicU64,
+}
+
+/// The online holders of file `id`.
+fn holders<'a>(online: &'a OnlineSources, id: &ContentId) -> impl Iterator<Item = &'a PeerId> + 'a {
+    online.sources(id).iter().map(|(peer, _)| peer)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -207,6 +216,7 @@ impl Directory {
             leases_expired: AtomicU64::new(0),
             presence: Mutex::new(Presence::new(config.lease())),
             online: RwLock::new(OnlineSources::default()),
+            hints: Mutex::new(Hints::new(Instant::now())),
             challenges: Mutex::new(Challenges::new(random()?, Instant::now())),
             bans: Mutex::new(admin_ops::load_bans(&catalog, now_unix_ms())?),
             membership: Mutex::new(()),
@@ -253,8 +263,19 @@ impl Directory {
             self.catalog.peer_file_ids(peer)?
         };
         let mut sources = self.online_mut();
+        let mut hints = lock(&self.hints);
         for (key, id, complete) in files {
-            if online { sources.add(key, &id, *peer, complete) } else { sources.remove(key, &id, peer) }
+            let (change, newcomer) = if online {
+                (Some(sources.add(key, &id, *peer, complete)), Some(*peer))
+            } else {
+                (sources.remove(key, &id, peer), None)
+            };
+            if let Some((before, after)) = change {
+                hints.sources_changed(&id, before, after, holders(&sources, &id), newcomer);
+            }
+        }
+        if !online {
+            hints.forget(peer);
         }
         Ok(())
     }
@@ -406,17 +427,19 @@ impl Directory {
         };
         self.files_total.fetch_add(outcome.new_files as u64, Ordering::Relaxed);
         let mut online = self.online_mut();
+        let mut hints = lock(&self.hints);
         for &SourceChange { key, id, before, after } in &outcome.changes {
             // The catalog keeps every peer's list; only a reachable peer's files are online.
             if before.is_some() {
-                if is_source {
-                    online.remove(key, &id, &peer);
+                if is_source && let Some((was, now)) = online.remove(key, &id, &peer) {
+                    hints.sources_changed(&id, was, now, holders(&online, &id), None);
                 }
                 self.sources_total.fetch_sub(1, Ordering::Relaxed);
             }
             if let Some(complete) = after {
                 if is_source {
-                    online.add(key, &id, peer, complete);
+                    let (was, now) = online.add(key, &id, peer, complete);
+                    hints.sources_changed(&id, was, now, holders(&online, &id), Some(peer));
                 }
                 self.sources_total.fetch_add(1, Ordering::Relaxed);
             }
@@ -439,10 +462,47 @@ impl Directory {
     }
 
     pub fn heartbeat(&self, req: HeartbeatRequest, now: Instant) -> Result<HeartbeatResponse> {
-        lock(&self.presence).heartbeat(&req.session_token, req.free_upload_slots, now).ok_or_else(|| {
-            DirectoryError::Unauthenticated("unknown or expired session token; announce again".into())
-        })?;
-        Ok(HeartbeatResponse { lease_seconds: self.config.lease_seconds })
+        let peer =
+            lock(&self.presence).heartbeat(&req.session_token, req.free_upload_slots, now).ok_or_else(
+                || DirectoryError::Unauthenticated("unknown or expired session token; announce again".into()),
+            )?;
+        let (hints, more_hints) = self.rarity_hints(&peer, now);
+        Ok(HeartbeatResponse { lease_seconds: self.config.lease_seconds, hints, more_hints })
+    }
+
+    /// The hints waiting for `peer`, with each file's counts as they are now.
+    fn rarity_hints(&self, peer: &PeerId, now: Instant) -> (Vec<RarityHint>, bool) {
+        let Taken { files, more } = lock(&self.hints).take(peer);
+        if files.is_empty() {
+            return (Vec::new(), more);
+        }
+        let counted: Vec<(ContentId, u32, u32)> = {
+            let online = self.online();
+            files
+                .into_iter()
+                .map(|id| {
+                    let sources = online.sources(&id);
+                    let complete = sources.iter().filter(|(_, complete)| *complete).count();
+                    (id, sources.len() as u32, complete as u32)
+                })
+                .collect()
+        };
+        let mut demand = lock(&self.hints);
+        let hints = counted
+            .into_iter()
+            .map(|(id, online_sources, complete_sources)| RarityHint {
+                demand: demand.demand(&id, now),
+                content_id: id.to_vec(),
+                online_sources,
+                complete_sources,
+            })
+            .collect();
+        (hints, more)
+    }
+
+    /// Hints sent and dropped since start, and waiting now (metrics).
+    pub fn hint_counters(&self) -> (u64, u64, usize) {
+        lock(&self.hints).counters()
     }
 
     pub fn withdraw(&self, req: WithdrawRequest, now: Instant) -> Result<WithdrawResponse> {
@@ -519,6 +579,7 @@ impl Directory {
     ) -> Result<LocateResponse> {
         let ask = LocateAsk::new(req)?;
         let sources = copy_sources(&self.online(), &ask.id, usize::MAX).unwrap_or_default();
+        self.count_ask(&ask, &sources, now);
         Ok(self.rank_sources(&ask, sources, remote, now))
     }
 
@@ -541,7 +602,18 @@ impl Directory {
             Err(std::sync::TryLockError::WouldBlock) => None,
         };
         let sources = online.and_then(|online| copy_sources(&online, &ask.id, INLINE_LOCATE_SOURCES));
-        Ok(sources.map(|sources| self.rank_sources(&ask, sources, remote, now)))
+        Ok(sources.map(|sources| {
+            self.count_ask(&ask, &sources, now);
+            self.rank_sources(&ask, sources, remote, now)
+        }))
+    }
+
+    /// Counts a Locate as demand for its file (a holder asking for its own file is not demand).
+    fn count_ask(&self, ask: &LocateAsk, sources: &[OnlineSource], now: Instant) {
+        if ask.asker.is_some_and(|asker| sources.iter().any(|(p, _)| *p == asker)) {
+            return;
+        }
+        lock(&self.hints).asked(&ask.id, sources.iter().map(|(p, _)| p), now);
     }
 
     /// The online, reachable ones of `sources`, best first for the asker.

@@ -152,3 +152,59 @@ fn an_expired_lease_takes_its_files_offline() {
     assert_eq!(dir.expire_leases(later).unwrap(), peers.len());
     assert_eq!(online(&dir, &id), (vec![], 0, 0));
 }
+
+/// Announces a reachable peer sharing `ids`; returns its token.
+fn holder(dir: &Directory, port: u16, ids: &[ContentId]) -> String {
+    let peer = NodeKey::generate().unwrap().peer_id();
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let announce = ValidAnnounce { peer, address, free_upload_slots: 2, local: None };
+    let token = dir.announce(announce, true, Instant::now()).unwrap().session_token;
+    let added = ids.iter().map(song).collect();
+    dir.publish(PublishRequest { session_token: token.clone(), added, ..Default::default() }, Instant::now())
+        .unwrap();
+    token
+}
+
+/// One beat: the hints it carries, as (file, online, complete, demand).
+fn beat(dir: &Directory, token: &str) -> (Vec<(ContentId, u32, u32, u32)>, bool) {
+    let req = HeartbeatRequest { session_token: token.into(), free_upload_slots: 2 };
+    let answer = dir.heartbeat(req, Instant::now()).unwrap();
+    let hints = answer
+        .hints
+        .iter()
+        .map(|h| {
+            let id = ContentId::from_slice(&h.content_id).unwrap();
+            (id, h.online_sources, h.complete_sources, h.demand)
+        })
+        .collect();
+    (hints, answer.more_hints)
+}
+
+#[test]
+fn beats_carry_rarity_hints_for_class_changes_only() {
+    let dir = Directory::temporary(Config::default()).unwrap();
+    let (rare, popular) = (ContentId::of_bytes(b"rare"), ContentId::of_bytes(b"popular"));
+    let first = holder(&dir, 5000, &[rare, popular]);
+    assert_eq!(beat(&dir, &first).0, [(rare, 1, 1, 0), (popular, 1, 1, 0)], "a newcomer hears of every file");
+    assert_eq!(beat(&dir, &first), (vec![], false), "then nothing until something changes");
+
+    let others: Vec<String> = (0..5).map(|i| holder(&dir, 5001 + i, &[popular])).collect();
+    assert_eq!(
+        beat(&dir, &first).0,
+        [(popular, 6, 6, 0)],
+        "1 -> 6 crossed buckets; told once, counts of now"
+    );
+    assert_eq!(beat(&dir, &others[4]).0, [(popular, 6, 6, 0)], "the last newcomer");
+    assert_eq!(beat(&dir, &others[0]).0, [(popular, 6, 6, 0)], "the first, told of 1 -> 2 and of 3 -> 4");
+
+    // A Locate by someone else is demand: the first ask crosses bucket 0 -> 1.
+    dir.locate(&locate(&rare, 0), None, Instant::now()).unwrap();
+    assert_eq!(beat(&dir, &first).0, [(rare, 1, 1, 1)]);
+
+    // One of six going offline stays in the 4-7 bucket: nobody is told.
+    let leave = WithdrawRequest { session_token: others[4].clone(), go_offline: true, ..Default::default() };
+    dir.withdraw(leave, Instant::now()).unwrap();
+    assert_eq!(beat(&dir, &first), (vec![], false));
+    let (sent, dropped, pending) = dir.hint_counters();
+    assert!(sent >= 6 && dropped == 0 && pending > 0, "{sent} {dropped} {pending}");
+}

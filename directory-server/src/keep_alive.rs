@@ -89,7 +89,7 @@ mod tests {
     /// Answers `lease_seconds = 7` to the token "ok", UNAUTHENTICATED to anything else.
     fn answer() -> BeatFn {
         Box::new(|r: HeartbeatRequest| match r.session_token.as_str() {
-            "ok" => Ok(HeartbeatResponse { lease_seconds: 7 }),
+            "ok" => Ok(HeartbeatResponse { lease_seconds: 7, ..Default::default() }),
             _ => Err(Status::unauthenticated("unknown token")),
         })
     }

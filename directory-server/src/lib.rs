@@ -17,6 +17,7 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod grouping;
+pub mod hints;
 pub mod index;
 pub mod keep_alive;
 pub mod online;

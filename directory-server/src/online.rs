@@ -50,7 +50,9 @@ impl OnlineSources {
 
     /// An online `peer` started holding file `key` / `id` (`complete` or partial). A peer
     /// already listed for the file is not listed twice: its entry takes the new `complete`.
-    pub fn add(&mut self, key: u64, id: &ContentId, peer: PeerId, complete: bool) {
+    /// Returns the file's counts before and after.
+    pub fn add(&mut self, key: u64, id: &ContentId, peer: PeerId, complete: bool) -> (Counts, Counts) {
+        let before = self.get(key);
         if self.sources.get(id).is_some_and(|list| list.iter().any(|(p, _)| *p == peer)) {
             self.remove(key, id, &peer);
         }
@@ -60,13 +62,15 @@ impl OnlineSources {
         c.online += 1;
         c.complete += u32::from(complete);
         self.most_online = self.most_online.max(c.online);
+        (before, *c)
     }
 
-    /// An online `peer` stopped holding file `key` / `id`, or went offline. Nothing happens if
-    /// it was not listed.
-    pub fn remove(&mut self, key: u64, id: &ContentId, peer: &PeerId) {
-        let Some(list) = self.sources.get_mut(id) else { return };
-        let Some(at) = list.iter().position(|(p, _)| p == peer) else { return };
+    /// An online `peer` stopped holding file `key` / `id`, or went offline. Returns the file's
+    /// counts before and after; `None` (nothing changed) if it was not listed.
+    pub fn remove(&mut self, key: u64, id: &ContentId, peer: &PeerId) -> Option<(Counts, Counts)> {
+        let before = self.get(key);
+        let list = self.sources.get_mut(id)?;
+        let at = list.iter().position(|(p, _)| p == peer)?;
         let (_, complete) = list.swap_remove(at);
         if list.is_empty() {
             self.sources.remove(id);
@@ -78,6 +82,7 @@ impl OnlineSources {
                 self.counts.remove(&key);
             }
         }
+        Some((before, self.get(key)))
     }
 
     /// At least the online count of every file (the highest any file has reached since start).

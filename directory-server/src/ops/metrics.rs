@@ -278,6 +278,25 @@ impl Collector for StateCollector {
             None,
             expired.metric_type(),
         )?)?;
+        let (sent, dropped, pending) = d.hint_counters();
+        for (name, help, n) in [
+            ("rarity_hints_sent", "Rarity hints sent to holders in beat answers", sent),
+            (
+                "rarity_hints_dropped",
+                "Rarity hints dropped: a holder's queue, or all of them, was full",
+                dropped,
+            ),
+        ] {
+            let c = ConstCounter::new(n);
+            c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        gauge(
+            e,
+            "rarity_hints_pending",
+            "Rarity hints waiting for their holders' next beat",
+            None,
+            pending as u64,
+        )?;
         let open = u64::from(self.limits.open_connections());
         gauge(e, "open_connections", "TCP connections open on the gRPC port", None, open)?;
 
