@@ -41,7 +41,7 @@ use crate::config::Config;
 use crate::error::{DirectoryError, Result, invalid};
 use crate::hints::{Hints, Taken};
 use crate::index::{IndexDoc, IndexFilters, OpenOutcome, SearchIndex};
-use crate::online::{OnlineSource, OnlineSources};
+use crate::online::{Counts, OnlineSource, OnlineSources};
 use crate::presence::{AnnounceOutcome, Departed, Presence};
 use crate::proof::{Challenges, ProofError};
 use crate::ranking::{self, Candidate};
@@ -476,25 +476,18 @@ impl Directory {
         if files.is_empty() {
             return (Vec::new(), more);
         }
-        let counted: Vec<(ContentId, u32, u32)> = {
+        let counted: Vec<(ContentId, Counts)> = {
             let online = self.online();
-            files
-                .into_iter()
-                .map(|id| {
-                    let sources = online.sources(&id);
-                    let complete = sources.iter().filter(|(_, complete)| *complete).count();
-                    (id, sources.len() as u32, complete as u32)
-                })
-                .collect()
+            files.into_iter().map(|id| (id, online.counts_of(&id))).collect()
         };
         let mut demand = lock(&self.hints);
         let hints = counted
             .into_iter()
-            .map(|(id, online_sources, complete_sources)| RarityHint {
+            .map(|(id, counts)| RarityHint {
                 demand: demand.demand(&id, now),
                 content_id: id.to_vec(),
-                online_sources,
-                complete_sources,
+                online_sources: counts.online,
+                complete_sources: counts.complete,
             })
             .collect();
         (hints, more)

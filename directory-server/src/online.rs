@@ -43,6 +43,13 @@ impl OnlineSources {
         self.counts.get(&key).copied().unwrap_or_default()
     }
 
+    /// The counts of a file known by its content id (the `counts` view is by catalog key).
+    pub fn counts_of(&self, id: &ContentId) -> Counts {
+        let sources = self.sources(id);
+        let complete = sources.iter().filter(|(_, complete)| *complete).count();
+        Counts { online: sources.len() as u32, complete: complete as u32 }
+    }
+
     /// The online sources of a file (none if it has none, or is unknown).
     pub fn sources(&self, id: &ContentId) -> &[OnlineSource] {
         self.sources.get(id).map_or(&[], Vec::as_slice)
