@@ -6,7 +6,8 @@
 //! class, and the holder serves by [`rank::SeedRank`] (a file's only online copy first, then
 //! demand over supply, in the spirit of libtorrent's `seed_rank`), with [`pacer`] sharing a
 //! capped upload between files by their rank's weight, and [`policy`] saying whether to serve
-//! a file at all (`always`, `rare`, `never`).
+//! a file at all (`always`, `rare`, `never`). [`swarm_sim`] plays these against first come,
+//! first served over weeks of churn in virtual time (`cargo bench --bench seeding_sim`).
 //!
 //! Must never read a clock or do I/O: time is an argument.
 
@@ -14,6 +15,7 @@ pub mod demand;
 pub mod pacer;
 pub mod policy;
 pub mod rank;
+pub mod swarm_sim;
 
 pub use policy::SeedPolicy;
 pub use rank::{Rarity, SeedRank};
